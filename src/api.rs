@@ -1,0 +1,95 @@
+//! The blocking Rust API: what the C ABI and the bindings wrap. Every call runs its work on
+//! the library's runtime and returns; `close` never blocks.
+
+use crate::config::{Config, Mode};
+use crate::error::Result;
+use crate::runtime::Runtime;
+use crate::tunnel::{Dialer, TunnelCore};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client for one server config. Cheap to share across threads (`Clone`).
+#[derive(Clone)]
+pub struct Client {
+    dialer: Arc<Dialer>,
+    rt: Arc<Runtime>,
+}
+
+impl Client {
+    pub fn new(cfg: Config) -> Result<Client> {
+        let rt = Runtime::shared()?;
+        let dialer = Arc::new(Dialer::new(cfg)?);
+        Ok(Client { dialer, rt })
+    }
+
+    pub fn from_json(json: &str) -> Result<Client> {
+        Client::new(Config::from_json_str(json)?)
+    }
+
+    /// The mode tunnels are opened in (`auto` already resolved).
+    pub fn mode(&self) -> Mode {
+        self.dialer.mode()
+    }
+
+    /// Opens one tunnel; `timeout` bounds connecting and sending the request heads.
+    pub fn open(&self, timeout: Option<Duration>) -> Result<Tunnel> {
+        let d = self.dialer.clone();
+        let core = self.rt.block_on(timeout, async move { d.open().await })?;
+        Ok(Tunnel {
+            core: Arc::new(core),
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Closes every tunnel and connection of this client. Idempotent.
+    pub fn close(&self) {
+        self.dialer.close();
+    }
+
+    /// The async dialer, for callers already on a tokio runtime.
+    pub fn dialer(&self) -> &Arc<Dialer> {
+        &self.dialer
+    }
+}
+
+/// One tunnel. All methods take `&self` and may be called from any thread at once.
+#[derive(Clone)]
+pub struct Tunnel {
+    core: Arc<TunnelCore>,
+    rt: Arc<Runtime>,
+}
+
+impl Tunnel {
+    /// Reads downloaded bytes; `Ok(0)` is the end of the download.
+    pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize> {
+        self.rt.block_on(timeout, self.core.read(buf))
+    }
+
+    /// Queues all of `data` for upload.
+    pub fn write(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
+        self.rt.block_on(timeout, self.core.write(data))
+    }
+
+    /// Ends the upload cleanly once everything queued is sent.
+    pub fn shutdown_write(&self) -> Result<()> {
+        self.rt.block_on(None, self.core.shutdown_write())
+    }
+
+    /// Closes the tunnel; see [`TunnelCore::close`]. Idempotent, never blocks.
+    pub fn close(&self) {
+        self.core.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core.local_addr()
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.core.peer_addr()
+    }
+}

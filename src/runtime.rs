@@ -1,0 +1,74 @@
+//! The library's own runtime: a tokio runtime on threads we own, shared by every client in
+//! the process, started with the first client and shut down (bounded) with the last.
+//! The app never needs an async executor of its own.
+
+use crate::error::{Error, Result};
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+pub struct Runtime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+static SHARED: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
+
+/// How long shutting the runtime down may take before its threads are abandoned.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+
+impl Runtime {
+    /// The process's runtime, started if no client holds it.
+    pub fn shared() -> Result<Arc<Runtime>> {
+        let mut w = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = w.upgrade() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("xhttp-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start the runtime: {e}")))?;
+        let rt = Arc::new(Runtime { rt: Some(rt) });
+        *w = Arc::downgrade(&rt);
+        Ok(rt)
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        // `rt` is only taken in Drop.
+        self.rt.as_ref().map(|r| r.handle()).expect("runtime present until drop")
+    }
+
+    /// Runs `fut` to completion from an app thread, giving up after `timeout` (`None` =
+    /// no limit). Refuses to block a runtime thread (that would deadlock or panic).
+    pub fn block_on<T>(
+        &self,
+        timeout: Option<Duration>,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::WrongThread);
+        }
+        self.handle().block_on(async move {
+            match timeout {
+                None => fut.await,
+                Some(d) => tokio::time::timeout(d, fut)
+                    .await
+                    .unwrap_or(Err(Error::Timeout(d.as_millis() as u64))),
+            }
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Dropped from a runtime thread (never ours by design): cannot wait here.
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(SHUTDOWN_BOUND);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! One HTTP/3 connection = one QUIC connection on its own UDP socket (so retiring it
+//! releases the socket), with the h3 driver polled for the connection's whole life.
+
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// QUIC transport parameters of the client.
+#[derive(Clone, Debug)]
+pub struct QuicOptions {
+    /// `None` disables keep-alive. Xray's H3 client default is 10 s.
+    pub keep_alive: Option<Duration>,
+    /// We propose 30 s: Xray's server uses quic-go's 30 s, and the smaller side wins anyway;
+    /// a dead path is noticed in 30 s instead of Xray's client-side 300 s.
+    pub idle_timeout: Duration,
+    /// Bounded so a slow reader cannot make the connection buffer unbounded memory (iOS
+    /// network extensions die at ~50 MB).
+    pub connection_window: u32,
+    pub stream_window: u32,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            keep_alive: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(30),
+            connection_window: 12 * 1024 * 1024,
+            stream_window: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl QuicOptions {
+    fn transport(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(self.keep_alive);
+        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        t.receive_window(self.connection_window.into());
+        t.stream_receive_window(self.stream_window.into());
+        // The server may not open bidirectional streams toward us (HTTP/3 client).
+        t.max_concurrent_bidi_streams(0u32.into());
+        t
+    }
+}
+
+/// An established HTTP/3 connection.
+pub struct H3Conn {
+    quic: quinn::Connection,
+    // Kept so the endpoint (and its socket) lives exactly as long as this connection.
+    _endpoint: quinn::Endpoint,
+    sender: Mutex<Sender>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    broken: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for H3Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3Conn")
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}
+
+impl H3Conn {
+    /// Dials `remote` with TLS name `sni` and sets up HTTP/3. Must run on the runtime.
+    pub async fn connect(
+        remote: SocketAddr,
+        sni: &str,
+        tls: Arc<rustls::ClientConfig>,
+        opts: &QuicOptions,
+    ) -> Result<Arc<H3Conn>> {
+        let fail = |detail: String| Error::Connect {
+            addr: remote.to_string(),
+            detail,
+        };
+        let bind: SocketAddr = if remote.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(bind).map_err(|e| fail(format!("UDP bind: {e}")))?;
+        let local_ip = route_local_ip(remote).unwrap_or(bind.ip());
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| fail(format!("QUIC endpoint: {e}")))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| fail(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+        cc.transport_config(Arc::new(opts.transport()));
+        let quic = endpoint
+            .connect_with(cc, remote, sni)
+            .map_err(|e| fail(format!("{e}")))?
+            .await
+            .map_err(|e| fail(format!("{e}")))?;
+        let (mut driver, sender) = h3::client::builder()
+            .send_grease(false)
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+            .await
+            .map_err(|e| fail(format!("HTTP/3 setup: {e}")))?;
+        let broken = Arc::new(AtomicBool::new(false));
+        let flag = broken.clone();
+        tokio::spawn(async move {
+            let err = futures_util::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            flag.store(true, Ordering::Release);
+            log::debug!("HTTP/3 connection to {remote} ended: {err}");
+        });
+        let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
+        let local_ip = quic.local_ip().unwrap_or(local_ip);
+        Ok(Arc::new(H3Conn {
+            local: SocketAddr::new(local_ip, local_port),
+            remote: quic.remote_address(),
+            quic,
+            _endpoint: endpoint,
+            sender: Mutex::new(sender),
+            broken,
+        }))
+    }
+
+    /// Sends a request head; returns the stream for its body and response.
+    pub async fn send_request(&self, req: http::Request<()>) -> Result<RequestStream, String> {
+        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let r = sender.send_request(req).await;
+        if r.is_err() && self.quic.close_reason().is_some() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r.map_err(|e| e.to_string())
+    }
+
+    /// True once the connection failed or closed; such a connection is never used again.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire) || self.quic.close_reason().is_some()
+    }
+
+    /// Marks the connection unusable (a request on it failed at transport level).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Sends CONNECTION_CLOSE now. Idempotent.
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.quic.close(0u32.into(), b"");
+    }
+}
+
+impl Drop for H3Conn {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The local address the kernel would use toward `remote` (a connected UDP socket sends
+/// nothing; it only asks the routing table). Used when quinn cannot tell us.
+fn route_local_ip(remote: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if remote.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(remote).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}

@@ -1,0 +1,220 @@
+//! Tunnels: one bidirectional byte stream carried by the requests of one XHTTP session.
+//!
+//! Every tunnel is a handful of tasks on the runtime (download, upload, response checks)
+//! and a [`TunnelCore`] the app side holds. Close semantics are by construction:
+//! - one cancellation token ends every task; closing twice or from many threads only
+//!   cancels an already-cancelled token;
+//! - each h3 receive half is owned by exactly one task and is only ever *dropped* (never
+//!   `stop_sending` after a cancelled read, which panics in h3-quinn 0.0.10);
+//! - each h3 send half sits in a [`streams::SendGuard`] that resets the stream unless a
+//!   `finish()` succeeded, so a cancelled upload never looks complete to the server;
+//! - the first failure is kept and reported to every later read and write.
+
+mod dialer;
+mod streams;
+
+pub use dialer::Dialer;
+
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Writes are cut into pieces of at most this size before they are queued.
+const WRITE_PIECE: usize = 64 * 1024;
+
+/// State shared by a tunnel's tasks and its handle.
+pub(crate) struct Shared {
+    cancel: CancellationToken,
+    closed: AtomicBool,
+    failure: OnceLock<Error>,
+    /// Runs exactly once when the tunnel ends however it ends (XMUX slot release).
+    on_end: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            cancel: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            on_end: Mutex::new(None),
+        })
+    }
+
+    /// Fails the tunnel with `e` (the first failure wins) and stops every task.
+    pub(crate) fn fail(&self, e: Error) {
+        // After a close, tasks see their streams die; that is not a failure to report.
+        if !self.closed.load(Ordering::Acquire) && !self.cancel.is_cancelled() {
+            log::debug!("tunnel failed: {e}");
+            let _ = self.failure.set(e);
+        }
+        self.end();
+    }
+
+    fn end(&self) {
+        self.cancel.cancel();
+        let f = self.on_end.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+
+    /// The error a read or write reports once the tunnel has ended.
+    fn end_error(&self) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            return Error::Closed;
+        }
+        if let Some(e) = self.failure.get() {
+            return e.clone();
+        }
+        Error::Closed
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// The async tunnel. `close` is synchronous, idempotent and callable from any thread.
+pub struct TunnelCore {
+    shared: Arc<Shared>,
+    down: tokio::sync::Mutex<Download>,
+    up: tokio::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+struct Download {
+    rx: mpsc::Receiver<Bytes>,
+    pending: Bytes,
+    eof: bool,
+}
+
+impl TunnelCore {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        down: mpsc::Receiver<Bytes>,
+        up: mpsc::Sender<Bytes>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> TunnelCore {
+        TunnelCore {
+            shared,
+            down: tokio::sync::Mutex::new(Download {
+                rx: down,
+                pending: Bytes::new(),
+                eof: false,
+            }),
+            up: tokio::sync::Mutex::new(Some(up)),
+            local,
+            remote,
+        }
+    }
+
+    /// Reads downloaded bytes into `buf`. `Ok(0)` means the server ended the download.
+    pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let token = self.shared.cancel.clone();
+        let mut down = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(self.shared.end_error()),
+            d = self.down.lock() => d,
+        };
+        if down.pending.is_empty() && !down.eof {
+            let next = tokio::select! {
+                biased;
+                _ = token.cancelled() => return Err(self.shared.end_error()),
+                n = down.rx.recv() => n,
+            };
+            match next {
+                Some(b) => down.pending = b,
+                None => {
+                    // The download task ended: either cleanly (EOF) or with a failure.
+                    if let Some(e) = self.shared.failure.get() {
+                        return Err(e.clone());
+                    }
+                    down.eof = true;
+                }
+            }
+        }
+        if down.eof && down.pending.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(down.pending.len());
+        buf[..n].copy_from_slice(&down.pending.split_to(n));
+        Ok(n)
+    }
+
+    /// Queues `data` for upload; returns once all of it is queued (the upload task applies
+    /// the mode's batching and flow control).
+    pub async fn write(&self, data: &[u8]) -> Result<usize> {
+        let token = self.shared.cancel.clone();
+        let up = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(self.shared.end_error()),
+            u = self.up.lock() => u,
+        };
+        let Some(tx) = up.as_ref() else {
+            return Err(Error::WriteShutdown);
+        };
+        for piece in data.chunks(WRITE_PIECE) {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return Err(self.shared.end_error()),
+                r = tx.send(Bytes::copy_from_slice(piece)) => {
+                    if r.is_err() {
+                        return Err(self.shared.end_error());
+                    }
+                }
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Ends the upload cleanly after everything queued is sent (stream-up and stream-one
+    /// finish the request body; packet-up flushes its last POSTs). Idempotent.
+    pub async fn shutdown_write(&self) -> Result<()> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(self.shared.end_error());
+        }
+        self.up.lock().await.take();
+        Ok(())
+    }
+
+    /// Closes the tunnel: resets an unfinished upload, stops the download, wakes every
+    /// blocked reader and writer with [`Error::Closed`], releases its XMUX slot. Idempotent,
+    /// never blocks, safe from any thread and at any point (even before any response).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.end();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// The first failure, if the tunnel failed (not set by a plain close).
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.failure.get().cloned()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+impl Drop for TunnelCore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

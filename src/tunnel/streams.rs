@@ -1,0 +1,303 @@
+//! The tasks behind a tunnel: the download reader, the streaming upload, packet-up POSTs
+//! and response checks. Each owns its h3 stream half; cancellation drops it.
+
+use super::Shared;
+use crate::error::{Error, RequestLabel};
+use crate::transport::{H3Conn, RequestStream};
+use crate::xhttp::range::Range;
+use crate::xhttp::request::{RequestKind, Shaper};
+use bytes::{Buf, Bytes, BytesMut};
+use h3::error::{Code, StreamError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Owns an upload's send half and resets it (H3_REQUEST_CANCELLED) when dropped, unless
+/// `finish()` succeeded first. h3 does not reset on drop (quinn would finish the stream
+/// cleanly), so without this a cancelled upload would reach the server as a complete body.
+pub(crate) struct SendGuard {
+    stream: Option<SendHalf>,
+}
+
+impl SendGuard {
+    fn new(stream: SendHalf) -> Self {
+        SendGuard {
+            stream: Some(stream),
+        }
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
+        match self.stream.as_mut() {
+            Some(s) => s.send_data(data).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the body cleanly and disarms the reset.
+    async fn finish(&mut self) -> Result<(), StreamError> {
+        if let Some(s) = self.stream.as_mut() {
+            s.finish().await?;
+            self.stream = None;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SendGuard {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.stream.take() {
+            s.stop_stream(Code::H3_REQUEST_CANCELLED);
+        }
+    }
+}
+
+/// Whether a send error is the server saying "I am done reading" (STOP_SENDING with
+/// H3_NO_ERROR), which ends the upload without failing the tunnel.
+fn is_peer_done(e: &StreamError) -> bool {
+    matches!(e, StreamError::RemoteTerminate { code, .. } if *code == Code::H3_NO_ERROR)
+}
+
+fn request_error(label: &RequestLabel, e: impl std::fmt::Display) -> Error {
+    Error::Request {
+        request: label.clone(),
+        detail: e.to_string(),
+    }
+}
+
+/// Sends a request head on `conn`; a failure here is a transport failure of the connection.
+pub(crate) async fn open_request(
+    conn: &H3Conn,
+    req: http::Request<()>,
+    label: &RequestLabel,
+) -> Result<RequestStream, Error> {
+    conn.send_request(req).await.map_err(|e| {
+        conn.mark_broken();
+        request_error(label, e)
+    })
+}
+
+/// Waits for the response head and fails the tunnel unless it is 200.
+async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -> bool {
+    let token = shared.token().clone();
+    let resp = tokio::select! {
+        _ = token.cancelled() => return false,
+        r = recv.recv_response() => r,
+    };
+    match resp {
+        Ok(r) if r.status() == http::StatusCode::OK => true,
+        Ok(r) => {
+            shared.fail(Error::Status {
+                status: r.status().as_u16(),
+                request: label.clone(),
+            });
+            false
+        }
+        Err(e) => {
+            shared.fail(request_error(label, e));
+            false
+        }
+    }
+}
+
+/// The download: checks the response status, then forwards body chunks to the reader
+/// until the body ends (EOF for the reader) or the tunnel ends.
+pub(crate) async fn download(
+    mut recv: RecvHalf,
+    label: RequestLabel,
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+) {
+    if !expect_ok(&mut recv, &label, &shared).await {
+        return;
+    }
+    let token = shared.token().clone();
+    loop {
+        let chunk = tokio::select! {
+            _ = token.cancelled() => return,
+            c = recv.recv_data() => c,
+        };
+        match chunk {
+            Ok(Some(mut b)) => {
+                let bytes = b.copy_to_bytes(b.remaining());
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = tx.send(bytes) => if r.is_err() { return },
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                shared.fail(request_error(&label, e));
+                return;
+            }
+        }
+    }
+}
+
+/// Reads and discards a response body after checking its status: the stream-up POST's
+/// response carries the server's keep-alive padding; packet-up responses are empty.
+pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shared: Arc<Shared>) {
+    if !expect_ok(&mut recv, &label, &shared).await {
+        return;
+    }
+    let token = shared.token().clone();
+    loop {
+        let chunk = tokio::select! {
+            _ = token.cancelled() => return,
+            c = recv.recv_data() => c,
+        };
+        match chunk {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                shared.fail(request_error(&label, e));
+                return;
+            }
+        }
+    }
+}
+
+/// The streaming upload of stream-up and stream-one: queued writes become body data;
+/// the queue closing (shutdown_write) finishes the body; cancellation resets it.
+pub(crate) async fn stream_upload(
+    send: SendHalf,
+    label: RequestLabel,
+    mut rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let mut guard = SendGuard::new(send);
+    let token = shared.token().clone();
+    loop {
+        let next = tokio::select! {
+            _ = token.cancelled() => return,
+            n = rx.recv() => n,
+        };
+        let r = match next {
+            Some(data) => tokio::select! {
+                _ = token.cancelled() => return,
+                r = guard.send(data) => r,
+            },
+            None => {
+                let r = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = guard.finish() => r,
+                };
+                if let Err(e) = r {
+                    if !is_peer_done(&e) {
+                        shared.fail(request_error(&label, e));
+                    }
+                }
+                return;
+            }
+        };
+        if let Err(e) = r {
+            if !is_peer_done(&e) {
+                shared.fail(request_error(&label, e));
+            }
+            return;
+        }
+    }
+}
+
+/// Packet-up parameters drawn once per tunnel.
+pub(crate) struct PacketPlan {
+    pub max_post: usize,
+    pub interval: Range,
+}
+
+/// The packet-up upload: batches queued writes into POSTs of at most `max_post` bytes,
+/// seq from 0, at least `interval` apart, each body fully sent before the next POST;
+/// responses are checked concurrently.
+pub(crate) async fn packet_upload(
+    conn: Arc<H3Conn>,
+    shaper: Arc<Shaper>,
+    session: String,
+    plan: PacketPlan,
+    mut rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let token = shared.token().clone();
+    let mut responses = tokio::task::JoinSet::new();
+    let mut buf = BytesMut::new();
+    let mut seq: u64 = 0;
+    let mut last_start: Option<Instant> = None;
+    let mut open = true;
+    loop {
+        if buf.is_empty() && open {
+            let next = tokio::select! {
+                _ = token.cancelled() => return,
+                n = rx.recv() => n,
+            };
+            match next {
+                Some(b) => buf.extend_from_slice(&b),
+                None => open = false,
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let gap = Duration::from_millis(plan.interval.draw(&mut rand::rng()).max(0) as u64);
+        if let Some(t) = last_start {
+            let due = t + gap;
+            if due > Instant::now() {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+            }
+        }
+        // Batch whatever else arrived meanwhile, up to one POST's worth.
+        while open && buf.len() < plan.max_post {
+            match rx.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let chunk = buf.split_to(buf.len().min(plan.max_post)).freeze();
+        last_start = Some(Instant::now());
+        let kind = RequestKind::PacketUp { seq };
+        let label = shaper.label(kind, Some(&session));
+        let in_body = shaper.data_in_body();
+        let req = match shaper.build(kind, Some(&session), (!in_body).then_some(&chunk[..]), &mut rand::rng()) {
+            Ok(r) => r,
+            Err(e) => return shared.fail(e),
+        };
+        let stream = tokio::select! {
+            _ = token.cancelled() => return,
+            r = open_request(&conn, req, &label) => r,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => return shared.fail(e),
+        };
+        let (send, recv) = stream.split();
+        let mut guard = SendGuard::new(send);
+        let sent = tokio::select! {
+            _ = token.cancelled() => return,
+            r = async {
+                if in_body {
+                    guard.send(chunk).await?;
+                }
+                guard.finish().await
+            } => r,
+        };
+        if let Err(e) = sent {
+            conn.mark_broken();
+            return shared.fail(request_error(&label, e));
+        }
+        responses.spawn(drain_response(recv, label, shared.clone()));
+        seq += 1;
+    }
+    // Upload shut down and flushed: wait for the last responses (a late non-200 still
+    // fails the tunnel). Dropping the JoinSet on cancel aborts them.
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            r = responses.join_next() => if r.is_none() { return },
+        }
+    }
+}

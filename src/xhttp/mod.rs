@@ -1,0 +1,8 @@
+//! The XHTTP protocol as pure code: ranges, padding, session ids, request shapes, upload
+//! batching. Nothing here touches a socket.
+
+pub mod browser;
+pub mod padding;
+pub mod range;
+pub mod request;
+pub mod session;
