@@ -181,3 +181,6 @@ fn pem_certs(field: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests;
