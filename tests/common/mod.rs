@@ -1,0 +1,103 @@
+//! Shared test plumbing: the in-repo server on its own runtime, clients for it, and
+//! SHA-256-checked transfers.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use xhttp_mobile::testserver::{Event, ServerOptions, TestServer};
+use xhttp_mobile::{Client, Config, Tunnel};
+
+pub const T: Option<Duration> = Some(Duration::from_secs(30));
+
+/// A test server running on a runtime of its own (the client uses the library's).
+pub struct Env {
+    pub server: TestServer,
+    pub rt: tokio::runtime::Runtime,
+}
+
+pub fn env(configure: impl FnOnce(&mut ServerOptions)) -> Env {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut o = ServerOptions::default();
+    o.settings.path = "/xh".into();
+    configure(&mut o);
+    let server = rt.block_on(TestServer::start(o)).expect("test server starts");
+    Env { server, rt }
+}
+
+impl Env {
+    /// Client JSON for this server with `xhttp` as its `xhttpSettings`.
+    pub fn config_json(&self, xhttp: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "address": "127.0.0.1",
+            "port": self.server.addr().port(),
+            "tlsSettings": {
+                "serverName": "localhost",
+                "pinnedPeerCertSha256": self.server.cert_sha256_hex(),
+                "disableSystemRoot": true
+            },
+            "xhttpSettings": xhttp
+        })
+    }
+
+    pub fn client(&self, xhttp: serde_json::Value) -> Client {
+        let cfg = Config::from_json(&self.config_json(xhttp)).expect("valid client config");
+        Client::new(cfg).expect("client")
+    }
+
+    pub fn wait_for(&self, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
+        self.rt.block_on(self.server.wait_for(pred, timeout))
+    }
+}
+
+/// Deterministic test data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Writes `size` bytes on one thread while reading the echo on this one; asserts the
+/// SHA-256 of what came back equals what went up. Stream modes half-close after writing
+/// and expect the download to end with EOF right after the echo.
+pub fn echo_roundtrip(t: &Tunnel, size: usize, half_close: bool) {
+    let data = pattern(size as u64, size);
+    let want = sha(&data);
+    let w = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            for c in data.chunks(100_000) {
+                assert_eq!(t.write(c, T).expect("write"), c.len());
+            }
+            if half_close {
+                t.shutdown_write().expect("shutdown_write");
+            }
+        })
+    };
+    let mut got = Vec::with_capacity(size);
+    let mut buf = vec![0u8; 65536];
+    while got.len() < size {
+        let n = t.read(&mut buf, T).expect("read");
+        assert!(n > 0, "download ended after {} of {size} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    w.join().expect("writer thread");
+    assert_eq!(got.len(), size);
+    assert_eq!(sha(&got), want, "SHA-256 of the echo differs from what was sent");
+    if half_close {
+        assert_eq!(t.read(&mut buf, T).expect("read at end"), 0, "expected EOF after the echo");
+    }
+}

@@ -1,0 +1,82 @@
+//! Every placement of session id, seq and packet data, default and obfs padding, methods
+//! and session-id tables, each against a server configured the same way.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use xhttp_mobile::config::XhttpSettings;
+
+/// Starts a server whose settings are the client's (as an Xray server and client sharing
+/// one `xhttpSettings`), then echoes `size` bytes through one tunnel.
+fn roundtrip_with(x: Value, size: usize) {
+    let settings = XhttpSettings::from_json("xhttpSettings", &x).expect("settings");
+    let half_close = settings.mode.resolve() != xhttp_mobile::config::Mode::PacketUp;
+    let e = env(|o| o.settings = settings.clone());
+    let c = e.client(x.clone());
+    let t = c.open(T).expect("open");
+    echo_roundtrip(&t, size, half_close);
+    t.close();
+}
+
+fn with(base: Value, extra: Value) -> Value {
+    let mut b = base;
+    b.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    b
+}
+
+#[test]
+fn every_session_and_seq_placement_in_packet_up() {
+    for sp in ["path", "query", "header", "cookie"] {
+        for qp in ["path", "query", "header", "cookie"] {
+            let x = json!({"path": "/xh", "mode": "packet-up",
+                "sessionIDPlacement": sp, "seqPlacement": qp});
+            roundtrip_with(x, 300_000);
+        }
+    }
+}
+
+#[test]
+fn session_placements_in_stream_up() {
+    for sp in ["path", "query", "header", "cookie"] {
+        let x = json!({"path": "/xh", "mode": "stream-up", "sessionIDPlacement": sp,
+            "sessionIDKey": "sid"});
+        roundtrip_with(x, 300_000);
+    }
+}
+
+#[test]
+fn packet_data_in_headers_and_cookies() {
+    for dp in ["header", "cookie"] {
+        // Small posts: the data rides in header fields.
+        let x = json!({"path": "/xh", "mode": "packet-up", "uplinkDataPlacement": dp,
+            "scMaxEachPostBytes": 3000, "scMinPostsIntervalMs": 1});
+        roundtrip_with(x, 60_000);
+    }
+    // GET uploads carry their data in headers.
+    let x = json!({"path": "/xh", "mode": "packet-up", "uplinkDataPlacement": "header",
+        "uplinkHTTPMethod": "GET", "scMaxEachPostBytes": 3000, "scMinPostsIntervalMs": 1});
+    roundtrip_with(x, 30_000);
+}
+
+#[test]
+fn obfs_padding_every_placement_and_method() {
+    for placement in ["queryInHeader", "header", "query", "cookie"] {
+        for method in ["repeat-x", "tokenish"] {
+            let x = json!({"path": "/xh", "mode": "stream-up", "xPaddingObfsMode": true,
+                "xPaddingPlacement": placement, "xPaddingMethod": method,
+                "xPaddingKey": "pk", "xPaddingHeader": "X-Pad", "xPaddingBytes": "50-300"});
+            roundtrip_with(x, 100_000);
+        }
+    }
+}
+
+#[test]
+fn methods_tables_and_headers() {
+    let base = json!({"path": "/xh/sub?ed=1"});
+    roundtrip_with(with(base.clone(), json!({"mode": "stream-up", "uplinkHTTPMethod": "PUT"})), 200_000);
+    roundtrip_with(with(base.clone(), json!({"mode": "stream-one", "uplinkHTTPMethod": "PATCH", "noGRPCHeader": true})), 200_000);
+    roundtrip_with(with(base.clone(), json!({"mode": "packet-up", "sessionIDTable": "Base62", "sessionIDLength": "12-16"})), 200_000);
+    roundtrip_with(with(base, json!({"mode": "packet-up", "headers": {"User-Agent": "firefox", "X-App": "t"}})), 200_000);
+}
