@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod transport;
 pub mod tunnel;
 pub mod xhttp;
+pub mod xmux;
 
 
 pub use api::{Client, Tunnel};

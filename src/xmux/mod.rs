@@ -1,0 +1,7 @@
+//! XMUX: which QUIC connection each tunnel's requests ride on (protocol doc §5).
+
+pub mod settings;
+pub mod state;
+
+pub use settings::XmuxSettings;
+pub use state::{Choice, ConnId, ConnStats, XmuxState};
