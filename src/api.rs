@@ -42,6 +42,11 @@ impl Client {
         })
     }
 
+    /// XMUX introspection: live and draining connections, running slots, charged requests.
+    pub fn pool_stats(&self) -> crate::xmux::PoolStats {
+        self.dialer.pool_stats()
+    }
+
     /// Closes every tunnel and connection of this client. Idempotent.
     pub fn close(&self) {
         self.dialer.close();

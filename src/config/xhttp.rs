@@ -5,6 +5,7 @@ use super::json::Fields;
 use crate::error::{Error, Result};
 use crate::xhttp::padding::{Padding, PaddingMethod, PaddingPlacement};
 use crate::xhttp::range::Range;
+use crate::xmux::XmuxSettings;
 use serde_json::Value;
 
 /// `mode`.
@@ -118,8 +119,7 @@ pub struct XhttpSettings {
     pub sc_min_posts_interval_ms: Range,
     pub sc_max_buffered_posts: i64,
     pub sc_stream_up_server_secs: Range,
-    /// The raw `xmux` object, if any (interpreted by the XMUX layer).
-    pub xmux: Option<Value>,
+    pub xmux: XmuxSettings,
 }
 
 impl Default for XhttpSettings {
@@ -145,7 +145,7 @@ impl Default for XhttpSettings {
             sc_min_posts_interval_ms: Range::fixed(30),
             sc_max_buffered_posts: 30,
             sc_stream_up_server_secs: Range::new(20, 80),
-            xmux: None,
+            xmux: XmuxSettings::xray_defaults(),
         }
     }
 }
@@ -404,7 +404,7 @@ impl XhttpSettings {
                 s.sc_stream_up_server_secs = r;
             }
         }
-        s.xmux = f.take("xmux");
+        s.xmux = XmuxSettings::from_json(&f.path_of("xmux"), f.take("xmux").as_ref())?;
         // Renamed or removed keys Xray now ignores; accepted silently for old configs.
         for old in [
             "scMaxConcurrentPosts",

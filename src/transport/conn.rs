@@ -144,6 +144,11 @@ impl H3Conn {
         self.broken.load(Ordering::Acquire) || self.quic.close_reason().is_some()
     }
 
+    /// True once CONNECTION_CLOSE was sent or received.
+    pub fn is_closed(&self) -> bool {
+        self.quic.close_reason().is_some()
+    }
+
     /// Marks the connection unusable (a request on it failed at transport level).
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::Release);

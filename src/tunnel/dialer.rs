@@ -1,16 +1,19 @@
-//! Opens tunnels for one config: picks the connection, builds each mode's requests through
-//! the one [`Shaper`], and starts the tasks.
+//! Opens tunnels for one config: takes a running slot from XMUX, builds each mode's
+//! requests through the one [`Shaper`], charges each request to the connection carrying
+//! it, and starts the tasks.
 
 use super::streams::{self, PacketPlan};
 use super::{Shared, TunnelCore};
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
-use crate::transport::{H3Conn, QuicOptions, tls};
+use crate::transport::{QuicOptions, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
+use crate::xmux::pool::Connector;
+use crate::xmux::{Pool, PoolStats, Slot};
 use bytes::Bytes;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 
@@ -22,31 +25,37 @@ pub struct Dialer {
     cfg: Config,
     mode: Mode,
     shaper: Arc<Shaper>,
-    tls: Arc<rustls::ClientConfig>,
-    quic: QuicOptions,
-    current: tokio::sync::Mutex<Option<Arc<H3Conn>>>,
-    conns: Mutex<Vec<Weak<H3Conn>>>,
+    pool: Arc<Pool>,
     tunnels: Mutex<Vec<Weak<Shared>>>,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Dialer {
-    /// Validates what the config layer could not (TLS material) and prepares the shaper.
+    /// Validates what the config layer could not (TLS material) and prepares the shaper
+    /// and the XMUX pool. Does no I/O.
     pub fn new(cfg: Config) -> Result<Dialer> {
         let tls = Arc::new(tls::client_config(&cfg.tls)?);
         let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
         // Fail at construction, not at the first tunnel, if a request cannot be built.
         shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
+        let quic = QuicOptions {
+            keep_alive: cfg.xhttp.xmux.keep_alive(),
+            ..QuicOptions::default()
+        };
+        let connector = Connector {
+            address: cfg.address.clone(),
+            port: cfg.port,
+            sni: cfg.sni().to_string(),
+            tls,
+            quic,
+        };
         Ok(Dialer {
             mode: cfg.xhttp.mode.resolve(),
+            pool: Pool::new(connector, cfg.xhttp.xmux.clone()),
             cfg,
             shaper,
-            tls,
-            quic: QuicOptions::default(),
-            current: tokio::sync::Mutex::new(None),
-            conns: Mutex::new(Vec::new()),
             tunnels: Mutex::new(Vec::new()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -58,31 +67,9 @@ impl Dialer {
         self.mode
     }
 
-    /// The connection for the next tunnel: the current one while it is healthy, else a new
-    /// one. (XMUX's selection rules replace this.)
-    async fn connection(&self) -> Result<Arc<H3Conn>> {
-        let mut cur = self.current.lock().await;
-        if let Some(c) = cur.as_ref().filter(|c| !c.is_broken()) {
-            return Ok(c.clone());
-        }
-        let addr = format!("{}:{}", self.cfg.address, self.cfg.port);
-        let remote = tokio::net::lookup_host(&addr)
-            .await
-            .map_err(|e| Error::Connect {
-                addr: addr.clone(),
-                detail: format!("resolve: {e}"),
-            })?
-            .next()
-            .ok_or_else(|| Error::Connect {
-                addr: addr.clone(),
-                detail: "resolve: no address".into(),
-            })?;
-        let c = H3Conn::connect(remote, self.cfg.sni(), self.tls.clone(), &self.quic).await?;
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|w| w.strong_count() > 0);
-        conns.push(Arc::downgrade(&c));
-        *cur = Some(c.clone());
-        Ok(c)
+    /// XMUX introspection: connections, running slots, charged requests.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// Opens one tunnel in the configured mode. Returns once the requests are sent (not
@@ -91,21 +78,29 @@ impl Dialer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let conn = self.connection().await?;
+        let slot = Arc::new(self.pool.acquire().await?);
         let shared = Shared::new();
+        {
+            let held = slot.clone();
+            shared.on_end(Box::new(move || drop(held)));
+        }
         {
             let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
             t.retain(|w| w.strong_count() > 0);
             t.push(Arc::downgrade(&shared));
         }
-        let r = self.start(&conn, &shared).await;
-        match r {
+        // A client close racing this open must still close the new tunnel.
+        if self.closed.load(Ordering::Acquire) {
+            shared.close();
+            return Err(Error::Closed);
+        }
+        match self.start(slot.clone(), &shared).await {
             Ok((down_rx, up_tx)) => Ok(TunnelCore::new(
                 shared,
                 down_rx,
                 up_tx,
-                conn.local_addr(),
-                conn.remote_addr(),
+                slot.conn().local_addr(),
+                slot.conn().remote_addr(),
             )),
             Err(e) => {
                 shared.fail(e.clone());
@@ -116,10 +111,11 @@ impl Dialer {
 
     async fn start(
         &self,
-        conn: &Arc<H3Conn>,
+        slot: Arc<Slot>,
         shared: &Arc<Shared>,
     ) -> Result<(mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>)> {
         let s = &self.cfg.xhttp;
+        let conn = slot.conn().clone();
         let mut rng = rand::rng();
         let max_post = s.sc_max_each_post_bytes.draw(&mut rng).max(1) as usize;
         let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
@@ -129,14 +125,16 @@ impl Dialer {
             _ => 8,
         };
         let (up_tx, up_rx) = mpsc::channel(up_cap);
+        let keep = |f| spawn_holding(&slot, f);
 
         if self.mode == Mode::StreamOne {
             let kind = RequestKind::StreamOne;
             let label = self.shaper.label(kind, None);
             let req = self.shaper.build(kind, None, None, &mut rng)?;
-            let (send, recv) = streams::open_request(conn, req, &label).await?.split();
-            spawn_holding(conn, streams::download(recv, label.clone(), down_tx, shared.clone()));
-            spawn_holding(conn, streams::stream_upload(send, label, up_rx, shared.clone()));
+            self.pool.charge(slot.id());
+            let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
+            keep(Box::pin(streams::download(recv, label.clone(), down_tx, shared.clone())));
+            keep(Box::pin(streams::stream_upload(send, label, up_rx, shared.clone())));
             return Ok((down_rx, up_tx));
         }
 
@@ -144,34 +142,37 @@ impl Dialer {
         let kind = RequestKind::StreamDown;
         let label = self.shaper.label(kind, Some(&id));
         let req = self.shaper.build(kind, Some(&id), None, &mut rng)?;
-        let (mut send, recv) = streams::open_request(conn, req, &label).await?.split();
+        self.pool.charge(slot.id());
+        let (mut send, recv) = streams::open_request(&conn, req, &label).await?.split();
         // A GET has no body: end our side now.
         send.finish().await.map_err(|e| Error::Request {
             request: label.clone(),
             detail: e.to_string(),
         })?;
-        spawn_holding(conn, streams::download(recv, label, down_tx, shared.clone()));
+        keep(Box::pin(streams::download(recv, label, down_tx, shared.clone())));
 
         if self.mode == Mode::StreamUp {
             let kind = RequestKind::StreamUp;
             let label = self.shaper.label(kind, Some(&id));
             let req = self.shaper.build(kind, Some(&id), None, &mut rng)?;
-            let (send, recv) = streams::open_request(conn, req, &label).await?.split();
-            spawn_holding(conn, streams::drain_response(recv, label.clone(), shared.clone()));
-            spawn_holding(conn, streams::stream_upload(send, label, up_rx, shared.clone()));
+            self.pool.charge(slot.id());
+            let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
+            keep(Box::pin(streams::drain_response(recv, label.clone(), shared.clone())));
+            keep(Box::pin(streams::stream_upload(send, label, up_rx, shared.clone())));
         } else {
             let plan = PacketPlan {
                 max_post,
                 interval: s.sc_min_posts_interval_ms,
             };
-            spawn_holding(conn, streams::packet_upload(
-                conn.clone(),
+            keep(Box::pin(streams::packet_upload(
+                self.pool.clone(),
+                slot.clone(),
                 self.shaper.clone(),
                 id,
                 plan,
                 up_rx,
                 shared.clone(),
-            ));
+            )));
         }
         Ok((down_rx, up_tx))
     }
@@ -181,13 +182,9 @@ impl Dialer {
         self.closed.store(true, Ordering::Release);
         let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tunnels.iter().filter_map(Weak::upgrade) {
-            t.closed.store(true, Ordering::Release);
-            t.end();
+            t.close();
         }
-        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
-        for c in conns.iter().filter_map(Weak::upgrade) {
-            c.close();
-        }
+        self.pool.close();
     }
 }
 
@@ -197,9 +194,12 @@ impl Drop for Dialer {
     }
 }
 
-/// Runs a tunnel task that keeps its connection alive until it ends.
-fn spawn_holding(conn: &Arc<H3Conn>, f: impl Future<Output = ()> + Send + 'static) {
-    let keep = conn.clone();
+/// Runs a tunnel task that keeps the tunnel's slot (and so its connection) until it ends.
+fn spawn_holding(
+    slot: &Arc<Slot>,
+    f: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
+) {
+    let keep = slot.clone();
     tokio::spawn(async move {
         f.await;
         drop(keep);

@@ -55,6 +55,12 @@ impl Shared {
         self.end();
     }
 
+    /// Ends the tunnel as closed by this side.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.end();
+    }
+
     fn end(&self) {
         self.cancel.cancel();
         let f = self.on_end.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -72,6 +78,18 @@ impl Shared {
             return e.clone();
         }
         Error::Closed
+    }
+
+    /// Registers what must run exactly once when the tunnel ends (runs now if it already
+    /// ended).
+    pub(crate) fn on_end(&self, f: Box<dyn FnOnce() + Send>) {
+        let mut slot = self.on_end.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cancel.is_cancelled() {
+            drop(slot);
+            f();
+        } else {
+            *slot = Some(f);
+        }
     }
 
     pub(crate) fn token(&self) -> &CancellationToken {
@@ -191,8 +209,7 @@ impl TunnelCore {
     /// blocked reader and writer with [`Error::Closed`], releases its XMUX slot. Idempotent,
     /// never blocks, safe from any thread and at any point (even before any response).
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.end();
+        self.shared.close();
     }
 
     pub fn is_closed(&self) -> bool {

@@ -4,6 +4,7 @@
 use super::Shared;
 use crate::error::{Error, RequestLabel};
 use crate::transport::{H3Conn, RequestStream};
+use crate::xmux::{Pool, Slot};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
 use bytes::{Buf, Bytes, BytesMut};
@@ -211,8 +212,10 @@ pub(crate) struct PacketPlan {
 /// The packet-up upload: batches queued writes into POSTs of at most `max_post` bytes,
 /// seq from 0, at least `interval` apart, each body fully sent before the next POST;
 /// responses are checked concurrently.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn packet_upload(
-    conn: Arc<H3Conn>,
+    pool: Arc<Pool>,
+    mut upload: Arc<Slot>,
     shaper: Arc<Shaper>,
     session: String,
     plan: PacketPlan,
@@ -266,6 +269,20 @@ pub(crate) async fn packet_upload(
             Ok(r) => r,
             Err(e) => return shared.fail(e),
         };
+        // XMUX: move to another connection once this one's budget or time is used up;
+        // the old slot is released when its in-flight POSTs are done.
+        if pool.needs_switch(upload.id()) {
+            let next = tokio::select! {
+                _ = token.cancelled() => return,
+                r = pool.acquire() => r,
+            };
+            match next {
+                Ok(s) => upload = Arc::new(s),
+                Err(e) => return shared.fail(e),
+            }
+        }
+        pool.charge(upload.id());
+        let conn = upload.conn().clone();
         let stream = tokio::select! {
             _ = token.cancelled() => return,
             r = open_request(&conn, req, &label) => r,
@@ -289,7 +306,12 @@ pub(crate) async fn packet_upload(
             conn.mark_broken();
             return shared.fail(request_error(&label, e));
         }
-        responses.spawn(drain_response(recv, label, shared.clone()));
+        let in_flight = upload.clone();
+        let sh = shared.clone();
+        responses.spawn(async move {
+            drain_response(recv, label, sh).await;
+            drop(in_flight);
+        });
         seq += 1;
     }
     // Upload shut down and flushed: wait for the last responses (a late non-200 still

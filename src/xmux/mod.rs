@@ -1,7 +1,9 @@
 //! XMUX: which QUIC connection each tunnel's requests ride on (protocol doc §5).
 
+pub mod pool;
 pub mod settings;
 pub mod state;
 
 pub use settings::XmuxSettings;
 pub use state::{Choice, ConnId, ConnStats, XmuxState};
+pub use pool::{Pool, PoolStats, Slot};

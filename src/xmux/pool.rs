@@ -1,0 +1,270 @@
+//! The async side of XMUX: dials the connections the state machine asks for, hands out
+//! running slots as RAII guards (released exactly once), closes retired connections as
+//! soon as they are idle, and sweeps for connections whose reusable time ran out.
+
+use super::settings::XmuxSettings;
+use super::state::{Choice, ConnId, ConnStats, XmuxState};
+use crate::error::{Error, Result};
+use crate::transport::{H3Conn, QuicOptions};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// Where and how to dial.
+pub struct Connector {
+    pub address: String,
+    pub port: u16,
+    pub sni: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub quic: QuicOptions,
+}
+
+impl Connector {
+    async fn resolve(&self) -> Result<SocketAddr> {
+        let addr = format!("{}:{}", self.address, self.port);
+        let fail = |detail: String| Error::Connect {
+            addr: addr.clone(),
+            detail,
+        };
+        tokio::net::lookup_host(&addr)
+            .await
+            .map_err(|e| fail(format!("resolve: {e}")))?
+            .next()
+            .ok_or_else(|| fail("resolve: no address".into()))
+    }
+
+    async fn connect(&self) -> Result<Arc<H3Conn>> {
+        let remote = self.resolve().await?;
+        H3Conn::connect(remote, &self.sni, self.tls.clone(), &self.quic).await
+    }
+}
+
+type Cell = Arc<OnceCell<Result<Arc<H3Conn>>>>;
+
+/// Pool-level numbers for apps and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open (dialled and not yet closed), active or draining.
+    pub live_connections: usize,
+    /// Retired connections still carrying tunnels.
+    pub draining: usize,
+    /// Running slots in total.
+    pub running: u64,
+    pub connections: Vec<ConnStats>,
+}
+
+pub struct Pool {
+    connector: Connector,
+    state: Mutex<XmuxState>,
+    conns: Mutex<HashMap<ConnId, Cell>>,
+    closed: AtomicBool,
+    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// A running slot on one connection. Dropping it (or `release`) gives the slot back exactly
+/// once; if that leaves a retired connection idle, the connection is closed right away.
+pub struct Slot {
+    pool: Arc<Pool>,
+    id: ConnId,
+    conn: Option<Arc<H3Conn>>,
+    released: AtomicBool,
+}
+
+impl Slot {
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn conn(&self) -> &Arc<H3Conn> {
+        // Only slots with a dialled connection are handed out.
+        self.conn.as_ref().expect("slot has a connection")
+    }
+
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.pool.release(self.id);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    pub fn new(connector: Connector, settings: XmuxSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            connector,
+            state: Mutex::new(XmuxState::new(settings, &mut rand::rng())),
+            conns: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            sweeper: Mutex::new(None),
+        })
+    }
+
+    /// Takes a running slot on the connection XMUX picks, dialling it if needed.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Slot> {
+        self.ensure_sweeper();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            self.retire_broken();
+            let (choice, to_close) = lock(&self.state).acquire(Instant::now(), &mut rand::rng());
+            self.close_ids(&to_close);
+            let id = choice.id();
+            // From here the slot is owned by a guard, so a cancelled acquire still releases.
+            let mut slot = Slot {
+                pool: self.clone(),
+                id,
+                conn: None,
+                released: AtomicBool::new(false),
+            };
+            let cell = {
+                let mut conns = lock(&self.conns);
+                match choice {
+                    Choice::Create(_) => conns.entry(id).or_default().clone(),
+                    Choice::Reuse(_) => match conns.get(&id) {
+                        Some(c) => c.clone(),
+                        None => continue,
+                    },
+                }
+            };
+            let r = cell.get_or_init(|| self.connector.connect()).await;
+            match r {
+                Ok(c) if !c.is_broken() => {
+                    slot.conn = Some(c.clone());
+                    return Ok(slot);
+                }
+                Ok(_) => {
+                    // Broke since it was picked: never again; try another.
+                    self.mark_broken(id);
+                    continue;
+                }
+                Err(e) => {
+                    self.mark_broken(id);
+                    return Err(e.clone());
+                }
+            }
+        }
+    }
+
+    /// Charges one HTTP request to the connection that carries it.
+    pub fn charge(&self, id: ConnId) {
+        lock(&self.state).charge(id);
+    }
+
+    /// Whether a packet-up upload on `id` must move to another connection.
+    pub fn needs_switch(&self, id: ConnId) -> bool {
+        lock(&self.state).needs_switch(id, Instant::now())
+    }
+
+    /// Never pick `id` again (a request on it failed at transport level).
+    pub fn mark_broken(&self, id: ConnId) {
+        let idle = lock(&self.state).mark_broken(id);
+        if let Some(id) = idle {
+            self.close_ids(&[id]);
+        }
+    }
+
+    fn release(&self, id: ConnId) {
+        let idle = lock(&self.state).release(id, Instant::now());
+        if let Some(id) = idle {
+            self.close_ids(&[id]);
+        }
+    }
+
+    fn retire_broken(&self) {
+        let broken: Vec<ConnId> = lock(&self.conns)
+            .iter()
+            .filter(|(_, c)| matches!(c.get(), Some(Ok(conn)) if conn.is_broken()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in broken {
+            self.mark_broken(id);
+        }
+    }
+
+    /// Closes and forgets these connections (CONNECTION_CLOSE now; the UDP socket goes
+    /// with the last reference).
+    fn close_ids(&self, ids: &[ConnId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let cells: Vec<Cell> = {
+            let mut conns = lock(&self.conns);
+            ids.iter().filter_map(|id| conns.remove(id)).collect()
+        };
+        for cell in cells {
+            if let Some(Ok(c)) = cell.get() {
+                log::debug!("xmux: closing retired connection {c:?}");
+                c.close();
+            }
+        }
+    }
+
+    /// Retires connections past their reusable time even when no new tunnel asks.
+    fn ensure_sweeper(self: &Arc<Self>) {
+        let mut s = lock(&self.sweeper);
+        if s.is_some() {
+            return;
+        }
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.retire_broken();
+                let idle = lock(&pool.state).sweep(Instant::now());
+                pool.close_ids(&idle);
+            }
+        });
+        *s = Some(task.abort_handle());
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let st = lock(&self.state);
+        let connections = st.stats();
+        let live = lock(&self.conns)
+            .values()
+            .filter(|c| matches!(c.get(), Some(Ok(conn)) if !conn.is_closed()))
+            .count();
+        PoolStats {
+            live_connections: live,
+            draining: connections.iter().filter(|c| c.retired).count(),
+            running: st.running(),
+            connections,
+        }
+    }
+
+    /// Closes every connection. Idempotent. Slots still held release into nothing.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(s) = lock(&self.sweeper).take() {
+            s.abort();
+        }
+        let all: Vec<ConnId> = lock(&self.conns).keys().copied().collect();
+        for id in &all {
+            lock(&self.state).mark_broken(*id);
+        }
+        self.close_ids(&all);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
