@@ -38,6 +38,7 @@ impl Client {
         let core = self.rt.block_on(timeout, async move { d.open().await })?;
         Ok(Tunnel {
             core: Arc::new(core),
+            _dialer: self.dialer.clone(),
             rt: self.rt.clone(),
         })
     }
@@ -59,9 +60,12 @@ impl Client {
 }
 
 /// One tunnel. All methods take `&self` and may be called from any thread at once.
+/// A tunnel keeps its client's connections alive: dropping the last `Client` handle while
+/// tunnels are open does not close them (an explicit [`Client::close`] does).
 #[derive(Clone)]
 pub struct Tunnel {
     core: Arc<TunnelCore>,
+    _dialer: Arc<Dialer>,
     rt: Arc<Runtime>,
 }
 

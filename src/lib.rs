@@ -13,6 +13,9 @@ pub mod tunnel;
 pub mod xhttp;
 pub mod xmux;
 
+#[cfg(feature = "testserver")]
+pub mod testserver;
+
 
 pub use api::{Client, Tunnel};
 pub use config::Config;

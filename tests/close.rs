@@ -99,7 +99,7 @@ fn close_before_the_download_response_arrives() {
         assert_eq!(reader.join().unwrap(), Err(Error::Closed), "{mode}");
         // The server sees the stalled request go away.
         let ended = e.wait_for(
-            |ev| matches!(ev, Event::DownloadEnded { .. } | Event::UploadEnded { .. }),
+            |ev| matches!(ev, Event::StallEnded { .. }),
             Duration::from_secs(5),
         );
         assert!(ended.is_some(), "{mode}: server never saw the request end");
@@ -222,10 +222,27 @@ fn client_close_closes_its_tunnels() {
 #[test]
 fn dropping_a_tunnel_without_close_resets_its_upload() {
     let e = env(|o| o.target = Target::Sink);
-    let t = e.client(json!({"path": "/xh", "mode": "stream-up"})).open(T).unwrap();
+    let c = e.client(json!({"path": "/xh", "mode": "stream-up"}));
+    let t = c.open(T).unwrap();
     t.write(&pattern(5, 100_000), T).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     drop(t);
     let ev = e.wait_for(|ev| matches!(ev, Event::UploadEnded { .. }), Duration::from_secs(5));
     assert!(matches!(ev, Some(Event::UploadEnded { outcome: Outcome::Reset(_), .. })), "{ev:?}");
+}
+
+#[test]
+fn dropping_the_client_and_tunnel_never_completes_the_upload() {
+    // The last handles go at once: connections close with the tunnel. The server must see
+    // the upload fail (reset or connection error), never finish.
+    let e = env(|o| o.target = Target::Sink);
+    let t = e.client(json!({"path": "/xh", "mode": "stream-one"})).open(T).unwrap();
+    t.write(&pattern(6, 100_000), T).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(t);
+    let ev = e.wait_for(|ev| matches!(ev, Event::UploadEnded { .. }), Duration::from_secs(5));
+    match ev {
+        Some(Event::UploadEnded { outcome, .. }) => assert_ne!(outcome, Outcome::Finished),
+        other => panic!("server saw no end of upload: {other:?}"),
+    }
 }

@@ -120,12 +120,12 @@ fn run_mode(server: &TestServer, mode: &str, size: usize) -> Result<(usize, f64)
         let stream_mode = mode != "packet-up";
         std::thread::spawn(move || -> Result<[u8; 32], String> {
             let mut h = Sha256::new();
-            let mut gen = Pattern::new(0x5eed ^ size as u64);
+            let mut pat = Pattern::new(0x5eed ^ size as u64);
             let mut buf = vec![0u8; 256 * 1024];
             let mut left = size;
             while left > 0 {
                 let n = left.min(buf.len());
-                gen.fill(&mut buf[..n]);
+                pat.fill(&mut buf[..n]);
                 h.update(&buf[..n]);
                 t.write(&buf[..n], timeout).map_err(|e| format!("write: {e}"))?;
                 left -= n;

@@ -58,7 +58,12 @@ pub struct H3Conn {
     local: SocketAddr,
     remote: SocketAddr,
     broken: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
 }
+
+/// How long a retired connection waits before CONNECTION_CLOSE, so the stream resets its
+/// last tunnel queued are sent (quinn drops pending frames on close).
+const CLOSE_GRACE: Duration = Duration::from_millis(50);
 
 impl std::fmt::Debug for H3Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +131,7 @@ impl H3Conn {
             _endpoint: endpoint,
             sender: Mutex::new(sender),
             broken,
+            runtime: tokio::runtime::Handle::current(),
         }))
     }
 
@@ -166,6 +172,19 @@ impl H3Conn {
     pub fn close(&self) {
         self.broken.store(true, Ordering::Release);
         self.quic.close(0u32.into(), b"");
+    }
+}
+
+impl H3Conn {
+    /// Never used again; closed after a short grace (see `CLOSE_GRACE`). Callable from any
+    /// thread.
+    pub fn close_gracefully(self: &Arc<Self>) {
+        self.broken.store(true, Ordering::Release);
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            me.close();
+        });
     }
 }
 

@@ -53,7 +53,16 @@ pub struct PoolStats {
     pub draining: usize,
     /// Running slots in total.
     pub running: u64,
-    pub connections: Vec<ConnStats>,
+    /// Requests charged since the pool started, on every connection it ever had.
+    pub requests_total: u64,
+    pub connections: Vec<ConnInfo>,
+}
+
+/// One tracked connection: its XMUX numbers and, once dialled, its local UDP address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub stats: ConnStats,
+    pub local: Option<SocketAddr>,
 }
 
 pub struct Pool {
@@ -62,6 +71,7 @@ pub struct Pool {
     conns: Mutex<HashMap<ConnId, Cell>>,
     closed: AtomicBool,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
+    requests_total: std::sync::atomic::AtomicU64,
 }
 
 /// A running slot on one connection. Dropping it (or `release`) gives the slot back exactly
@@ -110,6 +120,7 @@ impl Pool {
             conns: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             sweeper: Mutex::new(None),
+            requests_total: Default::default(),
         })
     }
 
@@ -162,6 +173,7 @@ impl Pool {
 
     /// Charges one HTTP request to the connection that carries it.
     pub fn charge(&self, id: ConnId) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
         lock(&self.state).charge(id);
     }
 
@@ -196,9 +208,13 @@ impl Pool {
         }
     }
 
-    /// Closes and forgets these connections (CONNECTION_CLOSE now; the UDP socket goes
-    /// with the last reference).
+    /// Closes and forgets these retired connections (CONNECTION_CLOSE after a short grace
+    /// for the last resets; the UDP socket goes with the last reference).
     fn close_ids(&self, ids: &[ConnId]) {
+        self.close_ids_with(ids, true);
+    }
+
+    fn close_ids_with(&self, ids: &[ConnId], graceful: bool) {
         if ids.is_empty() {
             return;
         }
@@ -208,8 +224,12 @@ impl Pool {
         };
         for cell in cells {
             if let Some(Ok(c)) = cell.get() {
-                log::debug!("xmux: closing retired connection {c:?}");
-                c.close();
+                log::debug!("xmux: closing connection {c:?}");
+                if graceful {
+                    c.close_gracefully();
+                } else {
+                    c.close();
+                }
             }
         }
     }
@@ -236,15 +256,29 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         let st = lock(&self.state);
-        let connections = st.stats();
-        let live = lock(&self.conns)
-            .values()
-            .filter(|c| matches!(c.get(), Some(Ok(conn)) if !conn.is_closed()))
+        let conns = lock(&self.conns);
+        let dialled = |id: &ConnId| match conns.get(id).and_then(|c| c.get()) {
+            Some(Ok(c)) => Some(c.clone()),
+            _ => None,
+        };
+        let connections: Vec<ConnInfo> = st
+            .stats()
+            .into_iter()
+            .map(|s| ConnInfo {
+                local: dialled(&s.id).map(|c| c.local_addr()),
+                stats: s,
+            })
+            .collect();
+        let live = conns
+            .keys()
+            .filter_map(dialled)
+            .filter(|c| !c.is_closed())
             .count();
         PoolStats {
             live_connections: live,
-            draining: connections.iter().filter(|c| c.retired).count(),
+            draining: connections.iter().filter(|c| c.stats.retired).count(),
             running: st.running(),
+            requests_total: self.requests_total.load(Ordering::Relaxed),
             connections,
         }
     }
@@ -259,7 +293,7 @@ impl Pool {
         for id in &all {
             lock(&self.state).mark_broken(*id);
         }
-        self.close_ids(&all);
+        self.close_ids_with(&all, false);
     }
 }
 

@@ -1,0 +1,77 @@
+//! What sits behind the transport (the "inbound" in Xray terms): `Echo` writes every upload
+//! byte back on the download; `Sink` counts and hashes the upload and sends nothing.
+
+use super::Target;
+use super::events::{Event, Recorder};
+use super::quic::{self, write_outcome};
+use super::session::{Upload, UploadError};
+use super::Outcome;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+pub(crate) type ResponseSend = h3::server::RequestStream<quic::SendHalf, Bytes>;
+
+/// Why a target stopped on its own.
+pub(crate) enum RunEnd {
+    /// The upload ended cleanly (everything was echoed / consumed).
+    UploadDone,
+    UploadFailed(UploadError),
+    /// Writing the download failed.
+    WriteFailed(Outcome),
+}
+
+pub(crate) struct Runner {
+    target: Target,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Runner {
+    pub(crate) fn new(target: Target) -> Runner {
+        Runner {
+            target,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    fn consume(&mut self, b: &[u8]) {
+        self.hasher.update(b);
+        self.bytes += b.len() as u64;
+    }
+
+    /// Runs until the upload ends or a write fails. Cancel-safe as far as the upload goes.
+    pub(crate) async fn run(&mut self, upload: &mut Upload, out: &mut ResponseSend, rec: &Recorder) -> RunEnd {
+        loop {
+            let b = match upload.next().await {
+                Ok(Some(b)) => b,
+                Ok(None) => return RunEnd::UploadDone,
+                Err(e) => return RunEnd::UploadFailed(e),
+            };
+            match self.target {
+                Target::Echo => {
+                    let n = b.len();
+                    if let Err(e) = out.send_data(b).await {
+                        return RunEnd::WriteFailed(write_outcome(&e));
+                    }
+                    rec.downloaded(n);
+                }
+                Target::Sink => self.consume(&b),
+            }
+        }
+    }
+
+    /// After the download ended: a sink takes what already arrived in order, then reports.
+    pub(crate) fn finish(mut self, upload: &mut Upload, rec: &Recorder, session: Option<String>) {
+        if self.target == Target::Sink {
+            for b in upload.drain_ready() {
+                self.consume(&b);
+            }
+            rec.push(Event::SinkDone {
+                session,
+                bytes: self.bytes,
+                sha256: self.hasher.finalize().into(),
+            });
+        }
+    }
+}
