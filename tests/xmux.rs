@@ -281,8 +281,9 @@ fn stress_2000_tunnels_on_8_threads_with_random_close_timing() {
     }
     assert!(completed.load(std::sync::atomic::Ordering::Relaxed) > 100);
     for c in &clients {
-        let s = c.pool_stats();
-        assert_eq!(s.running, 0, "{s:?}");
-        assert_eq!(s.draining, 0, "{s:?}");
+        eventually("zero running slots and nothing draining", || {
+            let s = c.pool_stats();
+            s.running == 0 && s.draining == 0
+        });
     }
 }
