@@ -43,6 +43,11 @@ impl Client {
         })
     }
 
+    /// Bytes up/down, open tunnels, live connections.
+    pub fn stats(&self) -> crate::tunnel::ClientStats {
+        self.dialer.stats()
+    }
+
     /// XMUX introspection: live and draining connections, running slots, charged requests.
     pub fn pool_stats(&self) -> crate::xmux::PoolStats {
         self.dialer.pool_stats()

@@ -3,7 +3,7 @@
 //! it, and starts the tasks.
 
 use super::streams::{self, PacketPlan};
-use super::{Shared, TunnelCore};
+use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
 use crate::transport::{QuicOptions, tls};
@@ -28,6 +28,20 @@ pub struct Dialer {
     pool: Arc<Pool>,
     tunnels: Mutex<Vec<Weak<Shared>>>,
     closed: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+/// What a client has done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Bytes accepted by `write` (queued for upload).
+    pub bytes_up: u64,
+    /// Bytes returned by `read`.
+    pub bytes_down: u64,
+    /// Tunnels opened and not yet closed or failed.
+    pub open_tunnels: u64,
+    /// QUIC connections currently open.
+    pub live_connections: u64,
 }
 
 impl Dialer {
@@ -56,6 +70,7 @@ impl Dialer {
             shaper,
             tunnels: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            counters: Arc::default(),
         })
     }
 
@@ -70,6 +85,23 @@ impl Dialer {
     /// XMUX introspection: connections, running slots, charged requests.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let open = self
+            .tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|t| !t.token().is_cancelled())
+            .count();
+        ClientStats {
+            bytes_up: self.counters.up.load(Ordering::Relaxed),
+            bytes_down: self.counters.down.load(Ordering::Relaxed),
+            open_tunnels: open as u64,
+            live_connections: self.pool.stats().live_connections as u64,
+        }
     }
 
     /// Opens one tunnel in the configured mode. Returns once the requests are sent (not
@@ -97,6 +129,7 @@ impl Dialer {
         match self.start(slot.clone(), &shared).await {
             Ok((down_rx, up_tx)) => Ok(TunnelCore::new(
                 shared,
+                self.counters.clone(),
                 down_rx,
                 up_tx,
                 slot.conn().local_addr(),

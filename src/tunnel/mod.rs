@@ -13,7 +13,7 @@
 mod dialer;
 mod streams;
 
-pub use dialer::Dialer;
+pub use dialer::{ClientStats, Dialer};
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -97,9 +97,17 @@ impl Shared {
     }
 }
 
+/// Byte counters shared by a client's tunnels.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) up: std::sync::atomic::AtomicU64,
+    pub(crate) down: std::sync::atomic::AtomicU64,
+}
+
 /// The async tunnel. `close` is synchronous, idempotent and callable from any thread.
 pub struct TunnelCore {
     shared: Arc<Shared>,
+    counters: Arc<Counters>,
     down: tokio::sync::Mutex<Download>,
     up: tokio::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
     local: SocketAddr,
@@ -115,6 +123,7 @@ struct Download {
 impl TunnelCore {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        counters: Arc<Counters>,
         down: mpsc::Receiver<Bytes>,
         up: mpsc::Sender<Bytes>,
         local: SocketAddr,
@@ -122,6 +131,7 @@ impl TunnelCore {
     ) -> TunnelCore {
         TunnelCore {
             shared,
+            counters,
             down: tokio::sync::Mutex::new(Download {
                 rx: down,
                 pending: Bytes::new(),
@@ -166,6 +176,7 @@ impl TunnelCore {
         }
         let n = buf.len().min(down.pending.len());
         buf[..n].copy_from_slice(&down.pending.split_to(n));
+        self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -189,6 +200,7 @@ impl TunnelCore {
                     if r.is_err() {
                         return Err(self.shared.end_error());
                     }
+                    self.counters.up.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 }
             }
         }
