@@ -1,0 +1,306 @@
+//! VLESS framing (protocol doc §8): the request header, the response header, UDP datagram
+//! framing, and a tunnel wrapper that sends the header with the first payload.
+
+use crate::error::{Error, Result};
+use crate::tunnel::TunnelCore;
+use sha1::{Digest, Sha1};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// VLESS command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Tcp = 1,
+    Udp = 2,
+}
+
+/// A destination as VLESS (and SOCKS5) carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Domain(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `host:port`, `[v6]:port` or `v4:port`.
+    pub fn parse(s: &str) -> Result<Target> {
+        let bad = || Error::Other(format!("{s:?} is not host:port"));
+        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = p.parse().map_err(|_| bad())?;
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        let host = match h.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) if !h.is_empty() && h.len() <= 255 => Host::Domain(h.to_string()),
+            Err(_) => return Err(bad()),
+        };
+        Ok(Target { host, port })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            Host::Domain(d) => write!(f, "{d}:{}", self.port),
+        }
+    }
+}
+
+/// The 16-byte user id: a UUID as written, or any 1–30 byte string mapped to a UUIDv5
+/// (SHA-1 over 16 zero bytes then the string, version 5, RFC 4122 variant) as Xray does.
+pub fn user_id(field: &str, id: &str) -> Result<[u8; 16]> {
+    let hexed: String = id.chars().filter(|&c| c != '-').collect();
+    if hexed.len() == 32 && id.len() == 36 && id.chars().filter(|&c| c == '-').count() == 4 {
+        let b = hex::decode(&hexed)
+            .map_err(|_| Error::config(field, format!("{id:?} is not a valid UUID")))?;
+        return Ok(b.try_into().expect("32 hex digits are 16 bytes"));
+    }
+    if id.is_empty() || id.len() > 30 {
+        return Err(Error::config(
+            field,
+            format!("{id:?} is neither a UUID nor a 1-30 byte string"),
+        ));
+    }
+    let mut h = Sha1::new();
+    h.update([0u8; 16]);
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x50;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    Ok(u)
+}
+
+/// The request header: version 0, user id, no addons, command, port, address.
+pub fn request_header(id: &[u8; 16], cmd: Command, target: &Target) -> Vec<u8> {
+    let mut h = Vec::with_capacity(24 + 256);
+    h.push(0);
+    h.extend_from_slice(id);
+    h.push(0);
+    h.push(cmd as u8);
+    h.extend_from_slice(&target.port.to_be_bytes());
+    match &target.host {
+        Host::Ip(IpAddr::V4(ip)) => {
+            h.push(1);
+            h.extend_from_slice(&ip.octets());
+        }
+        Host::Domain(d) => {
+            h.push(2);
+            h.push(d.len() as u8);
+            h.extend_from_slice(d.as_bytes());
+        }
+        Host::Ip(IpAddr::V6(ip)) => {
+            h.push(3);
+            h.extend_from_slice(&ip.octets());
+        }
+    }
+    h
+}
+
+/// Strips the response header (`00`, addons length, addons) from the start of the download.
+#[derive(Debug, Default)]
+pub struct ResponseHeader {
+    seen: usize,
+    addons: Option<usize>,
+}
+
+impl ResponseHeader {
+    /// Consumes header bytes from `data`; returns how many bytes of `data` were header.
+    pub fn consume(&mut self, data: &[u8]) -> Result<usize> {
+        let mut used = 0;
+        while !self.done() && used < data.len() {
+            let b = data[used];
+            match (self.seen, self.addons) {
+                (0, _) if b != 0 => {
+                    return Err(Error::Other(format!(
+                        "VLESS response version {b}, expected 0"
+                    )));
+                }
+                (0, _) => {}
+                (1, _) => self.addons = Some(b as usize),
+                _ => {}
+            }
+            self.seen += 1;
+            used += 1;
+        }
+        Ok(used)
+    }
+
+    pub fn done(&self) -> bool {
+        matches!(self.addons, Some(n) if self.seen >= 2 + n)
+    }
+}
+
+/// Frames one UDP datagram (2-byte big-endian length, then the payload).
+pub fn frame_udp(payload: &[u8]) -> Result<Vec<u8>> {
+    let len = u16::try_from(payload.len())
+        .map_err(|_| Error::Other(format!("UDP datagram of {} bytes is too large", payload.len())))?;
+    let mut v = Vec::with_capacity(2 + payload.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(payload);
+    Ok(v)
+}
+
+/// Reassembles length-prefixed datagrams from a byte stream.
+#[derive(Debug, Default)]
+pub struct UdpDeframer {
+    buf: Vec<u8>,
+}
+
+impl UdpDeframer {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    pub fn next_datagram(&mut self) -> Option<Vec<u8>> {
+        if self.buf.len() < 2 {
+            return None;
+        }
+        let n = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
+        if self.buf.len() < 2 + n {
+            return None;
+        }
+        let d = self.buf[2..2 + n].to_vec();
+        self.buf.drain(..2 + n);
+        Some(d)
+    }
+}
+
+/// A tunnel carrying one VLESS connection. The request header goes out with the first
+/// write (or alone, right before the first read if the app reads first, for protocols where
+/// the server speaks first); the response header is stripped from the download.
+pub struct VlessTunnel {
+    inner: TunnelCore,
+    header: Mutex<Option<Vec<u8>>>,
+    response: tokio::sync::Mutex<ResponseHeader>,
+}
+
+impl VlessTunnel {
+    pub fn new(inner: TunnelCore, id: &[u8; 16], cmd: Command, target: &Target) -> Self {
+        VlessTunnel {
+            inner,
+            header: Mutex::new(Some(request_header(id, cmd, target))),
+            response: tokio::sync::Mutex::new(ResponseHeader::default()),
+        }
+    }
+
+    fn take_header(&self) -> Option<Vec<u8>> {
+        self.header.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub async fn write(&self, data: &[u8]) -> Result<usize> {
+        match self.take_header() {
+            Some(mut h) => {
+                h.extend_from_slice(data);
+                self.inner.write(&h).await?;
+                Ok(data.len())
+            }
+            None => self.inner.write(data).await,
+        }
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
+        if let Some(h) = self.take_header() {
+            self.inner.write(&h).await?;
+        }
+        let mut resp = self.response.lock().await;
+        loop {
+            let n = self.inner.read(buf).await?;
+            if n == 0 || resp.done() {
+                return Ok(n);
+            }
+            let used = resp.consume(&buf[..n])?;
+            if used < n {
+                buf.copy_within(used..n, 0);
+                return Ok(n - used);
+            }
+        }
+    }
+
+    pub async fn shutdown_write(&self) -> Result<()> {
+        if let Some(h) = self.take_header() {
+            self.inner.write(&h).await?;
+        }
+        self.inner.shutdown_write().await
+    }
+
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    pub fn core(&self) -> &TunnelCore {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_port_before_address() {
+        let id = user_id("id", "b831381d-6324-4d53-ad4f-8cda48b30811").unwrap();
+        assert_eq!(id[0], 0xb8);
+        let t = Target::parse("127.0.0.1:20007").unwrap();
+        let h = request_header(&id, Command::Tcp, &t);
+        assert_eq!(h[0], 0);
+        assert_eq!(&h[1..17], &id);
+        assert_eq!(&h[17..], &[0, 1, 0x4e, 0x27, 1, 127, 0, 0, 1]);
+        let d = request_header(&id, Command::Udp, &Target::parse("dns.example:53").unwrap());
+        assert_eq!(&d[17..22], &[0, 2, 0, 53, 2]);
+        assert_eq!(d[22] as usize, "dns.example".len());
+        let v6 = request_header(&id, Command::Tcp, &Target::parse("[::1]:80").unwrap());
+        assert_eq!(v6[21], 3);
+        assert_eq!(v6.len(), 22 + 16);
+    }
+
+    #[test]
+    fn string_ids_map_to_uuid_v5() {
+        let u = user_id("id", "hello").unwrap();
+        assert_eq!(u[6] >> 4, 5);
+        assert_eq!(u[8] >> 6, 2);
+        assert_eq!(u, user_id("id", "hello").unwrap());
+        assert_ne!(u, user_id("id", "hellp").unwrap());
+        assert!(user_id("id", "").is_err());
+        assert!(user_id("id", &"x".repeat(31)).is_err());
+        match user_id("settings.id", "b831381d-6324-4d53-ad4f-8cda48b3081z") {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "settings.id"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_header_split_across_reads() {
+        let mut r = ResponseHeader::default();
+        assert_eq!(r.consume(&[0]).unwrap(), 1);
+        assert!(!r.done());
+        assert_eq!(r.consume(&[2, 9]).unwrap(), 2);
+        assert_eq!(r.consume(&[9, b'x']).unwrap(), 1);
+        assert!(r.done());
+        assert!(ResponseHeader::default().consume(&[1, 0]).is_err());
+    }
+
+    #[test]
+    fn udp_frames_roundtrip() {
+        let mut d = UdpDeframer::default();
+        let a = frame_udp(b"hello").unwrap();
+        let b = frame_udp(&[7u8; 1400]).unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        d.push(&all[..4]);
+        assert_eq!(d.next_datagram(), None);
+        d.push(&all[4..]);
+        assert_eq!(d.next_datagram().unwrap(), b"hello");
+        assert_eq!(d.next_datagram().unwrap(), vec![7u8; 1400]);
+        assert_eq!(d.next_datagram(), None);
+        assert!(frame_udp(&vec![0u8; 70000]).is_err());
+    }
+}
