@@ -32,6 +32,13 @@ pub struct TlsSettings {
     pub disable_system_root: bool,
 }
 
+/// VLESS outbound settings (protocol doc §8): tunnels carry VLESS when present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlessSettings {
+    /// The 16-byte user id (a UUID, or a string mapped to UUIDv5).
+    pub id: [u8; 16],
+}
+
 /// Everything a client needs to reach one XHTTP/H3 server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -39,6 +46,10 @@ pub struct Config {
     pub port: u16,
     pub tls: TlsSettings,
     pub xhttp: XhttpSettings,
+    /// `None`: raw tunnels (the server's inbound is Xray's `tunnel`/`dokodemo-door`).
+    pub vless: Option<VlessSettings>,
+    /// `downloadSettings`: the GET goes here, with its own settings and XMUX pool.
+    pub download: Option<Box<Config>>,
 }
 
 impl Config {
@@ -67,13 +78,44 @@ impl Config {
             Some(x) => XhttpSettings::from_json("xhttpSettings", &x)?,
             None => XhttpSettings::default(),
         };
+        let vless = match f.string("vlessId")? {
+            Some(id) => Some(VlessSettings {
+                id: crate::proxy::vless::user_id("vlessId", &id)?,
+            }),
+            None => None,
+        };
+        let download = match f.take("downloadSettings") {
+            Some(d) => {
+                let mut dl =
+                    Config::from_json(&d).map_err(|e| prefix_field("downloadSettings", e))?;
+                dl.vless = None;
+                dl.download = None;
+                Some(Box::new(dl))
+            }
+            None => None,
+        };
         f.finish();
-        Ok(Config {
+        let cfg = Config {
             address,
             port,
             tls,
             xhttp,
-        })
+            vless,
+            download,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rules across sections.
+    pub fn validate(&self) -> Result<()> {
+        if self.download.is_some() && self.xhttp.mode == Mode::StreamOne {
+            return Err(Error::config(
+                "downloadSettings",
+                "cannot be used with mode stream-one (its download shares the upload request)",
+            ));
+        }
+        Ok(())
     }
 
     /// The HTTP authority (`Host`): `xhttpSettings.host`, else `serverName`, else the
@@ -92,6 +134,17 @@ impl Config {
         } else {
             &self.tls.server_name
         }
+    }
+}
+
+/// Puts a section name in front of a config error's field.
+pub fn prefix_field(prefix: &str, e: Error) -> Error {
+    match e {
+        Error::Config { field, rule } if field == "(root)" || field.is_empty() => {
+            Error::config(prefix, rule)
+        }
+        Error::Config { field, rule } => Error::config(format!("{prefix}.{field}"), rule),
+        other => other,
     }
 }
 
@@ -131,12 +184,18 @@ impl TlsSettings {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| Error::config(&field, "expected hex strings"))?
                     .join(","),
-                other => return Err(Error::config(&field, format!("expected a hex string, got {other}"))),
+                other => {
+                    return Err(Error::config(
+                        &field,
+                        format!("expected a hex string, got {other}"),
+                    ));
+                }
             };
             t.pinned_sha256 = parse_pins(&field, &s)?;
         }
         if let Some(pem) = f.string("caPem")? {
-            t.ca_der.extend(pem_certs(&f.path_of("caPem"), pem.as_bytes())?);
+            t.ca_der
+                .extend(pem_certs(&f.path_of("caPem"), pem.as_bytes())?);
         }
         if let Some(path) = f.string("caFile")? {
             let field = f.path_of("caFile");
@@ -155,14 +214,18 @@ impl TlsSettings {
         if let Some(b) = f.bool("disableSystemRoot")? {
             t.disable_system_root = b;
         }
-        if f.take("allowInsecure").is_some_and(|v| v != Value::Bool(false)) {
+        if f.take("allowInsecure")
+            .is_some_and(|v| v != Value::Bool(false))
+        {
             return Err(Error::config(
                 f.path_of("allowInsecure"),
                 "is refused (removed from Xray); pin the certificate with pinnedPeerCertSha256 instead",
             ));
         }
         if f.take("fingerprint").is_some() {
-            log::debug!("config: tlsSettings.fingerprint ignored (uTLS fingerprints are not available with rustls)");
+            log::debug!(
+                "config: tlsSettings.fingerprint ignored (uTLS fingerprints are not available with rustls)"
+            );
         }
         f.finish();
         Ok(t)

@@ -141,8 +141,12 @@ impl ResponseHeader {
 
 /// Frames one UDP datagram (2-byte big-endian length, then the payload).
 pub fn frame_udp(payload: &[u8]) -> Result<Vec<u8>> {
-    let len = u16::try_from(payload.len())
-        .map_err(|_| Error::Other(format!("UDP datagram of {} bytes is too large", payload.len())))?;
+    let len = u16::try_from(payload.len()).map_err(|_| {
+        Error::Other(format!(
+            "UDP datagram of {} bytes is too large",
+            payload.len()
+        ))
+    })?;
     let mut v = Vec::with_capacity(2 + payload.len());
     v.extend_from_slice(&len.to_be_bytes());
     v.extend_from_slice(payload);

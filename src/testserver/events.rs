@@ -166,8 +166,16 @@ impl Recorder {
         lock(&self.events).clone()
     }
 
-    pub(crate) async fn wait_for(&self, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    pub(crate) async fn wait_for(
+        &self,
+        pred: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
+        let now = tokio::time::Instant::now();
+        // A huge timeout means "no timeout" (and must not overflow).
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         loop {
             // Register before looking, so a push between the look and the wait is not missed.
             let notified = self.notify.notified();
