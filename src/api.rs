@@ -23,8 +23,9 @@ impl Client {
         Ok(Client { dialer, rt })
     }
 
+    /// Accepts the library JSON, an Xray outbound, a whole Xray config or a `vless://` link.
     pub fn from_json(json: &str) -> Result<Client> {
-        Client::new(Config::from_json_str(json)?)
+        Client::new(crate::config::xray::import(json)?)
     }
 
     /// The mode tunnels are opened in (`auto` already resolved).

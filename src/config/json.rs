@@ -137,6 +137,29 @@ impl Fields {
         }
     }
 
+    /// Lines given as a JSON array of strings or one string (Xray's inline PEM form).
+    pub fn string_list_lines(&mut self, name: &str) -> Result<Option<Vec<String>>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(vec![s])),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(Error::config(
+                        self.path_of(name),
+                        format!("expected strings, got {other}"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(Error::config(
+                self.path_of(name),
+                format!("expected a list of lines, got {v}"),
+            )),
+        }
+    }
+
     /// Logs the keys nobody asked for; like Xray, they are ignored.
     pub fn finish(self) {
         for (k, _) in &self.entries {

@@ -12,6 +12,7 @@
 
 mod json;
 mod xhttp;
+pub mod xray;
 
 pub use json::Fields;
 pub use xhttp::{DataPlacement, Mode, Placement, SessionIdShape, XhttpSettings};
@@ -211,6 +212,10 @@ impl TlsSettings {
                 ));
             }
         }
+        if let Some(certs) = f.take("certificates") {
+            t.ca_der
+                .extend(verify_certificates(&f.path_of("certificates"), &certs)?);
+        }
         if let Some(b) = f.bool("disableSystemRoot")? {
             t.disable_system_root = b;
         }
@@ -230,6 +235,40 @@ impl TlsSettings {
         f.finish();
         Ok(t)
     }
+}
+
+/// Xray's `certificates` entries with `"usage": "verify"` are CAs to trust; others (server
+/// certificates) mean nothing to a client and are ignored.
+fn verify_certificates(field: &str, v: &Value) -> Result<Vec<Vec<u8>>> {
+    let Value::Array(list) = v else {
+        return Err(Error::config(field, "expected a list"));
+    };
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        let mut e = Fields::new(&path, c)?;
+        if e.string("usage")?.as_deref() != Some("verify") {
+            e.finish();
+            continue;
+        }
+        if let Some(file) = e.string("certificateFile")? {
+            let data = std::fs::read(&file).map_err(|err| {
+                Error::config(
+                    e.path_of("certificateFile"),
+                    format!("cannot read {file:?}: {err}"),
+                )
+            })?;
+            out.extend(pem_certs(&e.path_of("certificateFile"), &data)?);
+        }
+        if let Some(lines) = e.string_list_lines("certificate")? {
+            out.extend(pem_certs(
+                &e.path_of("certificate"),
+                lines.join("\n").as_bytes(),
+            )?);
+        }
+        e.finish();
+    }
+    Ok(out)
 }
 
 fn pem_certs(field: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {

@@ -120,6 +120,9 @@ pub struct XhttpSettings {
     pub sc_max_buffered_posts: i64,
     pub sc_stream_up_server_secs: Range,
     pub xmux: XmuxSettings,
+    /// `downloadSettings` as given (a stream-settings object), turned into a destination by
+    /// the config import.
+    pub download_settings: Option<Value>,
 }
 
 impl Default for XhttpSettings {
@@ -146,6 +149,7 @@ impl Default for XhttpSettings {
             sc_max_buffered_posts: 30,
             sc_stream_up_server_secs: Range::new(20, 80),
             xmux: XmuxSettings::xray_defaults(),
+            download_settings: None,
         }
     }
 }
@@ -441,6 +445,7 @@ impl XhttpSettings {
             }
         }
         s.xmux = XmuxSettings::from_json(&f.path_of("xmux"), f.take("xmux").as_ref())?;
+        s.download_settings = f.take("downloadSettings");
         // Renamed or removed keys Xray now ignores; accepted silently for old configs.
         for old in [
             "scMaxConcurrentPosts",
@@ -449,7 +454,6 @@ impl XhttpSettings {
             "minUploadIntervalMs",
             "keepAlivePeriod",
             "serverMaxHeaderBytes",
-            "downloadSettings",
         ] {
             if f.take(old).is_some() {
                 log::debug!("config: `{}` is not used by this client", f.path_of(old));

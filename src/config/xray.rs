@@ -1,0 +1,460 @@
+//! Import of what users carry (protocol doc §7): an Xray outbound object, a whole Xray client
+//! config, or a `vless://` share link. Everything is turned into the library [`Config`]
+//! through the same readers as our own JSON, so the field rules and errors are shared.
+
+use super::json::Fields;
+use super::{Config, TlsSettings, VlessSettings, XhttpSettings, prefix_field};
+use crate::error::{Error, Result};
+use crate::xhttp::request::unescape;
+use serde_json::{Map, Value, json};
+
+/// Reads any accepted shape: a `vless://` link, a whole Xray config (first VLESS/XHTTP
+/// outbound), an Xray outbound object, or the library's own JSON.
+pub fn import(input: &str) -> Result<Config> {
+    import_tagged(input, None)
+}
+
+/// Like [`import`]; with `tag`, a whole Xray config contributes the outbound with that tag.
+pub fn import_tagged(input: &str, tag: Option<&str>) -> Result<Config> {
+    let s = input.trim();
+    if s.len() >= 8 && s[..8].eq_ignore_ascii_case("vless://") {
+        return outbound(&share_link(s)?);
+    }
+    let v: Value = serde_json::from_str(&strip_comments(s))
+        .map_err(|e| Error::config("(root)", format!("not valid JSON or a vless:// link: {e}")))?;
+    let has = |k: &str| {
+        v.as_object()
+            .is_some_and(|m| m.keys().any(|key| key.eq_ignore_ascii_case(k)))
+    };
+    if has("outbounds") {
+        whole_config(&v, tag)
+    } else if has("protocol") {
+        outbound(&v)
+    } else {
+        let mut c = Config::from_json(&v)?;
+        // Our own JSON may carry Xray's downloadSettings inside xhttpSettings too.
+        if c.download.is_none() {
+            if let Some(d) = c.xhttp.download_settings.take() {
+                c.download = Some(Box::new(stream_destination(
+                    "xhttpSettings.downloadSettings",
+                    &d,
+                )?));
+                c.validate()?;
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Xray accepts `//` and `/* */` comments in JSON; drop them outside strings.
+fn strip_comments(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let (mut i, mut in_str) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            if c == b'\\' && i + 1 < b.len() {
+                out.push_str(&s[i..i + 2]);
+                i += 2;
+                continue;
+            }
+            if c == b'"' {
+                in_str = false;
+            }
+        } else if c == b'"' {
+            in_str = true;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                i += 1;
+            }
+            i += 2;
+            continue;
+        }
+        let ch = s[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn whole_config(v: &Value, tag: Option<&str>) -> Result<Config> {
+    let mut f = Fields::new("", v)?;
+    let Some(Value::Array(outs)) = f.take("outbounds") else {
+        return Err(Error::config(
+            "outbounds",
+            "expected a list of outbound objects",
+        ));
+    };
+    for (i, o) in outs.iter().enumerate() {
+        let get = |k: &str| {
+            o.as_object().and_then(|m| {
+                m.iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                    .and_then(|(_, v)| v.as_str())
+            })
+        };
+        let chosen = match tag {
+            Some(t) => get("tag") == Some(t),
+            None => {
+                get("protocol").is_some_and(|p| p.eq_ignore_ascii_case("vless"))
+                    && network_of(o).is_some_and(is_xhttp)
+            }
+        };
+        if chosen {
+            return outbound(o).map_err(|e| prefix_field(&format!("outbounds[{i}]"), e));
+        }
+    }
+    Err(match tag {
+        Some(t) => Error::config("outbounds", format!("no outbound has tag {t:?}")),
+        None => Error::config("outbounds", "no VLESS outbound with network xhttp"),
+    })
+}
+
+fn is_xhttp(n: &str) -> bool {
+    n.eq_ignore_ascii_case("xhttp") || n.eq_ignore_ascii_case("splithttp")
+}
+
+/// `streamSettings.method` (newer alias) wins over `network`.
+fn network_of(outbound: &Value) -> Option<&str> {
+    let ss = lookup(outbound, "streamSettings")?;
+    lookup(ss, "method")
+        .or_else(|| lookup(ss, "network"))
+        .and_then(Value::as_str)
+}
+
+fn lookup<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(k))
+        .map(|(_, v)| v)
+}
+
+/// An Xray outbound object: `protocol: vless`, `settings` (flat or `vnext`), `streamSettings`.
+pub fn outbound(v: &Value) -> Result<Config> {
+    let mut f = Fields::new("", v)?;
+    let protocol = f.string("protocol")?.unwrap_or_default();
+    if !protocol.eq_ignore_ascii_case("vless") {
+        return Err(Error::config(
+            "protocol",
+            format!("only vless outbounds are supported, got {protocol:?}"),
+        ));
+    }
+    let settings = f
+        .take("settings")
+        .ok_or_else(|| Error::config("settings", "is required"))?;
+    let (address, port, vless) = vless_settings(&settings)?;
+    let ss = f
+        .take("streamSettings")
+        .ok_or_else(|| Error::config("streamSettings", "is required (network xhttp)"))?;
+    for k in [
+        "tag",
+        "mux",
+        "proxySettings",
+        "sendThrough",
+        "targetStrategy",
+    ] {
+        f.take(k);
+    }
+    f.finish();
+    let mut c = destination("streamSettings", &ss, address, port)?;
+    c.vless = Some(vless);
+    c.validate()?;
+    Ok(c)
+}
+
+fn vless_settings(v: &Value) -> Result<(String, u16, VlessSettings)> {
+    let mut f = Fields::new("settings", v)?;
+    let (mut s, path) = match f.take("vnext") {
+        Some(Value::Array(servers)) => {
+            if servers.len() != 1 {
+                return Err(Error::config(
+                    "settings.vnext",
+                    "exactly one server is supported",
+                ));
+            }
+            let mut srv = Fields::new("settings.vnext[0]", &servers[0])?;
+            let users = match srv.take("users") {
+                Some(Value::Array(u)) if u.len() == 1 => {
+                    u.into_iter().next().unwrap_or(Value::Null)
+                }
+                _ => {
+                    return Err(Error::config(
+                        "settings.vnext[0].users",
+                        "exactly one user is required",
+                    ));
+                }
+            };
+            let mut merged: Map<String, Value> = users.as_object().cloned().unwrap_or_default();
+            for k in ["address", "port"] {
+                if let Some(v) = srv.take(k) {
+                    merged.insert(k.into(), v);
+                }
+            }
+            srv.finish();
+            f.finish();
+            (
+                Fields::from_map("settings.vnext[0]", &merged),
+                "settings.vnext[0]",
+            )
+        }
+        Some(other) => {
+            return Err(Error::config(
+                "settings.vnext",
+                format!("expected a list, got {other}"),
+            ));
+        }
+        None => (f, "settings"),
+    };
+    let address = s
+        .string("address")?
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| Error::config(format!("{path}.address"), "is required"))?;
+    let port = match s.take("port") {
+        Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65535).contains(p)),
+        Some(Value::String(p)) => p.parse::<u64>().ok().filter(|p| (1..=65535).contains(p)),
+        _ => return Err(Error::config(format!("{path}.port"), "is required")),
+    }
+    .ok_or_else(|| Error::config(format!("{path}.port"), "must be 1-65535"))? as u16;
+    let id = s
+        .string("id")?
+        .ok_or_else(|| Error::config(format!("{path}.id"), "is required"))?;
+    let id = crate::proxy::vless::user_id(&format!("{path}.id"), &id)?;
+    if let Some(enc) = s.string("encryption")? {
+        if !enc.is_empty() && enc != "none" {
+            return Err(Error::config(
+                format!("{path}.encryption"),
+                format!("{enc:?} is not supported; only \"none\""),
+            ));
+        }
+    }
+    if let Some(flow) = s.string("flow")?.filter(|f| !f.is_empty()) {
+        return Err(Error::config(
+            format!("{path}.flow"),
+            format!("{flow:?} cannot run over XHTTP; leave flow empty"),
+        ));
+    }
+    for k in ["level", "email"] {
+        s.take(k);
+    }
+    s.finish();
+    Ok((address, port, VlessSettings { id }))
+}
+
+/// A stream-settings object (`network`, `security`, `tlsSettings`, `xhttpSettings`) for
+/// `address:port`, as the main side or as `downloadSettings`.
+fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Config> {
+    let mut f = Fields::new(path, v)?;
+    let network = match f.take("method") {
+        Some(m) => {
+            f.take("network");
+            Some(m)
+        }
+        None => f.take("network"),
+    };
+    let network = network
+        .and_then(|n| n.as_str().map(str::to_string))
+        .unwrap_or_default();
+    if !is_xhttp(&network) {
+        return Err(Error::config(
+            format!("{path}.network"),
+            format!("only xhttp (splithttp) is supported, got {network:?}"),
+        ));
+    }
+    let security = f
+        .string("security")?
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match security.as_str() {
+        "tls" => {}
+        "reality" => {
+            return Err(Error::config(
+                format!("{path}.security"),
+                "REALITY is not supported by this client (HTTP/3 over TLS only)",
+            ));
+        }
+        _ => {
+            return Err(Error::config(
+                format!("{path}.security"),
+                format!("{security:?}: XHTTP over HTTP/3 needs \"tls\""),
+            ));
+        }
+    }
+    let tls_v = f.take("tlsSettings").unwrap_or_else(|| json!({}));
+    let alpn = lookup(&tls_v, "alpn").cloned();
+    let h3_only = match &alpn {
+        Some(Value::Array(a)) => a.len() == 1 && a[0] == "h3",
+        Some(Value::String(s)) => s.trim() == "h3",
+        _ => false,
+    };
+    if !h3_only {
+        return Err(Error::config(
+            format!("{path}.tlsSettings.alpn"),
+            "must be [\"h3\"]: with any other ALPN Xray uses HTTP/2 or HTTP/1.1 over TCP, which this client does not speak",
+        ));
+    }
+    let tls = TlsSettings::from_json(&format!("{path}.tlsSettings"), &tls_v)?;
+    let x = match (f.take("xhttpSettings"), f.take("splithttpSettings")) {
+        (Some(x), _) | (None, Some(x)) => x,
+        (None, None) => json!({}),
+    };
+    let mut xhttp = XhttpSettings::from_json(&format!("{path}.xhttpSettings"), &x)?;
+    for k in ["sockopt", "finalmask"] {
+        if f.take(k).is_some() {
+            log::debug!("config: {path}.{k} is not used by this client");
+        }
+    }
+    f.finish();
+    let download = match xhttp.download_settings.take() {
+        Some(d) => Some(Box::new(stream_destination(
+            &format!("{path}.xhttpSettings.downloadSettings"),
+            &d,
+        )?)),
+        None => None,
+    };
+    Ok(Config {
+        address,
+        port,
+        tls,
+        xhttp,
+        vless: None,
+        download,
+    })
+}
+
+/// `downloadSettings`: a stream-settings object that also names `address` and `port`.
+fn stream_destination(path: &str, v: &Value) -> Result<Config> {
+    let mut m = v
+        .as_object()
+        .cloned()
+        .ok_or_else(|| Error::config(path, "must be a JSON object"))?;
+    let mut take = |k: &str| {
+        let key = m.keys().find(|key| key.eq_ignore_ascii_case(k)).cloned();
+        key.and_then(|key| m.remove(&key))
+    };
+    let address = match take("address") {
+        Some(Value::String(a)) if !a.is_empty() => a,
+        _ => return Err(Error::config(format!("{path}.address"), "is required")),
+    };
+    let port = take("port")
+        .and_then(|p| {
+            p.as_u64()
+                .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
+        })
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| Error::config(format!("{path}.port"), "is required (1-65535)"))?
+        as u16;
+    let mut d = destination(path, &Value::Object(m), address, port)?;
+    d.download = None;
+    Ok(d)
+}
+
+/// A `vless://` share link as an outbound object (the shape GUI clients build).
+fn share_link(link: &str) -> Result<Value> {
+    let rest = &link[8..];
+    let rest = rest.split('#').next().unwrap_or("");
+    let (auth, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let auth = auth.trim_end_matches('/');
+    let (user, hostport) = auth
+        .rsplit_once('@')
+        .ok_or_else(|| Error::config("link", "missing <id>@ before the host"))?;
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        let (h, p) = h
+            .split_once("]:")
+            .ok_or_else(|| Error::config("link", "IPv6 host needs [addr]:port"))?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| Error::config("link", "missing :port after the host"))?;
+        (h.to_string(), p)
+    };
+    if host.is_empty() {
+        return Err(Error::config("link.address", "is required"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::config("link.port", format!("{port:?} is not a port")))?;
+    let mut p: Vec<(String, String)> = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        p.push((k.to_string(), unescape_link(v)));
+    }
+    let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    for k in ["insecure", "allowInsecure", "allow_insecure"] {
+        if get(k) == Some("1") || get(k) == Some("true") {
+            return Err(Error::config(
+                format!("link.{k}"),
+                "skipping certificate checks is refused (as current Xray refuses it); use pcs=<sha256 of the certificate>",
+            ));
+        }
+    }
+    let network = get("type").unwrap_or("tcp");
+    let mut tls = Map::new();
+    if let Some(s) = get("sni").filter(|s| !s.is_empty()) {
+        tls.insert("serverName".into(), json!(s));
+    }
+    if let Some(a) = get("alpn").filter(|s| !s.is_empty()) {
+        tls.insert(
+            "alpn".into(),
+            json!(a.split(',').map(str::trim).collect::<Vec<_>>()),
+        );
+    }
+    if let Some(pcs) = get("pcs").filter(|s| !s.is_empty()) {
+        tls.insert("pinnedPeerCertSha256".into(), json!(pcs));
+    }
+    if let Some(fp) = get("fp") {
+        tls.insert("fingerprint".into(), json!(fp));
+    }
+    let mut x = Map::new();
+    x.insert(
+        "path".into(),
+        json!(get("path").filter(|s| !s.is_empty()).unwrap_or("/")),
+    );
+    for k in ["host", "mode"] {
+        if let Some(v) = get(k).filter(|s| !s.is_empty()) {
+            x.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(extra) = get("extra").filter(|s| !s.is_empty()) {
+        let e: Value = serde_json::from_str(extra)
+            .map_err(|err| Error::config("link.extra", format!("not valid JSON: {err}")))?;
+        if !e.is_object() {
+            return Err(Error::config("link.extra", "must be a JSON object"));
+        }
+        x.insert("extra".into(), e);
+    }
+    let id = unescape_link(user);
+    Ok(json!({
+        "protocol": "vless",
+        "settings": {
+            "address": host, "port": port, "id": id,
+            "encryption": get("encryption").unwrap_or("none"),
+            "flow": get("flow").unwrap_or(""),
+        },
+        "streamSettings": {
+            "network": network,
+            "security": get("security").unwrap_or("none"),
+            "tlsSettings": tls,
+            "xhttpSettings": x,
+        }
+    }))
+}
+
+/// Percent-decoding for link parts (`+` stays a plus in URL paths, but links written by
+/// GUI clients use query encoding, where it is a space; an `extra` JSON never has either
+/// unencoded).
+fn unescape_link(s: &str) -> String {
+    unescape(&s.replace('+', "%2B"))
+}
+
+#[cfg(test)]
+mod tests;
