@@ -79,3 +79,37 @@ fn many_tunnels_share_the_client() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn download_settings_send_the_get_through_its_own_pool() {
+    // Same server process (one session map), but the GET rides the download side's own
+    // XMUX pool, hence its own QUIC connection.
+    let e = env(|_| {});
+    for mode in ["packet-up", "stream-up"] {
+        let mut v = e.config_json(json!({"path": "/xh", "mode": mode}));
+        let mut dl = e.config_json(json!({"path": "/xh", "xmux": {"maxConnections": 1}}));
+        dl.as_object_mut().unwrap().remove("xhttpSettings");
+        dl["xhttpSettings"] = json!({"path": "/xh/", "xmux": {"maxConnections": 1}});
+        v["downloadSettings"] = dl;
+        let c = xhttp_mobile::Client::new(xhttp_mobile::Config::from_json(&v).unwrap()).unwrap();
+        let t = c.open(T).unwrap();
+        echo_roundtrip(&t, 1_000_000, mode == "stream-up");
+        let up = c.pool_stats();
+        let down = c.dialer().download_pool_stats().unwrap();
+        assert_eq!(
+            down.requests_total, 1,
+            "{mode}: one GET on the download side"
+        );
+        assert!(up.requests_total >= 1, "{mode}");
+        let (ul, dl) = (up.connections[0].local, down.connections[0].local);
+        assert_ne!(ul, dl, "{mode}: GET and uploads share a connection");
+        t.close();
+    }
+    let bad = e.config_json(json!({"mode": "stream-one"}));
+    let mut bad = bad;
+    bad["downloadSettings"] = e.config_json(json!({}));
+    assert!(matches!(
+        xhttp_mobile::Config::from_json(&bad),
+        Err(xhttp_mobile::Error::Config { field, .. }) if field == "downloadSettings"
+    ));
+}

@@ -24,11 +24,42 @@ const DOWN_QUEUE: usize = 16;
 pub struct Dialer {
     cfg: Config,
     mode: Mode,
-    shaper: Arc<Shaper>,
-    pool: Arc<Pool>,
+    main: Side,
+    /// `downloadSettings`: where the GET goes, with its own shapes and XMUX pool.
+    download: Option<Side>,
     tunnels: Mutex<Vec<Weak<Shared>>>,
     closed: AtomicBool,
     counters: Arc<Counters>,
+}
+
+/// One destination: its request shapes and its XMUX pool.
+struct Side {
+    shaper: Arc<Shaper>,
+    pool: Arc<Pool>,
+}
+
+impl Side {
+    fn new(cfg: &Config) -> Result<Side> {
+        let tls = Arc::new(tls::client_config(&cfg.tls)?);
+        let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
+        // Fail at construction, not at the first tunnel, if a request cannot be built.
+        shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
+        let quic = QuicOptions {
+            keep_alive: cfg.xhttp.xmux.keep_alive(),
+            ..QuicOptions::default()
+        };
+        let connector = Connector {
+            address: cfg.address.clone(),
+            port: cfg.port,
+            sni: cfg.sni().to_string(),
+            tls,
+            quic,
+        };
+        Ok(Side {
+            shaper,
+            pool: Pool::new(connector, cfg.xhttp.xmux.clone()),
+        })
+    }
 }
 
 /// What a client has done so far.
@@ -48,26 +79,19 @@ impl Dialer {
     /// Validates what the config layer could not (TLS material) and prepares the shaper
     /// and the XMUX pool. Does no I/O.
     pub fn new(cfg: Config) -> Result<Dialer> {
-        let tls = Arc::new(tls::client_config(&cfg.tls)?);
-        let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
-        // Fail at construction, not at the first tunnel, if a request cannot be built.
-        shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
-        let quic = QuicOptions {
-            keep_alive: cfg.xhttp.xmux.keep_alive(),
-            ..QuicOptions::default()
-        };
-        let connector = Connector {
-            address: cfg.address.clone(),
-            port: cfg.port,
-            sni: cfg.sni().to_string(),
-            tls,
-            quic,
+        cfg.validate()?;
+        let main = Side::new(&cfg)?;
+        let download = match &cfg.download {
+            Some(d) => {
+                Some(Side::new(d).map_err(|e| crate::config::prefix_field("downloadSettings", e))?)
+            }
+            None => None,
         };
         Ok(Dialer {
             mode: cfg.xhttp.mode.resolve(),
-            pool: Pool::new(connector, cfg.xhttp.xmux.clone()),
+            main,
+            download,
             cfg,
-            shaper,
             tunnels: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             counters: Arc::default(),
@@ -84,7 +108,12 @@ impl Dialer {
 
     /// XMUX introspection: connections, running slots, charged requests.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.main.pool.stats()
+    }
+
+    /// XMUX introspection of the `downloadSettings` pool, if configured.
+    pub fn download_pool_stats(&self) -> Option<PoolStats> {
+        self.download.as_ref().map(|d| d.pool.stats())
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -100,7 +129,12 @@ impl Dialer {
             bytes_up: self.counters.up.load(Ordering::Relaxed),
             bytes_down: self.counters.down.load(Ordering::Relaxed),
             open_tunnels: open as u64,
-            live_connections: self.pool.stats().live_connections as u64,
+            live_connections: (self.main.pool.stats().live_connections
+                + self
+                    .download
+                    .as_ref()
+                    .map_or(0, |d| d.pool.stats().live_connections))
+                as u64,
         }
     }
 
@@ -110,10 +144,15 @@ impl Dialer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let slot = Arc::new(self.pool.acquire().await?);
+        let slot = Arc::new(self.main.pool.acquire().await?);
+        // The GET's slot, on the download pool when `downloadSettings` is set.
+        let down_slot = match (&self.download, self.mode) {
+            (Some(d), Mode::PacketUp | Mode::StreamUp) => Arc::new(d.pool.acquire().await?),
+            _ => slot.clone(),
+        };
         let shared = Shared::new();
         {
-            let held = slot.clone();
+            let held = (slot.clone(), down_slot.clone());
             shared.on_end(Box::new(move || drop(held)));
         }
         {
@@ -126,7 +165,7 @@ impl Dialer {
             shared.close();
             return Err(Error::Closed);
         }
-        match self.start(slot.clone(), &shared).await {
+        match self.start(slot.clone(), down_slot, &shared).await {
             Ok((down_rx, up_tx)) => Ok(TunnelCore::new(
                 shared,
                 self.counters.clone(),
@@ -145,8 +184,11 @@ impl Dialer {
     async fn start(
         &self,
         slot: Arc<Slot>,
+        down_slot: Arc<Slot>,
         shared: &Arc<Shared>,
     ) -> Result<(mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>)> {
+        let main = &self.main;
+        let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
         let conn = slot.conn().clone();
         let mut rng = rand::rng();
@@ -162,9 +204,9 @@ impl Dialer {
 
         if self.mode == Mode::StreamOne {
             let kind = RequestKind::StreamOne;
-            let label = self.shaper.label(kind, None);
-            let req = self.shaper.build(kind, None, None, &mut rng)?;
-            self.pool.charge(slot.id());
+            let label = main.shaper.label(kind, None);
+            let req = main.shaper.build(kind, None, None, &mut rng)?;
+            main.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
             keep(Box::pin(streams::download(
                 recv,
@@ -183,27 +225,27 @@ impl Dialer {
 
         let id = session::generate(&s.session_id, &mut rng);
         let kind = RequestKind::StreamDown;
-        let label = self.shaper.label(kind, Some(&id));
-        let req = self.shaper.build(kind, Some(&id), None, &mut rng)?;
-        self.pool.charge(slot.id());
-        let (mut send, recv) = streams::open_request(&conn, req, &label).await?.split();
+        let label = down.shaper.label(kind, Some(&id));
+        let req = down.shaper.build(kind, Some(&id), None, &mut rng)?;
+        down.pool.charge(down_slot.id());
+        let (mut send, recv) = streams::open_request(down_slot.conn(), req, &label)
+            .await?
+            .split();
         // A GET has no body: end our side now.
         send.finish().await.map_err(|e| Error::Request {
             request: label.clone(),
             detail: e.to_string(),
         })?;
-        keep(Box::pin(streams::download(
-            recv,
-            label,
-            down_tx,
-            shared.clone(),
-        )));
+        spawn_holding(
+            &down_slot,
+            Box::pin(streams::download(recv, label, down_tx, shared.clone())),
+        );
 
         if self.mode == Mode::StreamUp {
             let kind = RequestKind::StreamUp;
-            let label = self.shaper.label(kind, Some(&id));
-            let req = self.shaper.build(kind, Some(&id), None, &mut rng)?;
-            self.pool.charge(slot.id());
+            let label = main.shaper.label(kind, Some(&id));
+            let req = main.shaper.build(kind, Some(&id), None, &mut rng)?;
+            main.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
             keep(Box::pin(streams::drain_response(
                 recv,
@@ -222,9 +264,9 @@ impl Dialer {
                 interval: s.sc_min_posts_interval_ms,
             };
             keep(Box::pin(streams::packet_upload(
-                self.pool.clone(),
+                main.pool.clone(),
                 slot.clone(),
-                self.shaper.clone(),
+                main.shaper.clone(),
                 id,
                 plan,
                 up_rx,
@@ -241,7 +283,10 @@ impl Dialer {
         for t in tunnels.iter().filter_map(Weak::upgrade) {
             t.close();
         }
-        self.pool.close();
+        self.main.pool.close();
+        if let Some(d) = &self.download {
+            d.pool.close();
+        }
     }
 }
 
