@@ -226,13 +226,13 @@ fn refused_inputs_have_clear_errors() {
         (json!({"protocol": "vless", "settings": {"address": "a", "port": 1, "id": ID, "encryption": "aes"}, "streamSettings": h3_stream(json!({}))}).to_string(), "settings.encryption", "only \"none\""),
         (json!({"protocol": "vless", "settings": {"address": "a", "port": 1, "id": ID}}).to_string(), "streamSettings", "required"),
         (format!("vless://{ID}@example.com?type=xhttp"), "link", ":port"),
-        (format!("vless://example.com:443?type=xhttp"), "link", "<id>@"),
+        ("vless://example.com:443?type=xhttp".to_string(), "link", "<id>@"),
         (format!("vless://{ID}@example.com:0?type=xhttp"), "link.port", "not a port"),
         (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&allowInsecure=1"), "link.allowInsecure", "pcs="),
         (format!("vless://{ID}@e:443?type=grpc&security=tls&alpn=h3"), "streamSettings.network", "only xhttp"),
         (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&extra=%7Bnope"), "link.extra", "not valid JSON"),
         (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&extra=%5B%5D"), "link.extra", "JSON object"),
-        (format!("vless://nope@e:443?type=xhttp&security=tls&alpn=h3&pcs=zz"), "streamSettings.tlsSettings.pinnedPeerCertSha256", "not hex"),
+        ("vless://nope@e:443?type=xhttp&security=tls&alpn=h3&pcs=zz".to_string(), "streamSettings.tlsSettings.pinnedPeerCertSha256", "not hex"),
     ];
     for (input, field, rule) in cases {
         let (f, r) = err(import(&input));
