@@ -25,5 +25,21 @@ cargo build --lib --no-default-features
 step "cargo test"
 cargo test -- --test-threads=2
 
+# Xray-core for the interop tests: from the Go module proxy, pinned, cached outside the repo.
+# The proxy serves Xray's Go-compatible tags (v1.YYMMDD.N); v1.260327.0 is release v26.3.27,
+# the newest it serves (the v26.7.28 commit pseudo-version is refused).
+XRAY_VERSION=v1.260327.0
+XRAY_DIR="${XH_CACHE:-$HOME/.cache/xhttp-mobile}/xray/$XRAY_VERSION"
+export XRAY_BIN="$XRAY_DIR/main"
+step "Xray-core $XRAY_VERSION"
+if [ ! -x "$XRAY_BIN" ]; then
+  mkdir -p "$XRAY_DIR"
+  GOBIN="$XRAY_DIR" GOFLAGS=-mod=mod go install "github.com/xtls/xray-core/main@$XRAY_VERSION"
+fi
+"$XRAY_BIN" version | head -1
+
+step "interop tests against Xray-core"
+cargo test --features interop --test interop -- --test-threads=1
+
 step "xh demo"
 cargo run --release --bin xh -- demo

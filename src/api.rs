@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Mode};
 use crate::error::Result;
+use crate::proxy::vless::{self, Target};
 use crate::runtime::Runtime;
 use crate::tunnel::{Dialer, TunnelCore};
 use std::net::SocketAddr;
@@ -52,6 +53,34 @@ impl Client {
     /// XMUX introspection: live and draining connections, running slots, charged requests.
     pub fn pool_stats(&self) -> crate::xmux::PoolStats {
         self.dialer.pool_stats()
+    }
+
+    /// Opens a VLESS TCP tunnel to `target` (`host:port`); the config must carry a VLESS id.
+    pub fn open_vless(&self, target: &str, timeout: Option<Duration>) -> Result<VlessStream> {
+        let target = Target::parse(target)?;
+        let d = self.dialer.clone();
+        let t = self.rt.block_on(timeout, async move {
+            vless::open(&d, vless::Command::Tcp, &target).await
+        })?;
+        Ok(VlessStream {
+            inner: Arc::new(t),
+            _dialer: self.dialer.clone(),
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Opens a VLESS UDP tunnel to `target`: datagrams each way, length-prefixed inside.
+    pub fn open_vless_udp(&self, target: &str, timeout: Option<Duration>) -> Result<VlessUdp> {
+        let target = Target::parse(target)?;
+        let d = self.dialer.clone();
+        let t = self.rt.block_on(timeout, async move {
+            vless::open(&d, vless::Command::Udp, &target).await
+        })?;
+        Ok(VlessUdp {
+            inner: Arc::new(vless::UdpTunnel::new(t)),
+            _dialer: self.dialer.clone(),
+            rt: self.rt.clone(),
+        })
     }
 
     /// Closes every tunnel and connection of this client. Idempotent.
@@ -106,5 +135,53 @@ impl Tunnel {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer_addr()
+    }
+}
+
+/// A VLESS TCP stream to one destination.
+#[derive(Clone)]
+pub struct VlessStream {
+    inner: Arc<vless::VlessTunnel>,
+    _dialer: Arc<Dialer>,
+    rt: Arc<Runtime>,
+}
+
+impl VlessStream {
+    pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize> {
+        self.rt.block_on(timeout, self.inner.read(buf))
+    }
+
+    pub fn write(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
+        self.rt.block_on(timeout, self.inner.write(data))
+    }
+
+    pub fn shutdown_write(&self) -> Result<()> {
+        self.rt.block_on(None, self.inner.shutdown_write())
+    }
+
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// A VLESS UDP flow to one destination.
+#[derive(Clone)]
+pub struct VlessUdp {
+    inner: Arc<vless::UdpTunnel>,
+    _dialer: Arc<Dialer>,
+    rt: Arc<Runtime>,
+}
+
+impl VlessUdp {
+    pub fn send_datagram(&self, d: &[u8], timeout: Option<Duration>) -> Result<()> {
+        self.rt.block_on(timeout, self.inner.send(d))
+    }
+
+    pub fn recv_datagram(&self, timeout: Option<Duration>) -> Result<Vec<u8>> {
+        self.rt.block_on(timeout, self.inner.recv())
+    }
+
+    pub fn close(&self) {
+        self.inner.close();
     }
 }

@@ -245,6 +245,61 @@ impl VlessTunnel {
     }
 }
 
+/// Opens a VLESS tunnel through `dialer` to `target`; the config must carry a VLESS id.
+pub async fn open(
+    dialer: &crate::tunnel::Dialer,
+    cmd: Command,
+    target: &Target,
+) -> Result<VlessTunnel> {
+    let id = dialer
+        .config()
+        .vless
+        .as_ref()
+        .ok_or_else(|| Error::config("vlessId", "VLESS is not configured for this client"))?
+        .id;
+    let core = dialer.open().await?;
+    Ok(VlessTunnel::new(core, &id, cmd, target))
+}
+
+/// A VLESS UDP tunnel: one datagram per call each way.
+pub struct UdpTunnel {
+    inner: VlessTunnel,
+    deframer: tokio::sync::Mutex<UdpDeframer>,
+}
+
+impl UdpTunnel {
+    pub fn new(inner: VlessTunnel) -> Self {
+        UdpTunnel {
+            inner,
+            deframer: tokio::sync::Mutex::new(UdpDeframer::default()),
+        }
+    }
+
+    pub async fn send(&self, datagram: &[u8]) -> Result<()> {
+        self.inner.write(&frame_udp(datagram)?).await.map(|_| ())
+    }
+
+    /// The next datagram; `Err(Closed)`-style errors when the tunnel ends.
+    pub async fn recv(&self) -> Result<Vec<u8>> {
+        let mut d = self.deframer.lock().await;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(dg) = d.next_datagram() {
+                return Ok(dg);
+            }
+            let n = self.inner.read(&mut buf).await?;
+            if n == 0 {
+                return Err(Error::Other("UDP tunnel ended".into()));
+            }
+            d.push(&buf[..n]);
+        }
+    }
+
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

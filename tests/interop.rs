@@ -1,0 +1,413 @@
+//! Our client against the real Xray-core server (XRAY_BIN, built by scripts/test.sh from
+//! the Go module proxy, pinned). Certificates are generated here and trusted by pin.
+
+mod common;
+use common::{T, pattern, sha};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use xhttp_mobile::{Client, Tunnel};
+
+const UUID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+const MODES: [&str; 3] = ["packet-up", "stream-up", "stream-one"];
+
+fn xray_bin() -> PathBuf {
+    let p = std::env::var_os("XRAY_BIN")
+        .map(PathBuf::from)
+        .expect("XRAY_BIN must point at an Xray-core binary (scripts/test.sh builds one)");
+    assert!(p.exists(), "XRAY_BIN {p:?} does not exist");
+    p
+}
+
+struct Cert {
+    dir: PathBuf,
+    sha256_hex: String,
+}
+
+fn cert() -> &'static Cert {
+    static C: OnceLock<Cert> = OnceLock::new();
+    C.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("xh-interop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        Cert {
+            sha256_hex: hex::encode(sha(ck.cert.der())),
+            dir,
+        }
+    })
+}
+
+/// A free UDP port on loopback (bound and released; Xray binds it right after).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP echo server on loopback, for the raw `tunnel` inbound and VLESS destinations.
+fn tcp_echo() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let mut w = s;
+                    let _ = std::io::copy(&mut r, &mut w);
+                    let _ = w.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        port
+    })
+}
+
+fn udp_echo() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        });
+        port
+    })
+}
+
+/// One running Xray process; killed on drop.
+struct Xray(Child);
+
+impl Drop for Xray {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_xray(inbounds: Vec<Value>, outbounds: Vec<Value>) -> Xray {
+    let cfg = json!({"log": {"loglevel": "warning"}, "inbounds": inbounds, "outbounds": outbounds});
+    let path = cert().dir.join(format!("xray-{}.json", free_udp_port()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let mut child = Command::new(xray_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start xray");
+    // Xray prints "... started" once every inbound listens.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("started") {
+                let _ = tx.send(());
+            }
+            eprintln!("xray: {line}");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("xray did not start (see its output above)");
+    Xray(child)
+}
+
+fn tls_in() -> Value {
+    json!({"alpn": ["h3"], "certificates": [{
+        "certificateFile": cert().dir.join("cert.pem"),
+        "keyFile": cert().dir.join("key.pem")}]})
+}
+
+fn inbound(tag: &str, port: u16, vless: bool, xhttp: Value) -> Value {
+    let (protocol, settings) = if vless {
+        (
+            "vless",
+            json!({"clients": [{"id": UUID}], "decryption": "none"}),
+        )
+    } else {
+        (
+            "dokodemo-door",
+            json!({"address": "127.0.0.1", "port": tcp_echo(), "network": "tcp"}),
+        )
+    };
+    json!({"tag": tag, "listen": "127.0.0.1", "port": port, "protocol": protocol,
+        "settings": settings,
+        "streamSettings": {"network": "xhttp", "security": "tls", "tlsSettings": tls_in(),
+            "xhttpSettings": xhttp}})
+}
+
+/// Our client's outbound for an inbound on `port`: an Xray outbound JSON, imported as
+/// users bring them.
+fn outbound(port: u16, xhttp: Value) -> Value {
+    json!({"protocol": "vless",
+        "settings": {"address": "127.0.0.1", "port": port, "id": UUID, "encryption": "none"},
+        "streamSettings": {"network": "xhttp", "security": "tls",
+            "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                "pinnedPeerCertSha256": cert().sha256_hex},
+            "xhttpSettings": xhttp}})
+}
+
+fn client(out: &Value, vless: bool) -> Client {
+    let mut c = xhttp_mobile::config::xray::import(&out.to_string()).expect("import");
+    if !vless {
+        c.vless = None;
+    }
+    Client::new(c).expect("client")
+}
+
+/// Moves `size` bytes up and back through the echo behind Xray, SHA-256 checked. With VLESS
+/// the tunnel is opened to the echo server as destination.
+fn roundtrip(c: &Client, vless: bool, mode: &str, size: usize) {
+    let target = format!("127.0.0.1:{}", tcp_echo());
+    let data = pattern(size as u64 ^ 0x55, size);
+    let got = if vless {
+        let t = c.open_vless(&target, T).expect("open vless");
+        exchange(
+            size,
+            &data,
+            |d| t.write(d, T),
+            |b| t.read(b, T),
+            || t.shutdown_write(),
+            mode,
+        )
+    } else {
+        let t: Tunnel = c.open(T).expect("open");
+        exchange(
+            size,
+            &data,
+            |d| t.write(d, T),
+            |b| t.read(b, T),
+            || t.shutdown_write(),
+            mode,
+        )
+    };
+    assert_eq!(got.len(), size, "{mode}");
+    assert_eq!(sha(&got), sha(&data), "{mode}: SHA-256 of the echo differs");
+}
+
+fn exchange(
+    size: usize,
+    data: &[u8],
+    write: impl Fn(&[u8]) -> xhttp_mobile::Result<usize> + Sync,
+    read: impl Fn(&mut [u8]) -> xhttp_mobile::Result<usize>,
+    shutdown: impl Fn() -> xhttp_mobile::Result<()> + Sync,
+    mode: &str,
+) -> Vec<u8> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for c in data.chunks(64 * 1024) {
+                write(c).expect("write");
+            }
+            if mode != "packet-up" {
+                shutdown().expect("shutdown_write");
+            }
+        });
+        let mut got = Vec::with_capacity(size);
+        let mut buf = vec![0u8; 65536];
+        while got.len() < size {
+            let n = read(&mut buf).expect("read");
+            assert!(n > 0, "{mode}: EOF after {} of {size}", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    })
+}
+
+/// Settings variants of the matrix: (name, server xhttpSettings, client xhttpSettings).
+/// The pinned Xray (v1.260327.0) still calls the session keys `sessionPlacement`/`sessionKey`
+/// and always normalises the path with a trailing slash.
+fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
+    let base = |extra: Value| {
+        let mut v = json!({"path": "/xh/", "mode": mode});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let mut placements = json!({"sessionPlacement": "header", "seqPlacement": "query"});
+    if mode == "packet-up" {
+        placements["uplinkDataPlacement"] = json!("header");
+        placements["scMaxEachPostBytes"] = json!(3000);
+    }
+    let obfs = json!({"xPaddingObfsMode": true, "xPaddingMethod": "tokenish",
+        "xPaddingPlacement": "header", "xPaddingHeader": "X-Pad"});
+    vec![
+        ("default", json!({"path": "/xh/"}), base(json!({}))),
+        (
+            "placements",
+            json!({"path": "/xh/", "sessionPlacement": "header", "seqPlacement": "query"}),
+            base(placements),
+        ),
+        (
+            "obfs-tokenish",
+            {
+                let mut s = obfs.clone();
+                s["path"] = json!("/xh/");
+                s
+            },
+            base(obfs),
+        ),
+        (
+            "put",
+            json!({"path": "/xh/"}),
+            base(json!({"uplinkHTTPMethod": "PUT"})),
+        ),
+        (
+            "session-table",
+            json!({"path": "/xh/"}),
+            base(json!({"sessionIDTable": "Base62", "sessionIDLength": "20-24"})),
+        ),
+        (
+            "xmux-concurrency",
+            json!({"path": "/xh/"}),
+            base(json!({"xmux": {"maxConcurrency": 2}})),
+        ),
+    ]
+}
+
+fn xray_version() {
+    let out = Command::new(xray_bin())
+        .arg("version")
+        .output()
+        .expect("xray version");
+    eprintln!(
+        "interop against: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("?")
+    );
+}
+
+#[test]
+fn matrix_modes_inbounds_and_settings() {
+    xray_version();
+    // One Xray process with an inbound per (variant, raw|vless); each case is one tunnel
+    // per mode moving data both ways.
+    let mut inbounds = Vec::new();
+    let mut cases = Vec::new();
+    for (name, server, _) in variants("packet-up") {
+        for vless in [false, true] {
+            let port = free_udp_port();
+            inbounds.push(inbound(
+                &format!("{name}-{vless}"),
+                port,
+                vless,
+                server.clone(),
+            ));
+            cases.push((name, vless, port));
+        }
+    }
+    let _x = start_xray(
+        inbounds,
+        vec![json!({"protocol": "freedom", "tag": "direct"})],
+    );
+    for mode in MODES {
+        let vs = variants(mode);
+        for (name, vless, port) in &cases {
+            let (_, _, client_x) = vs.iter().find(|v| v.0 == *name).unwrap();
+            let c = client(&outbound(*port, client_x.clone()), *vless);
+            let size = if *name == "default" { 4 << 20 } else { 300_000 };
+            let started = Instant::now();
+            roundtrip(&c, *vless, mode, size);
+            eprintln!(
+                "ok {mode} {name} vless={vless} {size} B in {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
+#[test]
+fn vless_udp_datagrams() {
+    let port = free_udp_port();
+    let _x = start_xray(
+        vec![inbound("udp", port, true, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom"})],
+    );
+    for mode in MODES {
+        let c = client(&outbound(port, json!({"path": "/xh/", "mode": mode})), true);
+        let t = c
+            .open_vless_udp(&format!("127.0.0.1:{}", udp_echo()), T)
+            .expect("open udp");
+        for size in [60usize, 1400, 60, 1400] {
+            let d = pattern(size as u64, size);
+            t.send_datagram(&d, T).expect("send");
+            let back = t.recv_datagram(T).expect("recv");
+            assert_eq!(back, d, "{mode}: datagram of {size} B");
+        }
+        t.close();
+    }
+}
+
+/// A user-space UDP relay from a new loopback port to `to` (one upstream socket per client
+/// address): a second route to the same listener, as a CDN or another IP would be.
+fn udp_relay(to: u16) -> u16 {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut ups: std::collections::HashMap<std::net::SocketAddr, UdpSocket> =
+            Default::default();
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = front.recv_from(&mut buf) {
+            let up = ups.entry(from).or_insert_with(|| {
+                let up = UdpSocket::bind("127.0.0.1:0").unwrap();
+                up.connect(("127.0.0.1", to)).unwrap();
+                let (back, up2) = (front.try_clone().unwrap(), up.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 65536];
+                    while let Ok(n) = up2.recv(&mut b) {
+                        let _ = back.send_to(&b[..n], from);
+                    }
+                });
+                up
+            });
+            let _ = up.send(&buf[..n]);
+        }
+    });
+    port
+}
+
+#[test]
+fn download_settings_through_a_second_route() {
+    // Xray keeps sessions per listener, so both routes must end at the same inbound: the
+    // GET goes through a relay on another port (like another CDN/IP), uploads go direct.
+    let up = free_udp_port();
+    let _x = start_xray(
+        vec![inbound("split", up, false, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom"})],
+    );
+    let down = udp_relay(up);
+    for mode in ["packet-up", "stream-up"] {
+        let dl = json!({"address": "127.0.0.1", "port": down, "network": "xhttp", "security": "tls",
+            "tlsSettings": {"serverName": "localhost", "alpn": ["h3"], "pinnedPeerCertSha256": cert().sha256_hex},
+            "xhttpSettings": {"path": "/xh/", "xPaddingBytes": "300-400"}});
+        let c = client(
+            &outbound(
+                up,
+                json!({"path": "/xh/", "mode": mode, "downloadSettings": dl}),
+            ),
+            false,
+        );
+        roundtrip(&c, false, mode, 1 << 20);
+        let d = c.dialer().download_pool_stats().unwrap();
+        assert_eq!(
+            d.requests_total, 1,
+            "{mode}: the GET went to the download route"
+        );
+        assert_eq!(d.connections[0].stats.requests, 1);
+        assert!(c.pool_stats().requests_total >= 1);
+    }
+}
