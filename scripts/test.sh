@@ -17,7 +17,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, -D warnings)"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features interop -- -D warnings
 
 step "mobile build (no test server)"
 cargo build --lib --no-default-features
