@@ -149,3 +149,78 @@ impl ServerCertVerifier for Verifier {
             .supported_schemes()
     }
 }
+
+#[cfg(all(test, feature = "testserver"))]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    struct Chain {
+        ca: Vec<u8>,
+        leaf: Vec<u8>,
+    }
+
+    fn chain() -> Chain {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["server.test".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        Chain {
+            ca: ca.der().to_vec(),
+            leaf: leaf.der().to_vec(),
+        }
+    }
+
+    fn verify(tls: &TlsSettings, c: &Chain, name: &str) -> std::result::Result<(), String> {
+        let v = Verifier::new(tls, provider()).map_err(|e| e.to_string())?;
+        let leaf = CertificateDer::from(c.leaf.clone());
+        let inter = [CertificateDer::from(c.ca.clone())];
+        let sn = ServerName::try_from(name.to_string()).unwrap();
+        v.verify_server_cert(&leaf, &inter, &sn, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pins_match_leaf_or_ca_and_nothing_else() {
+        let c = chain();
+        let pin = |der: &[u8]| TlsSettings {
+            pinned_sha256: vec![sha256(der)],
+            disable_system_root: true,
+            ..Default::default()
+        };
+        // Leaf pin: accepted as is, whatever the name (Xray's rule).
+        assert_eq!(verify(&pin(&c.leaf), &c, "other.name"), Ok(()));
+        // CA pin: that CA becomes the only root, so the name is still checked.
+        assert_eq!(verify(&pin(&c.ca), &c, "server.test"), Ok(()));
+        assert!(verify(&pin(&c.ca), &c, "other.name").is_err());
+        let wrong = verify(&pin(b"something else"), &c, "server.test").unwrap_err();
+        assert!(wrong.contains("pinnedPeerCertSha256"), "{wrong}");
+    }
+
+    #[test]
+    fn custom_ca_and_web_roots() {
+        let c = chain();
+        let with_ca = TlsSettings {
+            ca_der: vec![c.ca.clone()],
+            disable_system_root: true,
+            ..Default::default()
+        };
+        assert_eq!(verify(&with_ca, &c, "server.test"), Ok(()));
+        assert!(verify(&with_ca, &c, "other.name").is_err());
+        // Web roots only: a private CA is unknown.
+        assert!(verify(&TlsSettings::default(), &c, "server.test").is_err());
+        // Nothing to trust at all is a config error, not a silent accept.
+        let none = TlsSettings {
+            disable_system_root: true,
+            ..Default::default()
+        };
+        assert!(Verifier::new(&none, provider()).is_err());
+    }
+}
