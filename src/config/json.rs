@@ -119,17 +119,7 @@ impl Fields {
                     .filter(|p| !p.is_empty())
                     .collect(),
             )),
-            Some(Value::Array(a)) => a
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(Error::config(
-                        self.path_of(name),
-                        format!("expected strings in the list, got {other}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
+            Some(Value::Array(a)) => self.strings(name, a).map(Some),
             Some(v) => Err(Error::config(
                 self.path_of(name),
                 format!("expected a list or comma-separated string, got {v}"),
@@ -142,22 +132,24 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(vec![s])),
-            Some(Value::Array(a)) => a
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(Error::config(
-                        self.path_of(name),
-                        format!("expected strings, got {other}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
+            Some(Value::Array(a)) => self.strings(name, a).map(Some),
             Some(v) => Err(Error::config(
                 self.path_of(name),
                 format!("expected a list of lines, got {v}"),
             )),
         }
+    }
+
+    fn strings(&self, name: &str, list: Vec<Value>) -> Result<Vec<String>> {
+        list.into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(Error::config(
+                    self.path_of(name),
+                    format!("expected strings in the list, got {other}"),
+                )),
+            })
+            .collect()
     }
 
     /// Logs the keys nobody asked for; like Xray, they are ignored.
