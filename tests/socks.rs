@@ -298,6 +298,20 @@ fn unknown_vless_user_is_closed_by_the_server() {
 }
 
 #[test]
+fn test_server_relays_to_loopback_only() {
+    let e = vless_env();
+    let (_c, socks) = vless_socks(&e, "stream-one");
+    let mut s = connect(socks.local_addr(), "192.0.2.1:9".parse().unwrap(), None);
+    s.write_all(b"anyone there?").unwrap();
+    assert!(is_closed(&mut s), "non-loopback destination refused");
+    let ev = e.wait_for(
+        |ev| matches!(ev, Event::TargetFailed { reason, .. } if reason.contains("loopback only")),
+        Duration::from_secs(10),
+    );
+    assert!(ev.is_some(), "{:?}", e.server.events());
+}
+
+#[test]
 fn raw_tunnels_through_forward_and_socks() {
     // No vlessId: raw tunnels to the server's echo; SOCKS destinations are ignored.
     let e = env(|_| {});

@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-const BUF: usize = 64 * 1024;
+/// Per direction per connection: small, since a phone may hold hundreds of connections.
+const BUF: usize = 32 * 1024;
 
 /// How long the download waits for the app's first bytes before reading, so that the VLESS
 /// request header travels with the first payload (Xray's client waits up to 500 ms too);

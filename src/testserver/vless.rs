@@ -2,7 +2,8 @@
 //! then relays to the destination it names — a TCP connection for command TCP, a connected
 //! UDP socket with length-prefixed datagrams for command UDP. The 2-byte response header
 //! goes out with the first downstream payload, as Xray sends it. A bad header or an unknown
-//! user ends the session without a byte, like Xray without fallbacks.
+//! user ends the session without a byte, like Xray without fallbacks. Only loopback
+//! destinations are served, so a test server can never be used as an open proxy.
 
 use super::events::Recorder;
 use super::quic::write_outcome;
@@ -89,14 +90,20 @@ impl Downstream<'_> {
 }
 
 async fn resolve(t: &Target) -> Result<SocketAddr, RunEnd> {
-    match &t.host {
-        Host::Ip(ip) => Ok(SocketAddr::new(*ip, t.port)),
+    let addr = match &t.host {
+        Host::Ip(ip) => SocketAddr::new(*ip, t.port),
         Host::Domain(d) => tokio::net::lookup_host((d.as_str(), t.port))
             .await
             .ok()
             .and_then(|mut a| a.next())
-            .ok_or_else(|| RunEnd::TargetFailed(format!("cannot resolve {t}"))),
+            .ok_or_else(|| RunEnd::TargetFailed(format!("cannot resolve {t}")))?,
+    };
+    if !addr.ip().is_loopback() {
+        return Err(RunEnd::TargetFailed(format!(
+            "destination {t} is not loopback; the test server relays to loopback only"
+        )));
     }
+    Ok(addr)
 }
 
 /// Upload → destination until the upload ends (then half-close), while the destination's

@@ -205,7 +205,8 @@ async fn flow(
     };
     let down = async {
         let mut frames = UdpDeframer::default();
-        let mut buf = vec![0u8; 64 * 1024];
+        // Frames larger than this are reassembled by the deframer.
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = t
                 .read(&mut buf)

@@ -432,6 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1928);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..300);
+            let mut b: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Make the interesting paths likely: valid versions and small lengths.
+            if let Some(x) = b.first_mut() {
+                *x = [5, 1, 0, *x][rng.random_range(0..4)];
+            }
+            let _ = parse_greeting(&b);
+            let _ = parse_auth(&b);
+            let _ = parse_request(&b);
+            let _ = parse_udp(&b);
+            let _ = crate::proxy::vless::parse_request_header(&b);
+        }
+    }
+
+    #[test]
     fn udp_header_roundtrip() {
         for target in ["127.0.0.1:53", "[2001:db8::1]:5353", "dns.example:53"] {
             let target = t(target);
