@@ -2,13 +2,17 @@
 //! the library's runtime and returns; `close` never blocks.
 
 use crate::config::{Config, Mode};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::proxy::socks::SocksOptions;
 use crate::proxy::vless::{self, Target};
+use crate::proxy::{forward, socks};
 use crate::runtime::Runtime;
 use crate::tunnel::{Dialer, TunnelCore};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A client for one server config. Cheap to share across threads (`Clone`).
 #[derive(Clone)]
@@ -91,6 +95,113 @@ impl Client {
     /// The async dialer, for callers already on a tokio runtime.
     pub fn dialer(&self) -> &Arc<Dialer> {
         &self.dialer
+    }
+
+    /// Starts a local SOCKS5 inbound on `listen` (port 0 picks one), optionally requiring a
+    /// username and password; see [`crate::proxy::socks`] for how flows map to tunnels.
+    pub fn start_socks(
+        &self,
+        listen: SocketAddr,
+        auth: Option<(String, String)>,
+    ) -> Result<Inbound> {
+        self.start_socks_with(
+            listen,
+            SocksOptions {
+                auth,
+                ..SocksOptions::default()
+            },
+        )
+    }
+
+    /// [`Client::start_socks`] with every option.
+    pub fn start_socks_with(&self, listen: SocketAddr, opts: SocksOptions) -> Result<Inbound> {
+        let dialer = self.dialer.clone();
+        Inbound::start(self, listen, "SOCKS", move |l, stop| {
+            socks::serve(l, dialer, opts, stop)
+        })
+    }
+
+    /// Starts a TCP forwarder on `listen`: each connection becomes one tunnel, raw without
+    /// `vlessId`, or VLESS to `to` (`host:port`, required then) with it.
+    pub fn start_forward(&self, listen: SocketAddr, to: Option<&str>) -> Result<Inbound> {
+        let to = to.map(Target::parse).transpose()?;
+        forward::check_destination(&self.dialer, to.as_ref())?;
+        let dialer = self.dialer.clone();
+        Inbound::start(self, listen, "forward", move |l, stop| {
+            forward::serve(l, dialer, to, stop)
+        })
+    }
+}
+
+/// How long [`Inbound::stop`] waits for the listener and its flows to close.
+const STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// A local inbound (SOCKS5 server or TCP forwarder) running on the library's runtime.
+/// Stops on [`Inbound::stop`] or when dropped.
+pub struct Inbound {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    rt: Arc<Runtime>,
+    _dialer: Arc<Dialer>,
+}
+
+impl Inbound {
+    fn start<F, Fut>(client: &Client, listen: SocketAddr, what: &str, run: F) -> Result<Inbound>
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let fail = |e: std::io::Error| Error::Other(format!("{what} inbound on {listen}: {e}"));
+        let std_listener = std::net::TcpListener::bind(listen).map_err(fail)?;
+        std_listener.set_nonblocking(true).map_err(fail)?;
+        let addr = std_listener.local_addr().map_err(fail)?;
+        let rt = client.rt.clone();
+        let listener = {
+            let _in_runtime = rt.handle().enter();
+            tokio::net::TcpListener::from_std(std_listener).map_err(fail)?
+        };
+        let stop = CancellationToken::new();
+        let task = rt.handle().spawn(run(listener, stop.clone()));
+        log::info!("{what} inbound listening on {addr}");
+        Ok(Inbound {
+            addr,
+            stop,
+            task: Mutex::new(Some(task)),
+            rt,
+            _dialer: client.dialer.clone(),
+        })
+    }
+
+    /// The address it listens on (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every flow (app sockets and tunnels). Idempotent. From an
+    /// app thread it waits (at most a few seconds) until the listener is closed; from a
+    /// runtime thread it only starts the stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::runtime::Handle::try_current().is_err() {
+                let _ = self
+                    .rt
+                    .handle()
+                    .block_on(async { tokio::time::timeout(STOP_BOUND, task).await });
+            }
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -17,6 +17,6 @@ pub mod xmux;
 #[cfg(feature = "testserver")]
 pub mod testserver;
 
-pub use api::{Client, Tunnel};
+pub use api::{Client, Inbound, Tunnel};
 pub use config::Config;
 pub use error::{Error, Result};

@@ -5,20 +5,36 @@
 //!   mode, checks SHA-256 both ways and prints `<mode> ok <bytes> bytes <MB/s> MB/s`.
 //! - `xh serve [--listen ADDR]`: runs the test server (echo target) until killed and prints
 //!   a client config for it.
+//! - `xh socks --config <file|json> --listen ADDR [--user U --pass P]`: a local SOCKS5 inbound
+//!   (VLESS flows with `vlessId`, raw tunnels without) until SIGINT/SIGTERM.
+//! - `xh forward --config <file|json> --listen ADDR [--to HOST:PORT]`: each accepted TCP
+//!   connection becomes one tunnel (raw; VLESS to `--to` when the config has `vlessId`).
+//!
+//! `socks` and `forward` print `listening on ADDR` once ready and exit 0 after a clean stop.
 
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xhttp_mobile::testserver::{ServerOptions, Target, TestServer};
-use xhttp_mobile::{Client, Config};
+use xhttp_mobile::{Client, Config, Error, Inbound};
+
+const USAGE: &str = "usage:
+  xh demo [--mib N]
+  xh serve [--listen 127.0.0.1:PORT]
+  xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P]
+  xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("socks") => socks(&args[1..]),
+        Some("forward") => forward(&args[1..]),
         _ => {
-            eprintln!("usage: xh demo [--mib N] | xh serve [--listen 127.0.0.1:PORT]");
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -37,6 +53,94 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
+}
+
+/// `--config`: a path to a JSON file, else the JSON itself (the library format of
+/// `xhttp_mobile::config`).
+fn load_config(arg: &str) -> xhttp_mobile::Result<Config> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Other(format!("--config {arg}: {e}")))?;
+        return Config::from_json_str(&text);
+    }
+    if arg.trim_start().starts_with('{') {
+        return Config::from_json_str(arg);
+    }
+    Err(Error::Other(format!(
+        "--config {arg:?}: no such file, and not inline JSON"
+    )))
+}
+
+fn listen_flag(args: &[String]) -> Result<SocketAddr, String> {
+    let listen = flag(args, "--listen").ok_or("--listen ADDR is required")?;
+    listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?}: {e}"))
+}
+
+fn client_from_flags(args: &[String]) -> Result<Client, String> {
+    let arg = flag(args, "--config").ok_or("--config <file|json> is required")?;
+    let cfg = load_config(arg).map_err(|e| e.to_string())?;
+    Client::new(cfg).map_err(|e| e.to_string())
+}
+
+fn socks(args: &[String]) -> Result<bool, String> {
+    let listen = listen_flag(args)?;
+    let auth = match (flag(args, "--user"), flag(args, "--pass")) {
+        (Some(u), Some(p)) => Some((u.to_string(), p.to_string())),
+        (None, None) => None,
+        _ => return Err("--user and --pass go together".into()),
+    };
+    let client = client_from_flags(args)?;
+    let inbound = client
+        .start_socks(listen, auth)
+        .map_err(|e| e.to_string())?;
+    run_until_signal(&client, inbound)
+}
+
+fn forward(args: &[String]) -> Result<bool, String> {
+    let listen = listen_flag(args)?;
+    let client = client_from_flags(args)?;
+    let inbound = client
+        .start_forward(listen, flag(args, "--to"))
+        .map_err(|e| e.to_string())?;
+    run_until_signal(&client, inbound)
+}
+
+/// Announces the address, waits for SIGINT or SIGTERM, then stops the inbound (closing every
+/// flow) and the client.
+fn run_until_signal(client: &Client, inbound: Inbound) -> Result<bool, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("signal runtime: {e}"))?;
+    let signal = rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            // Handlers are installed: only now is it safe to say we are ready.
+            println!("listening on {}", inbound.local_addr());
+            let _ = std::io::stdout().flush();
+            tokio::select! {
+                _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+                _ = int.recv() => Ok("SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            println!("listening on {}", inbound.local_addr());
+            let _ = std::io::stdout().flush();
+            tokio::signal::ctrl_c().await.map(|_| "Ctrl-C")
+        }
+    });
+    let signal = signal.map_err(|e| format!("waiting for a signal: {e}"))?;
+    inbound.stop();
+    client.close();
+    eprintln!("xh: {signal}: stopped");
+    Ok(true)
 }
 
 fn server_runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -1,3 +1,8 @@
-//! Proxy protocols carried inside tunnels: VLESS framing, and the local SOCKS5 inbound.
+//! Proxy protocols carried inside tunnels: VLESS framing, and the local inbounds (SOCKS5,
+//! TCP forwarder) that turn app connections into tunnels.
 
+mod accept;
+pub mod forward;
+pub mod relay;
+pub mod socks;
 pub mod vless;

@@ -105,6 +105,74 @@ pub fn request_header(id: &[u8; 16], cmd: Command, target: &Target) -> Vec<u8> {
     h
 }
 
+/// A request header as a server reads it (the test server's VLESS target).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub id: [u8; 16],
+    pub cmd: Command,
+    pub target: Target,
+}
+
+/// Parses a request header from the start of an upload. `Ok(None)`: more bytes are needed;
+/// `Ok(Some((header, n)))`: the header took the first `n` bytes and payload follows.
+/// Addons are skipped (they only carry a flow, which XHTTP cannot use).
+pub fn parse_request_header(buf: &[u8]) -> Result<Option<(RequestHeader, usize)>> {
+    let bad = |what: String| Err(Error::Other(format!("VLESS request: {what}")));
+    let Some(&version) = buf.first() else {
+        return Ok(None);
+    };
+    if version != 0 {
+        return bad(format!("version {version}, expected 0"));
+    }
+    let Some(&addons) = buf.get(17) else {
+        return Ok(None);
+    };
+    let at = 18 + addons as usize;
+    // command, port (2), address type
+    let Some(fixed) = buf.get(at..at + 4) else {
+        return Ok(None);
+    };
+    let cmd = match fixed[0] {
+        1 => Command::Tcp,
+        2 => Command::Udp,
+        3 => return bad("command 3 (mux) is not supported".into()),
+        c => return bad(format!("unknown command {c}")),
+    };
+    let port = u16::from_be_bytes([fixed[1], fixed[2]]);
+    let addr = at + 4;
+    let (host, end) = match fixed[3] {
+        1 => match buf.get(addr..addr + 4) {
+            Some(b) => (Host::Ip(IpAddr::from([b[0], b[1], b[2], b[3]])), addr + 4),
+            None => return Ok(None),
+        },
+        3 => match buf.get(addr..addr + 16) {
+            Some(b) => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(b);
+                (Host::Ip(IpAddr::from(o)), addr + 16)
+            }
+            None => return Ok(None),
+        },
+        2 => {
+            let Some(&n) = buf.get(addr) else {
+                return Ok(None);
+            };
+            let Some(name) = buf.get(addr + 1..addr + 1 + n as usize) else {
+                return Ok(None);
+            };
+            match std::str::from_utf8(name) {
+                Ok(d) if !d.is_empty() => (Host::Domain(d.to_string()), addr + 1 + n as usize),
+                _ => return bad("empty or non-UTF-8 domain".into()),
+            }
+        }
+        t => return bad(format!("unknown address type {t}")),
+    };
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&buf[1..17]);
+    let target = Target { host, port };
+    Ok(Some((RequestHeader { id, cmd, target }, end)))
+}
+
 /// Strips the response header (`00`, addons length, addons) from the start of the download.
 #[derive(Debug, Default)]
 pub struct ResponseHeader {
@@ -319,6 +387,72 @@ mod tests {
         let v6 = request_header(&id, Command::Tcp, &Target::parse("[::1]:80").unwrap());
         assert_eq!(v6[21], 3);
         assert_eq!(v6.len(), 22 + 16);
+    }
+
+    #[test]
+    fn request_header_parses_back_byte_by_byte() {
+        let id = [7u8; 16];
+        for (cmd, t) in [
+            (Command::Tcp, "127.0.0.1:20007"),
+            (Command::Udp, "dns.example:53"),
+            (Command::Tcp, "[::1]:80"),
+        ] {
+            let target = Target::parse(t).unwrap();
+            let mut wire = request_header(&id, cmd, &target);
+            let hlen = wire.len();
+            wire.extend_from_slice(b"payload");
+            for cut in 0..hlen {
+                assert_eq!(
+                    parse_request_header(&wire[..cut]).unwrap(),
+                    None,
+                    "{t} {cut}"
+                );
+            }
+            let (h, n) = parse_request_header(&wire).unwrap().unwrap();
+            assert_eq!((h.id, h.cmd, &h.target, n), (id, cmd, &target, hlen));
+        }
+    }
+
+    #[test]
+    fn request_header_refuses_what_it_cannot_serve() {
+        let t = Target::parse("127.0.0.1:1").unwrap();
+        let mut h = request_header(&[1; 16], Command::Tcp, &t);
+        h[0] = 1;
+        assert!(
+            parse_request_header(&h)
+                .unwrap_err()
+                .to_string()
+                .contains("version 1")
+        );
+        let mut h = request_header(&[1; 16], Command::Tcp, &t);
+        h[18] = 3;
+        assert!(
+            parse_request_header(&h)
+                .unwrap_err()
+                .to_string()
+                .contains("mux")
+        );
+        h[18] = 9;
+        assert!(parse_request_header(&h).is_err());
+        let mut h = request_header(&[1; 16], Command::Tcp, &t);
+        h[21] = 7;
+        assert!(
+            parse_request_header(&h)
+                .unwrap_err()
+                .to_string()
+                .contains("address type 7")
+        );
+        // Addons are skipped.
+        let mut h = vec![0u8];
+        h.extend_from_slice(&[1; 16]);
+        h.extend_from_slice(&[2, 0xaa, 0xbb, 1, 0, 80, 1, 10, 0, 0, 1]);
+        let (p, n) = parse_request_header(&h).unwrap().unwrap();
+        assert_eq!((p.target.to_string(), n), ("10.0.0.1:80".into(), h.len()));
+        // A zero-length domain is refused.
+        let mut h = vec![0u8];
+        h.extend_from_slice(&[1; 16]);
+        h.extend_from_slice(&[0, 1, 0, 80, 2, 0]);
+        assert!(parse_request_header(&h).is_err());
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub enum Event {
         bytes: u64,
         sha256: [u8; 32],
     },
+    /// `Target::Vless` refused a session or its destination failed.
+    TargetFailed {
+        session: Option<String>,
+        reason: String,
+    },
     /// No GET arrived within the session timeout.
     SessionReaped { session: String },
     /// A request held by `Fault::StallResponse` ended (the client went away).

@@ -1,6 +1,6 @@
 //! A faithful XHTTP server over HTTP/3 for tests (protocol doc §3): Xray's status codes,
 //! padding validation, session/seq placements, upload reordering with back-pressure, session
-//! reaping and stream-up keep-alive padding, behind an echo or a hashing sink. It records
+//! reaping and stream-up keep-alive padding, behind an echo, a hashing sink or a VLESS relay. It records
 //! what it saw (events, counters) and injects faults (wrong status, stalled responses).
 //!
 //! ```no_run
@@ -25,6 +25,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod vless;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
 
@@ -50,6 +51,12 @@ pub enum Target {
     /// Consumes the upload, records [`Event::SinkDone`] (byte count, SHA-256) when it ends,
     /// sends nothing; finishes the download once a streaming upload finished cleanly.
     Sink,
+    /// A VLESS inbound for user `id` (protocol doc §8): relays to the destination named in
+    /// the request header over TCP or UDP, the way Xray's VLESS inbound plus a freedom
+    /// outbound would. A wrong version, unknown user or unreachable destination ends the
+    /// session without a byte and records [`Event::TargetFailed`]. Meant for loopback
+    /// destinations in tests.
+    Vless { id: [u8; 16] },
 }
 
 /// Misbehaviour on demand, applied after classification.

@@ -151,9 +151,15 @@ async fn run_download(
         o = body => End::BodyFailed(o),
         _ = shared.shutdown.fired() => End::Shutdown,
     };
+    if let End::Run(RunEnd::TargetFailed(why)) = &end {
+        shared.rec.push(Event::TargetFailed {
+            session: session.clone(),
+            reason: why.clone(),
+        });
+    }
     runner.finish(&mut upload, &shared.rec, session);
     match end {
-        End::Run(RunEnd::UploadDone) => match send.finish().await {
+        End::Run(RunEnd::UploadDone | RunEnd::TargetDone) => match send.finish().await {
             Ok(()) => Outcome::Finished,
             Err(e) => write_outcome(&e),
         },
@@ -166,6 +172,10 @@ async fn run_download(
             }
         }
         End::Run(RunEnd::WriteFailed(o)) => o,
+        End::Run(RunEnd::TargetFailed(why)) => {
+            let _ = send.finish().await;
+            Outcome::Closed(why)
+        }
         End::Stop(s) => stop_outcome(s),
         End::BodyFailed(o) => {
             send.stop_stream(Code::H3_REQUEST_CANCELLED);

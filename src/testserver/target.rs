@@ -1,5 +1,6 @@
 //! What sits behind the transport (the "inbound" in Xray terms): `Echo` writes every upload
-//! byte back on the download; `Sink` counts and hashes the upload and sends nothing.
+//! byte back on the download; `Sink` counts and hashes the upload and sends nothing; `Vless`
+//! relays to the destination its request header names (see `vless`).
 
 use super::Outcome;
 use super::Target;
@@ -18,6 +19,10 @@ pub(crate) enum RunEnd {
     UploadFailed(UploadError),
     /// Writing the download failed.
     WriteFailed(Outcome),
+    /// The destination closed: finish the download.
+    TargetDone,
+    /// The target refused the session or its destination failed; the text says why.
+    TargetFailed(String),
 }
 
 pub(crate) struct Runner {
@@ -40,28 +45,33 @@ impl Runner {
         self.bytes += b.len() as u64;
     }
 
-    /// Runs until the upload ends or a write fails. Cancel-safe as far as the upload goes.
+    /// Runs until the upload ends, a write fails or (VLESS) the destination ends.
+    /// Echo and sink are cancel-safe as far as the upload goes.
     pub(crate) async fn run(
         &mut self,
         upload: &mut Upload,
         out: &mut ResponseSend,
         rec: &Recorder,
     ) -> RunEnd {
+        let echo = match self.target {
+            Target::Vless { id } => return super::vless::run(&id, upload, out, rec).await,
+            Target::Echo => true,
+            Target::Sink => false,
+        };
         loop {
             let b = match upload.next().await {
                 Ok(Some(b)) => b,
                 Ok(None) => return RunEnd::UploadDone,
                 Err(e) => return RunEnd::UploadFailed(e),
             };
-            match self.target {
-                Target::Echo => {
-                    let n = b.len();
-                    if let Err(e) = out.send_data(b).await {
-                        return RunEnd::WriteFailed(write_outcome(&e));
-                    }
-                    rec.downloaded(n);
+            if echo {
+                let n = b.len();
+                if let Err(e) = out.send_data(b).await {
+                    return RunEnd::WriteFailed(write_outcome(&e));
                 }
-                Target::Sink => self.consume(&b),
+                rec.downloaded(n);
+            } else {
+                self.consume(&b);
             }
         }
     }

@@ -191,8 +191,8 @@ impl Dialer {
         let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
         let conn = slot.conn().clone();
-        let mut rng = rand::rng();
-        let max_post = s.sc_max_each_post_bytes.draw(&mut rng).max(1) as usize;
+        // `ThreadRng` is not `Send`: take it per use so this future can be spawned.
+        let max_post = s.sc_max_each_post_bytes.draw(&mut rand::rng()).max(1) as usize;
         let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
         // Packet-up batches what is queued, so let about one POST's worth queue up.
         let up_cap = match self.mode {
@@ -205,7 +205,7 @@ impl Dialer {
         if self.mode == Mode::StreamOne {
             let kind = RequestKind::StreamOne;
             let label = main.shaper.label(kind, None);
-            let req = main.shaper.build(kind, None, None, &mut rng)?;
+            let req = main.shaper.build(kind, None, None, &mut rand::rng())?;
             main.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
             keep(Box::pin(streams::download(
@@ -223,10 +223,10 @@ impl Dialer {
             return Ok((down_rx, up_tx));
         }
 
-        let id = session::generate(&s.session_id, &mut rng);
+        let id = session::generate(&s.session_id, &mut rand::rng());
         let kind = RequestKind::StreamDown;
         let label = down.shaper.label(kind, Some(&id));
-        let req = down.shaper.build(kind, Some(&id), None, &mut rng)?;
+        let req = down.shaper.build(kind, Some(&id), None, &mut rand::rng())?;
         down.pool.charge(down_slot.id());
         let (mut send, recv) = streams::open_request(down_slot.conn(), req, &label)
             .await?
@@ -244,7 +244,7 @@ impl Dialer {
         if self.mode == Mode::StreamUp {
             let kind = RequestKind::StreamUp;
             let label = main.shaper.label(kind, Some(&id));
-            let req = main.shaper.build(kind, Some(&id), None, &mut rng)?;
+            let req = main.shaper.build(kind, Some(&id), None, &mut rand::rng())?;
             main.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
             keep(Box::pin(streams::drain_response(

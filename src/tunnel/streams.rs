@@ -172,7 +172,10 @@ pub(crate) async fn stream_upload(
     let mut guard = SendGuard::new(send);
     let token = shared.token().clone();
     loop {
+        // Biased: a drop closes the queue right after cancelling, and a closed queue must
+        // not win the race and finish the body (the server would see a complete upload).
         let next = tokio::select! {
+            biased;
             _ = token.cancelled() => return,
             n = rx.recv() => n,
         };
@@ -183,6 +186,7 @@ pub(crate) async fn stream_upload(
             },
             None => {
                 let r = tokio::select! {
+                    biased;
                     _ = token.cancelled() => return,
                     r = guard.finish() => r,
                 };

@@ -2,6 +2,8 @@
 //! SHA-256-checked transfers.
 #![allow(dead_code)]
 
+pub mod socks;
+
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use xhttp_mobile::testserver::{Event, ServerOptions, TestServer};
@@ -48,6 +50,13 @@ impl Env {
     pub fn client(&self, xhttp: serde_json::Value) -> Client {
         let cfg = Config::from_json(&self.config_json(xhttp)).expect("valid client config");
         Client::new(cfg).expect("client")
+    }
+
+    /// A client whose tunnels carry VLESS for user `id`.
+    pub fn vless_client(&self, xhttp: serde_json::Value, id: &str) -> Client {
+        let mut j = self.config_json(xhttp);
+        j["vlessId"] = id.into();
+        Client::new(Config::from_json(&j).expect("valid client config")).expect("client")
     }
 
     pub fn wait_for(&self, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
