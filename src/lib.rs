@@ -16,7 +16,6 @@ pub mod xmux;
 #[cfg(feature = "testserver")]
 pub mod testserver;
 
-
 pub use api::{Client, Tunnel};
 pub use config::Config;
 pub use error::{Error, Result};

@@ -36,7 +36,10 @@ impl Runtime {
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
         // `rt` is only taken in Drop.
-        self.rt.as_ref().map(|r| r.handle()).expect("runtime present until drop")
+        self.rt
+            .as_ref()
+            .map(|r| r.handle())
+            .expect("runtime present until drop")
     }
 
     /// Runs `fut` to completion from an app thread, giving up after `timeout` (`None` =

@@ -15,7 +15,10 @@ const MODES: [&str; 3] = ["packet-up", "stream-up", "stream-one"];
 fn close_twice_and_use_after_close() {
     let e = env(|_| {});
     for mode in MODES {
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         t.close();
         t.close();
         assert!(t.is_closed());
@@ -32,7 +35,10 @@ fn close_from_two_threads_at_once() {
     let e = env(|_| {});
     for mode in MODES {
         for _ in 0..20 {
-            let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+            let t = e
+                .client(json!({"path": "/xh", "mode": mode}))
+                .open(T)
+                .unwrap();
             let b = Arc::new(Barrier::new(2));
             let hs: Vec<_> = (0..2)
                 .map(|_| {
@@ -56,7 +62,10 @@ fn close_from_two_threads_at_once() {
 fn close_unblocks_a_blocked_reader_within_100ms() {
     let e = env(|_| {});
     for mode in MODES {
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = {
             let t = t.clone();
@@ -69,12 +78,20 @@ fn close_unblocks_a_blocked_reader_within_100ms() {
         };
         // Let the reader block (no data is ever sent to it).
         std::thread::sleep(Duration::from_millis(200));
-        assert!(rx.try_recv().is_err(), "{mode}: reader returned before close");
+        assert!(
+            rx.try_recv().is_err(),
+            "{mode}: reader returned before close"
+        );
         let closed_at = Instant::now();
         t.close();
-        let woke = rx.recv_timeout(Duration::from_secs(5)).expect("reader woke");
+        let woke = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reader woke");
         let waited = woke.saturating_duration_since(closed_at);
-        assert!(waited < Duration::from_millis(100), "{mode}: reader woke after {waited:?}");
+        assert!(
+            waited < Duration::from_millis(100),
+            "{mode}: reader woke after {waited:?}"
+        );
         assert_eq!(reader.join().unwrap(), Err(Error::Closed));
     }
 }
@@ -88,7 +105,10 @@ fn close_before_the_download_response_arrives() {
     ] {
         let e = env(|_| {});
         e.server.set_fault(Some(Fault::StallResponse { on: kind }));
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         let reader = {
             let t = t.clone();
             std::thread::spawn(move || t.read(&mut [0u8; 8], None))
@@ -110,13 +130,19 @@ fn close_before_the_download_response_arrives() {
 fn close_mid_upload_resets_the_upload_at_the_server() {
     for mode in ["stream-up", "stream-one"] {
         let e = env(|o| o.target = Target::Sink);
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         t.write(&pattern(3, 1_000_000), T).unwrap();
         // Make sure bytes reached the server before closing (upload in progress).
         std::thread::sleep(Duration::from_millis(300));
         t.close();
         let ev = e
-            .wait_for(|ev| matches!(ev, Event::UploadEnded { .. }), Duration::from_secs(5))
+            .wait_for(
+                |ev| matches!(ev, Event::UploadEnded { .. }),
+                Duration::from_secs(5),
+            )
             .unwrap_or_else(|| panic!("{mode}: server saw no end of upload"));
         match ev {
             Event::UploadEnded { outcome, .. } => assert!(
@@ -127,7 +153,10 @@ fn close_mid_upload_resets_the_upload_at_the_server() {
         }
         // And the sink never reports the truncated upload as complete.
         assert!(
-            e.server.events().iter().all(|ev| !matches!(ev, Event::SinkDone { .. })),
+            e.server
+                .events()
+                .iter()
+                .all(|ev| !matches!(ev, Event::SinkDone { .. })),
             "{mode}: a cancelled upload looked complete"
         );
     }
@@ -137,12 +166,18 @@ fn close_mid_upload_resets_the_upload_at_the_server() {
 fn half_close_finishes_the_upload_cleanly() {
     for mode in ["stream-up", "stream-one"] {
         let e = env(|o| o.target = Target::Sink);
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         let data = pattern(4, 2_000_000);
         t.write(&data, T).unwrap();
         t.shutdown_write().unwrap();
         let ev = e
-            .wait_for(|ev| matches!(ev, Event::SinkDone { .. }), Duration::from_secs(10))
+            .wait_for(
+                |ev| matches!(ev, Event::SinkDone { .. }),
+                Duration::from_secs(10),
+            )
             .unwrap_or_else(|| panic!("{mode}: sink never finished"));
         match ev {
             Event::SinkDone { bytes, sha256, .. } => {
@@ -162,11 +197,18 @@ fn close_releases_the_stream_down_at_the_server() {
     // The seed's other bug: the stream-down body was never closed.
     for mode in ["packet-up", "stream-up"] {
         let e = env(|_| {});
-        let t = e.client(json!({"path": "/xh", "mode": mode})).open(T).unwrap();
+        let t = e
+            .client(json!({"path": "/xh", "mode": mode}))
+            .open(T)
+            .unwrap();
         echo_roundtrip(&t, 10_000, false);
         t.close();
         assert!(
-            e.wait_for(|ev| matches!(ev, Event::DownloadEnded { .. }), Duration::from_secs(5)).is_some(),
+            e.wait_for(
+                |ev| matches!(ev, Event::DownloadEnded { .. }),
+                Duration::from_secs(5)
+            )
+            .is_some(),
             "{mode}: the server's GET never ended"
         );
     }
@@ -227,8 +269,20 @@ fn dropping_a_tunnel_without_close_resets_its_upload() {
     t.write(&pattern(5, 100_000), T).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     drop(t);
-    let ev = e.wait_for(|ev| matches!(ev, Event::UploadEnded { .. }), Duration::from_secs(5));
-    assert!(matches!(ev, Some(Event::UploadEnded { outcome: Outcome::Reset(_), .. })), "{ev:?}");
+    let ev = e.wait_for(
+        |ev| matches!(ev, Event::UploadEnded { .. }),
+        Duration::from_secs(5),
+    );
+    assert!(
+        matches!(
+            ev,
+            Some(Event::UploadEnded {
+                outcome: Outcome::Reset(_),
+                ..
+            })
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -236,11 +290,17 @@ fn dropping_the_client_and_tunnel_never_completes_the_upload() {
     // The last handles go at once: connections close with the tunnel. The server must see
     // the upload fail (reset or connection error), never finish.
     let e = env(|o| o.target = Target::Sink);
-    let t = e.client(json!({"path": "/xh", "mode": "stream-one"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/xh", "mode": "stream-one"}))
+        .open(T)
+        .unwrap();
     t.write(&pattern(6, 100_000), T).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     drop(t);
-    let ev = e.wait_for(|ev| matches!(ev, Event::UploadEnded { .. }), Duration::from_secs(5));
+    let ev = e.wait_for(
+        |ev| matches!(ev, Event::UploadEnded { .. }),
+        Duration::from_secs(5),
+    );
     match ev {
         Some(Event::UploadEnded { outcome, .. }) => assert_ne!(outcome, Outcome::Finished),
         other => panic!("server saw no end of upload: {other:?}"),

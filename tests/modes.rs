@@ -21,7 +21,10 @@ fn run(mode: &str, half_close: bool) {
     check_addrs(&t, e.server.addr());
     echo_roundtrip(&t, SIZE, half_close);
     let s = c.stats();
-    assert_eq!((s.bytes_up, s.bytes_down, s.open_tunnels), (SIZE as u64, SIZE as u64, 1));
+    assert_eq!(
+        (s.bytes_up, s.bytes_down, s.open_tunnels),
+        (SIZE as u64, SIZE as u64, 1)
+    );
     t.close();
     assert_eq!(c.stats().open_tunnels, 0);
 }

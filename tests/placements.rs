@@ -75,8 +75,32 @@ fn obfs_padding_every_placement_and_method() {
 #[test]
 fn methods_tables_and_headers() {
     let base = json!({"path": "/xh/sub?ed=1"});
-    roundtrip_with(with(base.clone(), json!({"mode": "stream-up", "uplinkHTTPMethod": "PUT"})), 200_000);
-    roundtrip_with(with(base.clone(), json!({"mode": "stream-one", "uplinkHTTPMethod": "PATCH", "noGRPCHeader": true})), 200_000);
-    roundtrip_with(with(base.clone(), json!({"mode": "packet-up", "sessionIDTable": "Base62", "sessionIDLength": "12-16"})), 200_000);
-    roundtrip_with(with(base, json!({"mode": "packet-up", "headers": {"User-Agent": "firefox", "X-App": "t"}})), 200_000);
+    roundtrip_with(
+        with(
+            base.clone(),
+            json!({"mode": "stream-up", "uplinkHTTPMethod": "PUT"}),
+        ),
+        200_000,
+    );
+    roundtrip_with(
+        with(
+            base.clone(),
+            json!({"mode": "stream-one", "uplinkHTTPMethod": "PATCH", "noGRPCHeader": true}),
+        ),
+        200_000,
+    );
+    roundtrip_with(
+        with(
+            base.clone(),
+            json!({"mode": "packet-up", "sessionIDTable": "Base62", "sessionIDLength": "12-16"}),
+        ),
+        200_000,
+    );
+    roundtrip_with(
+        with(
+            base,
+            json!({"mode": "packet-up", "headers": {"User-Agent": "firefox", "X-App": "t"}}),
+        ),
+        200_000,
+    );
 }

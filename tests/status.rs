@@ -26,7 +26,10 @@ fn expect_status(err: Error, status: u16, role: &str) {
     match err {
         Error::Status { status: s, request } => {
             assert_eq!(s, status, "{text}");
-            assert!(role.split('|').any(|r| request.role.starts_with(r)), "{text}");
+            assert!(
+                role.split('|').any(|r| request.role.starts_with(r)),
+                "{text}"
+            );
             assert!(text.contains(&status.to_string()), "{text}");
         }
         other => panic!("expected status {status}, got {other:?}"),
@@ -36,45 +39,71 @@ fn expect_status(err: Error, status: u16, role: &str) {
 #[test]
 fn wrong_path_is_404_on_the_download() {
     let e = env(|_| {});
-    let t = e.client(json!({"path": "/elsewhere", "mode": "packet-up"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/elsewhere", "mode": "packet-up"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 404, "stream-down");
-    let t = e.client(json!({"path": "/elsewhere", "mode": "stream-one"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/elsewhere", "mode": "stream-one"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 404, "stream-one");
 }
 
 #[test]
 fn wrong_host_is_404() {
     let e = env(|o| o.settings.host = "right.example".into());
-    let t = e.client(json!({"path": "/xh", "host": "wrong.example", "mode": "stream-up"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/xh", "host": "wrong.example", "mode": "stream-up"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 404, "stream-down|stream-up");
 }
 
 #[test]
 fn padding_mismatch_is_400() {
     let e = env(|_| {});
-    let t = e.client(json!({"path": "/xh", "mode": "stream-one", "xPaddingBytes": "10-20"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/xh", "mode": "stream-one", "xPaddingBytes": "10-20"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 400, "stream-one");
 }
 
 #[test]
 fn mode_refused_by_server_is_400() {
     let e = env(|o| o.settings.mode = xhttp_mobile::config::Mode::PacketUp);
-    let t = e.client(json!({"path": "/xh", "mode": "stream-up"})).open(T).unwrap();
+    let t = e
+        .client(json!({"path": "/xh", "mode": "stream-up"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 400, "stream-down|stream-up");
 }
 
 #[test]
 fn second_stream_up_is_409() {
     let e = env(|_| {});
-    e.server.set_fault(Some(Fault::Status { status: 409, on: RequestKind::StreamUp }));
-    let t = e.client(json!({"path": "/xh", "mode": "stream-up"})).open(T).unwrap();
+    e.server.set_fault(Some(Fault::Status {
+        status: 409,
+        on: RequestKind::StreamUp,
+    }));
+    let t = e
+        .client(json!({"path": "/xh", "mode": "stream-up"}))
+        .open(T)
+        .unwrap();
     expect_status(failure_of(&t), 409, "stream-up");
 }
 
 #[test]
 fn oversized_post_is_413() {
-    let e = env(|o| o.settings.sc_max_each_post_bytes = xhttp_mobile::xhttp::range::Range::fixed(100_000));
-    let t = e.client(json!({"path": "/xh", "mode": "packet-up", "scMaxEachPostBytes": 400_000})).open(T).unwrap();
+    let e = env(|o| {
+        o.settings.sc_max_each_post_bytes = xhttp_mobile::xhttp::range::Range::fixed(100_000)
+    });
+    let t = e
+        .client(json!({"path": "/xh", "mode": "packet-up", "scMaxEachPostBytes": 400_000}))
+        .open(T)
+        .unwrap();
     // Writes may succeed (they are queued) or already see the failure.
     let _ = t.write(&pattern(1, 300_000), T);
     expect_status(failure_of(&t), 413, "packet-up #");
@@ -86,8 +115,14 @@ fn oversized_post_is_413() {
 #[test]
 fn server_error_is_500_on_a_post() {
     let e = env(|_| {});
-    e.server.set_fault(Some(Fault::Status { status: 500, on: RequestKind::PacketUp }));
-    let t = e.client(json!({"path": "/xh", "mode": "packet-up"})).open(T).unwrap();
+    e.server.set_fault(Some(Fault::Status {
+        status: 500,
+        on: RequestKind::PacketUp,
+    }));
+    let t = e
+        .client(json!({"path": "/xh", "mode": "packet-up"}))
+        .open(T)
+        .unwrap();
     t.write(b"hello", T).unwrap();
     expect_status(failure_of(&t), 500, "packet-up #0");
 }
@@ -99,7 +134,8 @@ fn connect_failure_names_the_address() {
     let port = sock.local_addr().unwrap().port();
     drop(sock);
     let cfg = xhttp_mobile::Config::from_json(&json!({"address": "127.0.0.1", "port": port,
-        "tlsSettings": {"pinnedPeerCertSha256": "00".repeat(32), "disableSystemRoot": true}})).unwrap();
+        "tlsSettings": {"pinnedPeerCertSha256": "00".repeat(32), "disableSystemRoot": true}}))
+    .unwrap();
     let c = xhttp_mobile::Client::new(cfg).unwrap();
     match c.open(Some(Duration::from_secs(2))) {
         Err(Error::Connect { addr, .. }) => assert!(addr.ends_with(&port.to_string())),
@@ -115,7 +151,10 @@ fn wrong_pin_fails_the_handshake() {
     v["tlsSettings"]["pinnedPeerCertSha256"] = json!("11".repeat(32));
     let c = xhttp_mobile::Client::new(xhttp_mobile::Config::from_json(&v).unwrap()).unwrap();
     match c.open(T) {
-        Err(Error::Connect { detail, .. }) => assert!(detail.contains("pinnedPeerCertSha256") || detail.contains("certificate"), "{detail}"),
+        Err(Error::Connect { detail, .. }) => assert!(
+            detail.contains("pinnedPeerCertSha256") || detail.contains("certificate"),
+            "{detail}"
+        ),
         other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
     }
 }

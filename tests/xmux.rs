@@ -19,7 +19,13 @@ fn x(mode: &str, xmux: Value) -> Value {
 fn server_requests(e: &Env) -> HashMap<SocketAddr, u64> {
     let mut m = HashMap::new();
     for ev in e.server.events() {
-        if let Event::Request { kind: Some(_), status, peer, .. } = ev {
+        if let Event::Request {
+            kind: Some(_),
+            status,
+            peer,
+            ..
+        } = ev
+        {
             if status != 0 {
                 *m.entry(peer).or_default() += 1;
             }
@@ -62,7 +68,10 @@ fn max_concurrency_2_puts_10_tunnels_on_5_connections() {
         let s = c.pool_stats();
         assert_eq!(s.live_connections, 5, "{mode}");
         assert_eq!(s.running, 10, "{mode}");
-        assert!(s.connections.iter().all(|c| c.stats.running == 2), "{mode}: {s:?}");
+        assert!(
+            s.connections.iter().all(|c| c.stats.running == 2),
+            "{mode}: {s:?}"
+        );
         for t in &ts {
             t.close();
         }
@@ -93,11 +102,15 @@ fn c_max_reuse_times_2_gives_the_third_tunnel_a_new_connection() {
         let c = e.client(x(mode, json!({"cMaxReuseTimes": 2})));
         let a = c.open(T).unwrap();
         let b = c.open(T).unwrap();
-        eventually("server accepted one connection", || e.server.stats().connections_accepted == 1);
+        eventually("server accepted one connection", || {
+            e.server.stats().connections_accepted == 1
+        });
         let third = c.open(T).unwrap();
         // open() returns once the requests are sent; the server may finish its side of the
         // handshake a moment later.
-        eventually("server accepted a second connection", || e.server.stats().connections_accepted == 2);
+        eventually("server accepted a second connection", || {
+            e.server.stats().connections_accepted == 2
+        });
         assert_eq!(c.pool_stats().connections.len(), 2);
         assert_ne!(third.local_addr(), a.local_addr());
         assert_eq!(a.local_addr(), b.local_addr());
@@ -106,7 +119,10 @@ fn c_max_reuse_times_2_gives_the_third_tunnel_a_new_connection() {
         a.close();
         b.close();
         eventually("retired connection closed at the server", || {
-            e.server.events().iter().any(|ev| matches!(ev, Event::ConnectionClosed { peer } if *peer == a.local_addr()))
+            e.server
+                .events()
+                .iter()
+                .any(|ev| matches!(ev, Event::ConnectionClosed { peer } if *peer == a.local_addr()))
         });
         let s = c.pool_stats();
         assert_eq!((s.draining, s.live_connections), (0, 1), "{mode}: {s:?}");
@@ -117,8 +133,10 @@ fn c_max_reuse_times_2_gives_the_third_tunnel_a_new_connection() {
 #[test]
 fn h_max_request_times_moves_a_long_packet_up_tunnel() {
     let e = env(|_| {});
-    let c = e.client(json!({"path": "/xh", "mode": "packet-up", "scMinPostsIntervalMs": 1,
-        "xmux": {"hMaxRequestTimes": 4}}));
+    let c = e.client(
+        json!({"path": "/xh", "mode": "packet-up", "scMinPostsIntervalMs": 1,
+        "xmux": {"hMaxRequestTimes": 4}}),
+    );
     let t = c.open(T).unwrap();
     // 12 separate bursts → at least 12 POSTs: the GET and 3 POSTs fill the first connection.
     let mut sent = Vec::new();
@@ -136,15 +154,26 @@ fn h_max_request_times_moves_a_long_packet_up_tunnel() {
     }
     assert_eq!(sha(&got), sha(&sent));
     let accepted = e.server.stats().connections_accepted;
-    assert!(accepted >= 4, "12 POSTs + GET at 4 requests each need ≥ 4 connections, saw {accepted}");
+    assert!(
+        accepted >= 4,
+        "12 POSTs + GET at 4 requests each need ≥ 4 connections, saw {accepted}"
+    );
     // Server-side counts equal client-side charges, in total and per connection still held.
     let server = server_requests(&e);
     let s = c.pool_stats();
-    assert_eq!(server.values().sum::<u64>(), s.requests_total, "{server:?} vs {s:?}");
+    assert_eq!(
+        server.values().sum::<u64>(),
+        s.requests_total,
+        "{server:?} vs {s:?}"
+    );
     assert!(server.values().all(|&n| n <= 4), "{server:?}");
     for conn in &s.connections {
         let local = conn.local.unwrap();
-        assert_eq!(server.get(&local).copied().unwrap_or(0), conn.stats.requests, "{local}");
+        assert_eq!(
+            server.get(&local).copied().unwrap_or(0),
+            conn.stats.requests,
+            "{local}"
+        );
     }
     // The tunnel's own slot keeps the GET's connection; after close every retired one closes.
     t.close();
@@ -164,15 +193,27 @@ fn h_max_reusable_secs_stops_picking_old_connections() {
         let e = env(|_| {});
         let c = e.client(x(mode, json!({"hMaxReusableSecs": 1})));
         let a = c.open(T).unwrap();
-        assert_eq!(c.open(T).unwrap().local_addr(), a.local_addr(), "{mode}: reused while young");
+        assert_eq!(
+            c.open(T).unwrap().local_addr(),
+            a.local_addr(),
+            "{mode}: reused while young"
+        );
         std::thread::sleep(Duration::from_millis(1100));
         let b = c.open(T).unwrap();
-        assert_ne!(b.local_addr(), a.local_addr(), "{mode}: old connection picked");
+        assert_ne!(
+            b.local_addr(),
+            a.local_addr(),
+            "{mode}: old connection picked"
+        );
         a.close();
         b.close();
         // Both connections are past their time and idle: closed within a second.
-        eventually("expired connections closed", || c.pool_stats().live_connections == 0);
-        eventually("server saw both closes", || e.server.stats().connections_closed == 2);
+        eventually("expired connections closed", || {
+            c.pool_stats().live_connections == 0
+        });
+        eventually("server saw both closes", || {
+            e.server.stats().connections_closed == 2
+        });
     }
 }
 

@@ -64,14 +64,18 @@ fn client_json(server: &TestServer, path: &str, mode: &str) -> String {
 
 fn serve(args: &[String]) -> Result<bool, String> {
     let listen = flag(args, "--listen").unwrap_or("127.0.0.1:0");
-    let bind = listen.parse().map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    let bind = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
     let rt = server_runtime()?;
     let server = rt.block_on(async {
         let mut o = ServerOptions::default();
         o.settings.path = "/xh".into();
         o.bind = bind;
         o.target = Target::Echo;
-        TestServer::start(o).await.map_err(|e| format!("server: {e}"))
+        TestServer::start(o)
+            .await
+            .map_err(|e| format!("server: {e}"))
     })?;
     println!("{}", client_json(&server, "/xh", "auto"));
     loop {
@@ -89,7 +93,9 @@ fn demo(args: &[String]) -> Result<bool, String> {
         let mut o = ServerOptions::default();
         o.settings.path = "/xh".into();
         o.target = Target::Echo;
-        TestServer::start(o).await.map_err(|e| format!("server: {e}"))
+        TestServer::start(o)
+            .await
+            .map_err(|e| format!("server: {e}"))
     })?;
     let mut all_ok = true;
     for mode in ["packet-up", "stream-up", "stream-one"] {
@@ -110,7 +116,8 @@ fn demo(args: &[String]) -> Result<bool, String> {
 
 /// Moves `size` bytes up and back down through one tunnel; returns bytes and seconds.
 fn run_mode(server: &TestServer, mode: &str, size: usize) -> Result<(usize, f64), String> {
-    let cfg = Config::from_json_str(&client_json(server, "/xh", mode)).map_err(|e| e.to_string())?;
+    let cfg =
+        Config::from_json_str(&client_json(server, "/xh", mode)).map_err(|e| e.to_string())?;
     let client = Client::new(cfg).map_err(|e| e.to_string())?;
     let timeout = Some(Duration::from_secs(60));
     let start = Instant::now();
@@ -127,11 +134,13 @@ fn run_mode(server: &TestServer, mode: &str, size: usize) -> Result<(usize, f64)
                 let n = left.min(buf.len());
                 pat.fill(&mut buf[..n]);
                 h.update(&buf[..n]);
-                t.write(&buf[..n], timeout).map_err(|e| format!("write: {e}"))?;
+                t.write(&buf[..n], timeout)
+                    .map_err(|e| format!("write: {e}"))?;
                 left -= n;
             }
             if stream_mode {
-                t.shutdown_write().map_err(|e| format!("shutdown_write: {e}"))?;
+                t.shutdown_write()
+                    .map_err(|e| format!("shutdown_write: {e}"))?;
             }
             Ok(h.finalize().into())
         })
@@ -140,7 +149,9 @@ fn run_mode(server: &TestServer, mode: &str, size: usize) -> Result<(usize, f64)
     let mut got = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     while got < size {
-        let n = tunnel.read(&mut buf, timeout).map_err(|e| format!("read after {got} bytes: {e}"))?;
+        let n = tunnel
+            .read(&mut buf, timeout)
+            .map_err(|e| format!("read after {got} bytes: {e}"))?;
         if n == 0 {
             return Err(format!("download ended after {got} of {size} bytes"));
         }

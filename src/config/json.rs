@@ -16,7 +16,10 @@ impl Fields {
     pub fn new(path: &str, v: &Value) -> Result<Self> {
         match v {
             Value::Object(m) => Ok(Self::from_map(path, m)),
-            _ => Err(Error::config(path, format!("expected a JSON object, got {v}"))),
+            _ => Err(Error::config(
+                path,
+                format!("expected a JSON object, got {v}"),
+            )),
         }
     }
 

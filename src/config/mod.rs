@@ -131,12 +131,18 @@ impl TlsSettings {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| Error::config(&field, "expected hex strings"))?
                     .join(","),
-                other => return Err(Error::config(&field, format!("expected a hex string, got {other}"))),
+                other => {
+                    return Err(Error::config(
+                        &field,
+                        format!("expected a hex string, got {other}"),
+                    ));
+                }
             };
             t.pinned_sha256 = parse_pins(&field, &s)?;
         }
         if let Some(pem) = f.string("caPem")? {
-            t.ca_der.extend(pem_certs(&f.path_of("caPem"), pem.as_bytes())?);
+            t.ca_der
+                .extend(pem_certs(&f.path_of("caPem"), pem.as_bytes())?);
         }
         if let Some(path) = f.string("caFile")? {
             let field = f.path_of("caFile");
@@ -155,14 +161,18 @@ impl TlsSettings {
         if let Some(b) = f.bool("disableSystemRoot")? {
             t.disable_system_root = b;
         }
-        if f.take("allowInsecure").is_some_and(|v| v != Value::Bool(false)) {
+        if f.take("allowInsecure")
+            .is_some_and(|v| v != Value::Bool(false))
+        {
             return Err(Error::config(
                 f.path_of("allowInsecure"),
                 "is refused (removed from Xray); pin the certificate with pinnedPeerCertSha256 instead",
             ));
         }
         if f.take("fingerprint").is_some() {
-            log::debug!("config: tlsSettings.fingerprint ignored (uTLS fingerprints are not available with rustls)");
+            log::debug!(
+                "config: tlsSettings.fingerprint ignored (uTLS fingerprints are not available with rustls)"
+            );
         }
         f.finish();
         Ok(t)

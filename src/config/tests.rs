@@ -23,7 +23,10 @@ fn defaults_match_xray_json_layer() {
     assert_eq!(x.sc_min_posts_interval_ms.from, 30);
     assert_eq!(x.sc_max_buffered_posts, 30);
     assert_eq!(x.uplink_http_method, "POST");
-    assert_eq!((x.session_key.as_str(), x.seq_key.as_str()), ("x_session", "x_seq"));
+    assert_eq!(
+        (x.session_key.as_str(), x.seq_key.as_str()),
+        ("x_session", "x_seq")
+    );
     assert_eq!(x.normalized_path(), "/");
     assert_eq!(c.authority(), "127.0.0.1");
 }
@@ -44,37 +47,117 @@ fn keys_match_case_insensitively_and_extra_replaces_fields() {
 
 #[test]
 fn header_keys_follow_placement() {
-    let c = cfg(json!({"sessionIDPlacement": "header", "seqPlacement": "header",
-        "mode": "packet-up", "uplinkDataPlacement": "cookie"}))
+    let c = cfg(
+        json!({"sessionIDPlacement": "header", "seqPlacement": "header",
+        "mode": "packet-up", "uplinkDataPlacement": "cookie"}),
+    )
     .unwrap();
-    assert_eq!((c.xhttp.session_key.as_str(), c.xhttp.seq_key.as_str()), ("X-Session", "X-Seq"));
+    assert_eq!(
+        (c.xhttp.session_key.as_str(), c.xhttp.seq_key.as_str()),
+        ("X-Session", "X-Seq")
+    );
     assert_eq!(c.xhttp.uplink_data_key, "x_data");
-    assert_eq!(c.xhttp.uplink_chunk_size, crate::xhttp::range::Range::new(2048, 3072));
+    assert_eq!(
+        c.xhttp.uplink_chunk_size,
+        crate::xhttp::range::Range::new(2048, 3072)
+    );
     assert_eq!(c.xhttp.normalized_path(), "/");
 }
 
 #[test]
 fn bad_input_is_rejected_naming_the_field() {
     let cases = [
-        (json!({"mode": "packet-down"}), "xhttpSettings.mode", "unknown mode"),
-        (json!({"xPaddingBytes": "0-100"}), "xhttpSettings.xPaddingBytes", "cannot be disabled"),
-        (json!({"xPaddingBytes": -5}), "xhttpSettings.xPaddingBytes", "cannot be disabled"),
-        (json!({"xPaddingBytes": "500-100"}), "xhttpSettings.xPaddingBytes", "from > to"),
-        (json!({"scMaxEachPostBytes": "0-1000"}), "xhttpSettings.scMaxEachPostBytes", "> 0"),
-        (json!({"scMaxEachPostBytes": "-1"}), "xhttpSettings.scMaxEachPostBytes", "> 0"),
-        (json!({"mode": "stream-up", "uplinkHTTPMethod": "get"}), "xhttpSettings.uplinkHTTPMethod", "only allowed in packet-up"),
-        (json!({"uplinkHTTPMethod": "GET"}), "xhttpSettings.uplinkHTTPMethod", "only allowed in packet-up"),
-        (json!({"mode": "stream-one", "uplinkDataPlacement": "header"}), "xhttpSettings.uplinkDataPlacement", "only allowed in packet-up"),
-        (json!({"mode": "stream-up", "uplinkDataPlacement": "cookie"}), "xhttpSettings.uplinkDataPlacement", "only allowed in packet-up"),
-        (json!({"uplinkHTTPMethod": "PO ST"}), "xhttpSettings.uplinkHTTPMethod", "not an HTTP method"),
-        (json!({"sessionIDPlacement": "body"}), "xhttpSettings.sessionIDPlacement", "unknown placement"),
-        (json!({"xPaddingMethod": "zeros"}), "xhttpSettings.xPaddingMethod", "unknown method"),
-        (json!({"headers": {"Host": "x"}}), "xhttpSettings.headers.Host", "not allowed"),
-        (json!({"sessionIDTable": "ab", "sessionIDLength": 8}), "xhttpSettings.sessionIDLength", "too few"),
-        (json!({"sessionIDTable": "hex"}), "xhttpSettings.sessionIDLength", "0 < from"),
+        (
+            json!({"mode": "packet-down"}),
+            "xhttpSettings.mode",
+            "unknown mode",
+        ),
+        (
+            json!({"xPaddingBytes": "0-100"}),
+            "xhttpSettings.xPaddingBytes",
+            "cannot be disabled",
+        ),
+        (
+            json!({"xPaddingBytes": -5}),
+            "xhttpSettings.xPaddingBytes",
+            "cannot be disabled",
+        ),
+        (
+            json!({"xPaddingBytes": "500-100"}),
+            "xhttpSettings.xPaddingBytes",
+            "from > to",
+        ),
+        (
+            json!({"scMaxEachPostBytes": "0-1000"}),
+            "xhttpSettings.scMaxEachPostBytes",
+            "> 0",
+        ),
+        (
+            json!({"scMaxEachPostBytes": "-1"}),
+            "xhttpSettings.scMaxEachPostBytes",
+            "> 0",
+        ),
+        (
+            json!({"mode": "stream-up", "uplinkHTTPMethod": "get"}),
+            "xhttpSettings.uplinkHTTPMethod",
+            "only allowed in packet-up",
+        ),
+        (
+            json!({"uplinkHTTPMethod": "GET"}),
+            "xhttpSettings.uplinkHTTPMethod",
+            "only allowed in packet-up",
+        ),
+        (
+            json!({"mode": "stream-one", "uplinkDataPlacement": "header"}),
+            "xhttpSettings.uplinkDataPlacement",
+            "only allowed in packet-up",
+        ),
+        (
+            json!({"mode": "stream-up", "uplinkDataPlacement": "cookie"}),
+            "xhttpSettings.uplinkDataPlacement",
+            "only allowed in packet-up",
+        ),
+        (
+            json!({"uplinkHTTPMethod": "PO ST"}),
+            "xhttpSettings.uplinkHTTPMethod",
+            "not an HTTP method",
+        ),
+        (
+            json!({"sessionIDPlacement": "body"}),
+            "xhttpSettings.sessionIDPlacement",
+            "unknown placement",
+        ),
+        (
+            json!({"xPaddingMethod": "zeros"}),
+            "xhttpSettings.xPaddingMethod",
+            "unknown method",
+        ),
+        (
+            json!({"headers": {"Host": "x"}}),
+            "xhttpSettings.headers.Host",
+            "not allowed",
+        ),
+        (
+            json!({"sessionIDTable": "ab", "sessionIDLength": 8}),
+            "xhttpSettings.sessionIDLength",
+            "too few",
+        ),
+        (
+            json!({"sessionIDTable": "hex"}),
+            "xhttpSettings.sessionIDLength",
+            "0 < from",
+        ),
         (json!({"extra": "x"}), "xhttpSettings.extra", "JSON object"),
-        (json!({"scMinPostsIntervalMs": "-5-10"}), "xhttpSettings.scMinPostsIntervalMs", "negative"),
-        (json!({"xPaddingBytes": "abc"}), "xhttpSettings.xPaddingBytes", "not a number"),
+        (
+            json!({"scMinPostsIntervalMs": "-5-10"}),
+            "xhttpSettings.scMinPostsIntervalMs",
+            "negative",
+        ),
+        (
+            json!({"xPaddingBytes": "abc"}),
+            "xhttpSettings.xPaddingBytes",
+            "not a number",
+        ),
         (json!(7), "xhttpSettings", "JSON object"),
     ];
     for (x, field, rule) in cases {
@@ -87,14 +170,23 @@ fn bad_input_is_rejected_naming_the_field() {
 #[test]
 fn tls_settings_pins_and_refusals() {
     let pin = "ab".repeat(32);
-    let with_colons: String = pin.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
+    let with_colons: String = pin
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
     let c = Config::from_json(&json!({"address": "h", "port": 1,
         "tlsSettings": {"serverName": "sni.example", "pinnedPeerCertSha256": format!("{pin}, {with_colons}")}}))
     .unwrap();
     assert_eq!(c.tls.pinned_sha256, vec![[0xab; 32], [0xab; 32]]);
     assert_eq!((c.sni(), c.authority()), ("sni.example", "sni.example"));
 
-    let bad = |t: serde_json::Value| err_of(Config::from_json(&json!({"address": "h", "port": 1, "tlsSettings": t})));
+    let bad = |t: serde_json::Value| {
+        err_of(Config::from_json(
+            &json!({"address": "h", "port": 1, "tlsSettings": t}),
+        ))
+    };
     let (f, r) = bad(json!({"pinnedPeerCertSha256": "zz"}));
     assert_eq!(f, "tlsSettings.pinnedPeerCertSha256");
     assert!(r.contains("not hex"));
@@ -112,8 +204,17 @@ fn tls_settings_pins_and_refusals() {
 #[test]
 fn root_fields_are_required_and_checked() {
     assert_eq!(err_of(Config::from_json(&json!({"port": 1}))).0, "address");
-    assert_eq!(err_of(Config::from_json(&json!({"address": "a"}))).0, "port");
-    assert_eq!(err_of(Config::from_json(&json!({"address": "a", "port": 70000}))).0, "port");
-    assert_eq!(err_of(Config::from_json(&json!({"address": "a", "port": "x"}))).0, "port");
+    assert_eq!(
+        err_of(Config::from_json(&json!({"address": "a"}))).0,
+        "port"
+    );
+    assert_eq!(
+        err_of(Config::from_json(&json!({"address": "a", "port": 70000}))).0,
+        "port"
+    );
+    assert_eq!(
+        err_of(Config::from_json(&json!({"address": "a", "port": "x"}))).0,
+        "port"
+    );
     assert_eq!(err_of(Config::from_json_str("{not json")).0, "(root)");
 }

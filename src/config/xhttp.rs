@@ -212,7 +212,9 @@ impl XhttpSettings {
             s.mode = Mode::parse(&m).ok_or_else(|| {
                 Error::config(
                     format!("{path}.mode"),
-                    format!("unknown mode {m:?} (expected auto, packet-up, stream-up or stream-one)"),
+                    format!(
+                        "unknown mode {m:?} (expected auto, packet-up, stream-up or stream-one)"
+                    ),
                 )
             })?;
         }
@@ -227,7 +229,10 @@ impl XhttpSettings {
             let mut headers = Vec::new();
             for (k, v) in std::mem::take(h.entries_mut()) {
                 let Value::String(v) = v else {
-                    return Err(Error::config(format!("{hp}.{k}"), "header values must be strings"));
+                    return Err(Error::config(
+                        format!("{hp}.{k}"),
+                        "header values must be strings",
+                    ));
                 };
                 if k.eq_ignore_ascii_case("host") {
                     return Err(Error::config(
@@ -243,7 +248,10 @@ impl XhttpSettings {
             if !r.is_zero() && (r.from <= 0 || r.to <= 0) {
                 return Err(Error::config(
                     f.path_of("xPaddingBytes"),
-                    format!("padding cannot be disabled: from and to must be > 0, got {}-{}", r.from, r.to),
+                    format!(
+                        "padding cannot be disabled: from and to must be > 0, got {}-{}",
+                        r.from, r.to
+                    ),
                 ));
             }
             if !r.is_zero() {
@@ -263,7 +271,9 @@ impl XhttpSettings {
             s.padding.placement = PaddingPlacement::parse(&p).ok_or_else(|| {
                 Error::config(
                     f.path_of("xPaddingPlacement"),
-                    format!("unknown placement {p:?} (expected queryInHeader, header, query or cookie)"),
+                    format!(
+                        "unknown placement {p:?} (expected queryInHeader, header, query or cookie)"
+                    ),
                 )
             })?;
         }
@@ -288,11 +298,16 @@ impl XhttpSettings {
         // `sessionPlacement`/`sessionKey` are the names before Xray's 2026-06 rename.
         let sp = match f.string("sessionIDPlacement")? {
             Some(v) => Some(("sessionIDPlacement", v)),
-            None => f.string("sessionPlacement")?.map(|v| ("sessionPlacement", v)),
+            None => f
+                .string("sessionPlacement")?
+                .map(|v| ("sessionPlacement", v)),
         };
         if let Some((name, p)) = sp {
             s.session_placement = Placement::parse(&p).ok_or_else(|| {
-                Error::config(f.path_of(name), format!("unknown placement {p:?} (expected path, query, header or cookie)"))
+                Error::config(
+                    f.path_of(name),
+                    format!("unknown placement {p:?} (expected path, query, header or cookie)"),
+                )
             })?;
         }
         let sk = match f.string("sessionIDKey")? {
@@ -301,7 +316,10 @@ impl XhttpSettings {
         };
         if let Some(p) = f.string("seqPlacement")? {
             s.seq_placement = Placement::parse(&p).ok_or_else(|| {
-                Error::config(f.path_of("seqPlacement"), format!("unknown placement {p:?} (expected path, query, header or cookie)"))
+                Error::config(
+                    f.path_of("seqPlacement"),
+                    format!("unknown placement {p:?} (expected path, query, header or cookie)"),
+                )
             })?;
         }
         let qk = f.string("seqKey")?;
@@ -318,7 +336,10 @@ impl XhttpSettings {
             let tp = f.path_of("sessionIDTable");
             let lp = f.path_of("sessionIDLength");
             if table.is_empty() {
-                return Err(Error::config(tp, "sessionIDLength is set but sessionIDTable is empty"));
+                return Err(Error::config(
+                    tp,
+                    "sessionIDLength is set but sessionIDTable is empty",
+                ));
             }
             let table = named_table(&table);
             if !table.is_ascii() {
@@ -327,7 +348,10 @@ impl XhttpSettings {
             if length.from <= 0 || length.to < length.from {
                 return Err(Error::config(
                     lp,
-                    format!("must have 0 < from <= to, got {}-{}", length.from, length.to),
+                    format!(
+                        "must have 0 < from <= to, got {}-{}",
+                        length.from, length.to
+                    ),
                 ));
             }
             let mut chars: Vec<char> = table.chars().collect();
@@ -338,15 +362,24 @@ impl XhttpSettings {
             if space < 2f64.powi(31) {
                 return Err(Error::config(
                     lp,
-                    format!("too few possible session ids ({space:.0} < 2^31) with {} characters", chars.len()),
+                    format!(
+                        "too few possible session ids ({space:.0} < 2^31) with {} characters",
+                        chars.len()
+                    ),
                 ));
             }
-            s.session_id = SessionIdShape::Table { table: chars, length };
+            s.session_id = SessionIdShape::Table {
+                table: chars,
+                length,
+            };
         }
 
         if let Some(p) = f.string("uplinkDataPlacement")? {
             s.uplink_data_placement = DataPlacement::parse(&p).ok_or_else(|| {
-                Error::config(f.path_of("uplinkDataPlacement"), format!("unknown placement {p:?} (expected auto, body, header or cookie)"))
+                Error::config(
+                    f.path_of("uplinkDataPlacement"),
+                    format!("unknown placement {p:?} (expected auto, body, header or cookie)"),
+                )
             })?;
         }
         let dk = f.string("uplinkDataKey")?.filter(|k| !k.is_empty());
@@ -393,7 +426,10 @@ impl XhttpSettings {
         }
         if let Some(n) = f.int("scMaxBufferedPosts")? {
             if n < 0 {
-                return Err(Error::config(f.path_of("scMaxBufferedPosts"), "must not be negative"));
+                return Err(Error::config(
+                    f.path_of("scMaxBufferedPosts"),
+                    "must not be negative",
+                ));
             }
             if n > 0 {
                 s.sc_max_buffered_posts = n;
@@ -429,26 +465,45 @@ impl XhttpSettings {
         if self.uplink_http_method == "GET" && !packet_up {
             return Err(Error::config(
                 format!("{path}.uplinkHTTPMethod"),
-                format!("GET is only allowed in packet-up mode, not {}", self.mode.name()),
+                format!(
+                    "GET is only allowed in packet-up mode, not {}",
+                    self.mode.name()
+                ),
             ));
         }
-        if matches!(self.uplink_data_placement, DataPlacement::Header | DataPlacement::Cookie) && !packet_up {
+        if matches!(
+            self.uplink_data_placement,
+            DataPlacement::Header | DataPlacement::Cookie
+        ) && !packet_up
+        {
             return Err(Error::config(
                 format!("{path}.uplinkDataPlacement"),
-                format!("header/cookie data placement is only allowed in packet-up mode, not {}", self.mode.name()),
+                format!(
+                    "header/cookie data placement is only allowed in packet-up mode, not {}",
+                    self.mode.name()
+                ),
             ));
         }
         let r = self.sc_max_each_post_bytes;
         if r.from > r.to {
-            return Err(Error::config(format!("{path}.scMaxEachPostBytes"), format!("from > to ({}-{})", r.from, r.to)));
+            return Err(Error::config(
+                format!("{path}.scMaxEachPostBytes"),
+                format!("from > to ({}-{})", r.from, r.to),
+            ));
         }
         let r = self.padding.bytes;
         if r.from > r.to {
-            return Err(Error::config(format!("{path}.xPaddingBytes"), format!("from > to ({}-{})", r.from, r.to)));
+            return Err(Error::config(
+                format!("{path}.xPaddingBytes"),
+                format!("from > to ({}-{})", r.from, r.to),
+            ));
         }
         let r = self.sc_min_posts_interval_ms;
         if r.from > r.to {
-            return Err(Error::config(format!("{path}.scMinPostsIntervalMs"), format!("from > to ({}-{})", r.from, r.to)));
+            return Err(Error::config(
+                format!("{path}.scMinPostsIntervalMs"),
+                format!("from > to ({}-{})", r.from, r.to),
+            ));
         }
         Ok(())
     }
@@ -457,8 +512,13 @@ impl XhttpSettings {
     /// the session id or seq goes into the path.
     pub fn normalized_path(&self) -> String {
         let p = self.path.split('?').next().unwrap_or("");
-        let mut p = if p.starts_with('/') { p.to_string() } else { format!("/{p}") };
-        let in_path = self.session_placement == Placement::Path || self.seq_placement == Placement::Path;
+        let mut p = if p.starts_with('/') {
+            p.to_string()
+        } else {
+            format!("/{p}")
+        };
+        let in_path =
+            self.session_placement == Placement::Path || self.seq_placement == Placement::Path;
         if in_path && !p.ends_with('/') {
             p.push('/');
         }

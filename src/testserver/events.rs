@@ -166,7 +166,11 @@ impl Recorder {
         lock(&self.events).clone()
     }
 
-    pub(crate) async fn wait_for(&self, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
+    pub(crate) async fn wait_for(
+        &self,
+        pred: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register before looking, so a push between the look and the wait is not missed.

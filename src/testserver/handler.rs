@@ -4,8 +4,8 @@
 use super::events::{Event, RequestKind};
 use super::quic::{self, StopWatch, StopWatches, read_outcome};
 use super::request::{
-    classify, cookie_payload, cookies, extract_meta, extract_padding, header, header_payload, host_matches,
-    sessionless_allowed, upload_allowed,
+    classify, cookie_payload, cookies, extract_meta, extract_padding, header, header_payload,
+    host_matches, sessionless_allowed, upload_allowed,
 };
 use super::session::Session;
 use super::{Fault, Shared, streams};
@@ -58,10 +58,14 @@ impl Exchange {
     ) -> Result<(), h3::error::StreamError> {
         self.record_request(status);
         let mut resp = Response::new(());
-        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *resp.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut headers = self.headers.clone();
         for (name, value) in extra {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         *resp.headers_mut() = headers;
         self.stream.send_response(resp).await
@@ -142,8 +146,10 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
         };
         let methods = echo("access-control-request-method");
         let allow_headers = echo("access-control-request-headers");
-        ex.headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
-        ex.headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        ex.headers
+            .insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
+        ex.headers
+            .insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
         return ex.reply(200).await;
     }
 
@@ -158,7 +164,15 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
     let keepalive = headers.contains_key(header::REFERER) || s.padding.obfs;
 
     // 6. Session and seq; classification (reported from here on).
-    let (session_id, seq) = extract_meta(s, &shared.keys, &shared.path, uri.path(), query, headers, &cookies);
+    let (session_id, seq) = extract_meta(
+        s,
+        &shared.keys,
+        &shared.path,
+        uri.path(),
+        query,
+        headers,
+        &cookies,
+    );
     let kind = classify(req.method(), !session_id.is_empty(), !seq.is_empty());
     ex.kind = Some(kind);
 
@@ -180,7 +194,9 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
     match (kind, session) {
         (RequestKind::StreamDown, Some(session)) => streams::stream_down(ex, session).await,
         (RequestKind::StreamUp, Some(session)) => streams::stream_up(ex, session, keepalive).await,
-        (RequestKind::PacketUp, Some(session)) => packet_up(ex, session, headers, &cookies, &seq).await,
+        (RequestKind::PacketUp, Some(session)) => {
+            packet_up(ex, session, headers, &cookies, &seq).await
+        }
         _ => streams::stream_one(ex).await,
     }
 }
@@ -200,7 +216,10 @@ fn response_headers(s: &XhttpSettings, req: &Request<()>) -> HeaderMap {
         || p.placement == PaddingPlacement::Cookie
         || s.uplink_data_placement == DataPlacement::Cookie;
     if cookie_used {
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     let value = p.generate(&mut rand::rng());
     let named = |name: &str| HeaderName::from_bytes(name.as_bytes()).ok();
@@ -208,11 +227,18 @@ fn response_headers(s: &XhttpSettings, req: &Request<()>) -> HeaderMap {
         (false, _) => (named("X-Padding"), value),
         (true, PaddingPlacement::Header) => (named(&p.header), value),
         (true, PaddingPlacement::QueryInHeader) => {
-            let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("localhost");
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or("localhost");
             let url = format!("https://{authority}{}?{}={value}", req.uri().path(), p.key);
             (named(&p.header), url)
         }
-        (true, PaddingPlacement::Cookie) => (Some(header::SET_COOKIE), format!("{}={value}; Path=/", p.key)),
+        (true, PaddingPlacement::Cookie) => (
+            Some(header::SET_COOKIE),
+            format!("{}={value}; Path=/", p.key),
+        ),
         (true, PaddingPlacement::Query) => (None, value),
     };
     if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
@@ -230,7 +256,13 @@ fn parse_seq(s: &str) -> Option<u64> {
 }
 
 /// §3.3: one packet-up POST.
-async fn packet_up(mut ex: Exchange, session: Arc<Session>, headers: &HeaderMap, cookies: &[(String, String)], seq: &str) {
+async fn packet_up(
+    mut ex: Exchange,
+    session: Arc<Session>,
+    headers: &HeaderMap,
+    cookies: &[(String, String)],
+    seq: &str,
+) {
     let shared = ex.shared.clone();
     let s = &shared.settings;
     let limit = usize::try_from(s.sc_max_each_post_bytes.to)

@@ -22,9 +22,9 @@ mod session;
 mod signal;
 mod streams;
 mod target;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
 
@@ -128,7 +128,12 @@ impl TestServer {
             .ok()
             .filter(|&n| n > 0)
             .unwrap_or(30);
-        let sessions = Sessions::new(max_buffered, opts.session_timeout, rec.clone(), shutdown.clone());
+        let sessions = Sessions::new(
+            max_buffered,
+            opts.session_timeout,
+            rec.clone(),
+            shutdown.clone(),
+        );
         let shared = Arc::new(Shared {
             keys: Keys::of(&opts.settings),
             path: opts.settings.normalized_path(),
@@ -178,7 +183,11 @@ impl TestServer {
 
     /// The first recorded event matching `pred` (already recorded or arriving within
     /// `timeout`).
-    pub async fn wait_for(&self, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
         self.shared.rec.wait_for(pred, timeout).await
     }
 
@@ -190,7 +199,8 @@ impl TestServer {
     /// Closes every connection and stops serving. Idempotent.
     pub fn shutdown(&self) {
         self.shared.shutdown.fire();
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"server shutdown");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server shutdown");
     }
 }
 

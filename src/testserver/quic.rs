@@ -114,7 +114,8 @@ fn write_error(e: quinn::WriteError) -> StreamErrorIncoming {
 pub(crate) struct Conn {
     conn: quinn::Connection,
     watches: StopWatches,
-    accept_bi: Option<BoxFuture<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>>,
+    accept_bi:
+        Option<BoxFuture<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>>,
     accept_uni: Option<BoxFuture<Result<quinn::RecvStream, quinn::ConnectionError>>>,
     opener: Opener,
 }
@@ -135,7 +136,10 @@ impl quic::Connection<Bytes> for Conn {
     type RecvStream = RecvHalf;
     type OpenStreams = Opener;
 
-    fn poll_accept_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<RecvHalf, ConnectionErrorIncoming>> {
+    fn poll_accept_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<RecvHalf, ConnectionErrorIncoming>> {
         let conn = &self.conn;
         let fut = self.accept_uni.get_or_insert_with(|| {
             let c = conn.clone();
@@ -146,7 +150,10 @@ impl quic::Connection<Bytes> for Conn {
         Poll::Ready(r.map(RecvHalf::new).map_err(connection_error))
     }
 
-    fn poll_accept_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bidi, ConnectionErrorIncoming>> {
+    fn poll_accept_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bidi, ConnectionErrorIncoming>> {
         let conn = &self.conn;
         let fut = self.accept_bi.get_or_insert_with(|| {
             let c = conn.clone();
@@ -176,7 +183,10 @@ impl quic::OpenStreams<Bytes> for Conn {
         self.opener.poll_open_bidi(cx)
     }
 
-    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendHalf, StreamErrorIncoming>> {
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<SendHalf, StreamErrorIncoming>> {
         self.opener.poll_open_send(cx)
     }
 
@@ -188,7 +198,8 @@ impl quic::OpenStreams<Bytes> for Conn {
 /// Opens streams (h3 opens the control and QPACK streams through this).
 pub(crate) struct Opener {
     conn: quinn::Connection,
-    open_bi: Option<BoxFuture<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>>,
+    open_bi:
+        Option<BoxFuture<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>>,
     open_uni: Option<BoxFuture<Result<quinn::SendStream, quinn::ConnectionError>>>,
 }
 
@@ -227,7 +238,10 @@ impl quic::OpenStreams<Bytes> for Opener {
         }))
     }
 
-    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendHalf, StreamErrorIncoming>> {
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<SendHalf, StreamErrorIncoming>> {
         let conn = &self.conn;
         let fut = self.open_uni.get_or_insert_with(|| {
             let c = conn.clone();
@@ -235,7 +249,10 @@ impl quic::OpenStreams<Bytes> for Opener {
         });
         let r = ready!(fut.as_mut().poll(cx));
         self.open_uni = None;
-        Poll::Ready(r.map(|s| SendHalf::new(s, None)).map_err(conn_to_stream_error))
+        Poll::Ready(
+            r.map(|s| SendHalf::new(s, None))
+                .map_err(conn_to_stream_error),
+        )
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
@@ -283,7 +300,10 @@ impl quic::SendStream<Bytes> for Bidi {
 impl quic::RecvStream for Bidi {
     type Buf = Bytes;
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         self.recv.poll_data(cx)
     }
 
@@ -329,7 +349,8 @@ impl quic::SendStream<Bytes> for SendHalf {
                 self.pending = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, buf.chunk())).map_err(write_error)?;
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, buf.chunk()))
+                .map_err(write_error)?;
             buf.advance(n);
         }
         Poll::Ready(Ok(()))
@@ -393,7 +414,10 @@ impl Drop for RecvHalf {
 impl quic::RecvStream for RecvHalf {
     type Buf = Bytes;
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         if self.done {
             return Poll::Ready(Ok(None));
         }
@@ -437,7 +461,9 @@ pub(crate) fn read_outcome(e: &h3::error::StreamError) -> super::Outcome {
 /// A response write error: the peer's terminate is a STOP_SENDING here.
 pub(crate) fn write_outcome(e: &h3::error::StreamError) -> super::Outcome {
     match e {
-        h3::error::StreamError::RemoteTerminate { code, .. } => super::Outcome::Stopped(code.value()),
+        h3::error::StreamError::RemoteTerminate { code, .. } => {
+            super::Outcome::Stopped(code.value())
+        }
         e => super::Outcome::Error(e.to_string()),
     }
 }

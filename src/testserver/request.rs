@@ -30,9 +30,18 @@ impl Keys {
         };
         let data = s.uplink_data_key.as_str();
         Keys {
-            session: or(&s.session_key, s.session_placement, "x_session", "X-Session"),
+            session: or(
+                &s.session_key,
+                s.session_placement,
+                "x_session",
+                "X-Session",
+            ),
             seq: or(&s.seq_key, s.seq_placement, "x_seq", "X-Seq"),
-            data_header: if data.is_empty() { "X-Data".into() } else { data.into() },
+            data_header: if data.is_empty() {
+                "X-Data".into()
+            } else {
+                data.into()
+            },
             // With `auto` the key defaults to the header name; cookies then use the cookie
             // default (our choice: the two defaults differ in Xray).
             data_cookie: match (s.uplink_data_placement, data) {
@@ -46,7 +55,10 @@ impl Keys {
 
 /// The host part of an authority: no userinfo, no port, no IPv6 brackets.
 fn host_only(authority: &str) -> &str {
-    let a = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let a = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     if let Some(rest) = a.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("");
     }
@@ -128,7 +140,9 @@ pub(crate) fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
         let v = String::from_utf8_lossy(v.as_bytes());
         for part in v.split(';') {
             let part = part.trim();
-            let Some((name, value)) = part.split_once('=') else { continue };
+            let Some((name, value)) = part.split_once('=') else {
+                continue;
+            };
             if name.is_empty() {
                 continue;
             }
@@ -144,11 +158,19 @@ pub(crate) fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
 
 /// Go's `Request.Cookie(name)`: the first cookie with that name.
 pub(crate) fn cookie<'a>(cookies: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    cookies.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    cookies
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The padding value of a request (Xray's `ExtractXPaddingFromRequest`); empty if none.
-pub(crate) fn extract_padding(p: &Padding, headers: &HeaderMap, query: &str, cookies: &[(String, String)]) -> String {
+pub(crate) fn extract_padding(
+    p: &Padding,
+    headers: &HeaderMap,
+    query: &str,
+    cookies: &[(String, String)],
+) -> String {
     if !p.obfs {
         match header(headers, "referer").filter(|r| !r.is_empty()) {
             None => return query_get(query, "x_padding"),
@@ -244,7 +266,10 @@ pub(crate) fn header_payload(headers: &HeaderMap, key: &str) -> Result<Vec<u8>, 
 }
 
 /// Cookies `<key>_0`, `<key>_1`, … until one is missing, base64url (no padding) decoded.
-pub(crate) fn cookie_payload(cookies: &[(String, String)], key: &str) -> Result<Vec<u8>, BadPayload> {
+pub(crate) fn cookie_payload(
+    cookies: &[(String, String)],
+    key: &str,
+) -> Result<Vec<u8>, BadPayload> {
     let pieces = (0..)
         .map_while(|i| cookie(cookies, &format!("{key}_{i}")).map(str::to_string))
         .collect();
@@ -291,7 +316,10 @@ mod tests {
         assert_eq!(meta(&s, "/xh/abc", "", &none), ("abc".into(), "".into()));
         assert_eq!(meta(&s, "/xh/", "", &none), ("".into(), "".into()));
         // Extra segments are ignored; an empty segment means "absent".
-        assert_eq!(meta(&s, "/xh/abc/7/x", "", &none), ("abc".into(), "7".into()));
+        assert_eq!(
+            meta(&s, "/xh/abc/7/x", "", &none),
+            ("abc".into(), "7".into())
+        );
         assert_eq!(meta(&s, "/xh//7", "", &none), ("".into(), "7".into()));
     }
 
@@ -355,9 +383,15 @@ mod tests {
         assert_eq!(extract_padding(&p, &h, "", &[]), pad);
         // Referer present: the URL query is not consulted.
         let h = headers(&[("referer", "https://h/xh/")]);
-        assert_eq!(extract_padding(&p, &h, &format!("x_padding={pad}"), &[]), "");
+        assert_eq!(
+            extract_padding(&p, &h, &format!("x_padding={pad}"), &[]),
+            ""
+        );
         // No Referer: the URL query.
-        assert_eq!(extract_padding(&p, &HeaderMap::new(), &format!("a=1&x_padding={pad}"), &[]), pad);
+        assert_eq!(
+            extract_padding(&p, &HeaderMap::new(), &format!("a=1&x_padding={pad}"), &[]),
+            pad
+        );
 
         let obfs = Padding {
             obfs: true,
@@ -412,7 +446,10 @@ mod tests {
         let s = XhttpSettings::default();
         let k = Keys::of(&s);
         assert_eq!((k.session.as_str(), k.seq.as_str()), ("x_session", "x_seq"));
-        assert_eq!((k.data_header.as_str(), k.data_cookie.as_str()), ("X-Data", "x_data"));
+        assert_eq!(
+            (k.data_header.as_str(), k.data_cookie.as_str()),
+            ("X-Data", "x_data")
+        );
         let s = settings(Placement::Header, Placement::Header);
         let k = Keys::of(&s);
         assert_eq!((k.session.as_str(), k.seq.as_str()), ("X-Session", "X-Seq"));

@@ -18,7 +18,10 @@ pub(crate) type StreamMsg = Result<Bytes, Outcome>;
 
 /// What upload requests push into a session.
 pub(crate) enum QueueItem {
-    Packet { seq: u64, payload: Bytes },
+    Packet {
+        seq: u64,
+        payload: Bytes,
+    },
     /// A stream-up body; once seen, it serves all further reads.
     Stream(mpsc::Receiver<StreamMsg>),
 }
@@ -283,7 +286,10 @@ impl Session {
     }
 
     /// Makes a stream-up body the session's upload; fails if one already is, or if closed.
-    pub(crate) async fn claim_stream(&self, rx: mpsc::Receiver<StreamMsg>) -> Result<(), PushError> {
+    pub(crate) async fn claim_stream(
+        &self,
+        rx: mpsc::Receiver<StreamMsg>,
+    ) -> Result<(), PushError> {
         if self.closed.is_fired() {
             return Err(PushError::Closed);
         }
@@ -307,7 +313,12 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(max_buffered: usize, timeout: Duration, rec: Arc<Recorder>, shutdown: Signal) -> Arc<Sessions> {
+    pub(crate) fn new(
+        max_buffered: usize,
+        timeout: Duration,
+        rec: Arc<Recorder>,
+        shutdown: Signal,
+    ) -> Arc<Sessions> {
         Arc::new(Sessions {
             map: Mutex::new(HashMap::new()),
             max_buffered,
@@ -340,7 +351,9 @@ impl Sessions {
         }
         if s.reap() {
             self.remove(&s);
-            self.rec.push(Event::SessionReaped { session: s.id.clone() });
+            self.rec.push(Event::SessionReaped {
+                session: s.id.clone(),
+            });
         }
     }
 
@@ -430,7 +443,11 @@ mod tests {
         tx.send(pkt(0, "a")).await.unwrap();
         let blocked = tx.send(pkt(1, "b"));
         tokio::pin!(blocked);
-        assert!(tokio::time::timeout(Duration::from_millis(50), blocked.as_mut()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), blocked.as_mut())
+                .await
+                .is_err()
+        );
         assert_eq!(collect(&mut q, 1).await, "a");
         blocked.await.unwrap();
         assert_eq!(collect(&mut q, 1).await, "b");
@@ -445,7 +462,10 @@ mod tests {
         stx.send(Ok(Bytes::from_static(b"s1"))).await.unwrap();
         stx.send(Err(Outcome::Reset(0x10c))).await.unwrap();
         assert_eq!(collect(&mut q, 2).await, "ps1");
-        assert_eq!(q.next().await, Err(UploadError::Stream(Outcome::Reset(0x10c))));
+        assert_eq!(
+            q.next().await,
+            Err(UploadError::Stream(Outcome::Reset(0x10c)))
+        );
     }
 
     #[tokio::test]
@@ -466,11 +486,22 @@ mod tests {
         assert!(Arc::ptr_eq(&s, &sessions.upsert("s1")));
         s.push_packet(0, Bytes::from_static(b"a")).await.unwrap();
         // The channel (capacity 1) is full: this push waits until the reaper closes the queue.
-        assert_eq!(s.push_packet(1, Bytes::from_static(b"b")).await, Err(PushError::Closed));
+        assert_eq!(
+            s.push_packet(1, Bytes::from_static(b"b")).await,
+            Err(PushError::Closed)
+        );
         let e = rec
-            .wait_for(|e| matches!(e, Event::SessionReaped { .. }), Duration::from_secs(5))
+            .wait_for(
+                |e| matches!(e, Event::SessionReaped { .. }),
+                Duration::from_secs(5),
+            )
             .await;
-        assert_eq!(e, Some(Event::SessionReaped { session: "s1".into() }));
+        assert_eq!(
+            e,
+            Some(Event::SessionReaped {
+                session: "s1".into()
+            })
+        );
         assert!(!Arc::ptr_eq(&s, &sessions.upsert("s1")));
     }
 
@@ -479,7 +510,9 @@ mod tests {
         let rec = Arc::new(Recorder::default());
         let sessions = Sessions::new(4, Duration::from_millis(20), rec.clone(), Signal::default());
         let s = sessions.upsert("s2");
-        let Attach::Attached(_q) = s.attach() else { panic!("not attached") };
+        let Attach::Attached(_q) = s.attach() else {
+            panic!("not attached")
+        };
         assert!(matches!(s.attach(), Attach::Taken));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(rec.events().is_empty());
@@ -497,7 +530,10 @@ mod tests {
         let (_t2, r2) = mpsc::channel(1);
         assert_eq!(s.claim_stream(r1).await, Ok(()));
         assert_eq!(s.claim_stream(r2).await, Err(PushError::StreamOwned));
-        assert_eq!(s.push_packet(0, Bytes::new()).await, Err(PushError::StreamOwned));
+        assert_eq!(
+            s.push_packet(0, Bytes::new()).await,
+            Err(PushError::StreamOwned)
+        );
         s.close();
     }
 }

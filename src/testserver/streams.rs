@@ -2,12 +2,12 @@
 //! and requests held by `Fault::StallResponse`. Each request's receive half is owned by one
 //! future and dropped to cancel it (never stopped after a cancelled read).
 
+use super::Shared;
 use super::events::{Event, Outcome, RequestKind};
 use super::handler::Exchange;
 use super::quic::{self, Stop, StopWatch, read_outcome, write_outcome};
 use super::session::{Attach, Session, StreamMsg, Upload, UploadError};
 use super::target::{ResponseSend, RunEnd, Runner};
-use super::Shared;
 use crate::config::XhttpSettings;
 use bytes::{Buf, Bytes};
 use h3::error::Code;
@@ -198,13 +198,25 @@ pub(crate) async fn stream_down(mut ex: Exchange, session: Arc<Session>) {
     let Some(queue) = queue else {
         return ex.reply(500).await;
     };
-    let outcome = match ex.send_head(200, &stream_down_headers(&shared.settings)).await {
+    let outcome = match ex
+        .send_head(200, &stream_down_headers(&shared.settings))
+        .await
+    {
         Err(e) => write_outcome(&e),
         Ok(()) => {
             let mut stop = ex.stop;
             let (mut send, recv) = ex.stream.split();
             let id = Some(session.id.clone());
-            run_download(&shared, &mut send, Some(recv), &mut stop, Upload::Queue(queue), id, false).await
+            run_download(
+                &shared,
+                &mut send,
+                Some(recv),
+                &mut stop,
+                Upload::Queue(queue),
+                id,
+                false,
+            )
+            .await
         }
     };
     shared.sessions.remove(&session);
@@ -218,7 +230,10 @@ pub(crate) async fn stream_down(mut ex: Exchange, session: Arc<Session>) {
 /// §3.1 without a session: request body up, response body down.
 pub(crate) async fn stream_one(mut ex: Exchange) {
     let shared = ex.shared.clone();
-    if let Err(e) = ex.send_head(200, &stream_down_headers(&shared.settings)).await {
+    if let Err(e) = ex
+        .send_head(200, &stream_down_headers(&shared.settings))
+        .await
+    {
         shared.rec.push(Event::DownloadEnded {
             session: None,
             outcome: write_outcome(&e),
@@ -229,9 +244,20 @@ pub(crate) async fn stream_one(mut ex: Exchange) {
     let (mut send, recv) = ex.stream.split();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let pump = pump_body(&shared, recv, tx, RequestKind::StreamOne, None);
-    let down = run_download(&shared, &mut send, None, &mut stop, Upload::Stream(rx), None, true);
+    let down = run_download(
+        &shared,
+        &mut send,
+        None,
+        &mut stop,
+        Upload::Stream(rx),
+        None,
+        true,
+    );
     let ((), outcome) = tokio::join!(pump, down);
-    shared.rec.push(Event::DownloadEnded { session: None, outcome });
+    shared.rec.push(Event::DownloadEnded {
+        session: None,
+        outcome,
+    });
 }
 
 /// §3.2: the POST whose body is the session's upload. `keepalive`: the request had a Referer
@@ -255,16 +281,31 @@ pub(crate) async fn stream_up(mut ex: Exchange, session: Arc<Session>, keepalive
     }
     let mut stop = ex.stop;
     let (mut send, recv) = ex.stream.split();
-    let pump = pump_body(&shared, recv, tx, RequestKind::StreamUp, Some(session.id.clone()));
+    let pump = pump_body(
+        &shared,
+        recv,
+        tx,
+        RequestKind::StreamUp,
+        Some(session.id.clone()),
+    );
     let response = async {
         let s = &shared.settings;
         let padding = keepalive && s.sc_stream_up_server_secs.to > 0;
         loop {
             let (n, secs) = {
                 let mut rng = rand::rng();
-                (s.padding.bytes.draw(&mut rng), s.sc_stream_up_server_secs.draw(&mut rng))
+                (
+                    s.padding.bytes.draw(&mut rng),
+                    s.sc_stream_up_server_secs.draw(&mut rng),
+                )
             };
-            if padding && n > 0 && send.send_data(Bytes::from(vec![b'X'; n as usize])).await.is_err() {
+            if padding
+                && n > 0
+                && send
+                    .send_data(Bytes::from(vec![b'X'; n as usize]))
+                    .await
+                    .is_err()
+            {
                 return;
             }
             let tick = async {

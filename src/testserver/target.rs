@@ -1,11 +1,11 @@
 //! What sits behind the transport (the "inbound" in Xray terms): `Echo` writes every upload
 //! byte back on the download; `Sink` counts and hashes the upload and sends nothing.
 
+use super::Outcome;
 use super::Target;
 use super::events::{Event, Recorder};
 use super::quic::{self, write_outcome};
 use super::session::{Upload, UploadError};
-use super::Outcome;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -41,7 +41,12 @@ impl Runner {
     }
 
     /// Runs until the upload ends or a write fails. Cancel-safe as far as the upload goes.
-    pub(crate) async fn run(&mut self, upload: &mut Upload, out: &mut ResponseSend, rec: &Recorder) -> RunEnd {
+    pub(crate) async fn run(
+        &mut self,
+        upload: &mut Upload,
+        out: &mut ResponseSend,
+        rec: &Recorder,
+    ) -> RunEnd {
         loop {
             let b = match upload.next().await {
                 Ok(Some(b)) => b,

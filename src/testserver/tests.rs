@@ -26,17 +26,23 @@ struct Client {
 async fn connect(server: &TestServer) -> Client {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(server.cert_der())).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = within(endpoint.connect(server.addr(), "localhost").unwrap()).await.unwrap();
-    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
+    let conn = within(endpoint.connect(server.addr(), "localhost").unwrap())
+        .await
+        .unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
@@ -50,7 +56,10 @@ fn padded(method: &str, path: &str) -> http::Request<()> {
     http::Request::builder()
         .method(method)
         .uri(format!("https://localhost{path}"))
-        .header("referer", format!("https://localhost/xh/?x_padding={}", "X".repeat(200)))
+        .header(
+            "referer",
+            format!("https://localhost/xh/?x_padding={}", "X".repeat(200)),
+        )
         .body(())
         .unwrap()
 }
@@ -69,10 +78,16 @@ impl Client {
     }
 
     /// A whole exchange: request, body, response status and body.
-    async fn fetch(&mut self, req: http::Request<()>, body: &[u8]) -> (http::Response<()>, Vec<u8>) {
+    async fn fetch(
+        &mut self,
+        req: http::Request<()>,
+        body: &[u8],
+    ) -> (http::Response<()>, Vec<u8>) {
         let mut s = self.open(req).await;
         if !body.is_empty() {
-            within(s.send_data(Bytes::copy_from_slice(body))).await.unwrap();
+            within(s.send_data(Bytes::copy_from_slice(body)))
+                .await
+                .unwrap();
         }
         within(s.finish()).await.unwrap();
         let resp = within(s.recv_response()).await.unwrap();
@@ -92,7 +107,10 @@ async fn read_to_end(s: &mut ClientStream) -> Vec<u8> {
 async fn read_at_least(s: &mut ClientStream, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < n {
-        let mut b = within(s.recv_data()).await.unwrap().expect("body ended early");
+        let mut b = within(s.recv_data())
+            .await
+            .unwrap()
+            .expect("body ended early");
         out.extend_from_slice(&b.copy_to_bytes(b.remaining()));
     }
     out
@@ -204,7 +222,13 @@ async fn packet_up_reorders_and_notices_a_stopped_get() {
     assert_eq!(read_at_least(&mut get, 11).await, b"hello world");
 
     // A bad seq is a 500.
-    assert_eq!(c.fetch(padded("POST", "/xh/sess-1/x"), b"!").await.0.status(), 500);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/sess-1/x"), b"!")
+            .await
+            .0
+            .status(),
+        500
+    );
 
     get.stop_sending(Code::H3_REQUEST_CANCELLED);
     let ended = server
@@ -218,7 +242,13 @@ async fn packet_up_reorders_and_notices_a_stopped_get() {
         })
     );
     // The session is gone: a later packet makes a fresh orphan session (200, data lost).
-    assert_eq!(c.fetch(padded("POST", "/xh/sess-1/2"), b"late").await.0.status(), 200);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/sess-1/2"), b"late")
+            .await
+            .0
+            .status(),
+        200
+    );
     assert_eq!(server.stats().requests(RequestKind::PacketUp), 4);
 }
 
@@ -231,7 +261,9 @@ async fn stream_up_reset_is_seen_as_a_reset() {
     assert_eq!(within(get.recv_response()).await.unwrap().status(), 200);
 
     let mut post = c.open(padded("POST", "/xh/up-1")).await;
-    within(post.send_data(Bytes::from_static(b"abc"))).await.unwrap();
+    within(post.send_data(Bytes::from_static(b"abc")))
+        .await
+        .unwrap();
     let resp = within(post.recv_response()).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("content-type").is_none());
@@ -241,7 +273,10 @@ async fn stream_up_reset_is_seen_as_a_reset() {
     assert_eq!(read_at_least(&mut get, 3).await, b"abc");
 
     // A second stream-up for the same session conflicts.
-    assert_eq!(c.fetch(padded("POST", "/xh/up-1"), b"zz").await.0.status(), 409);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/up-1"), b"zz").await.0.status(),
+        409
+    );
 
     post.stop_stream(Code::H3_REQUEST_CANCELLED);
     let up = server
@@ -260,7 +295,16 @@ async fn stream_up_reset_is_seen_as_a_reset() {
     let down = server
         .wait_for(|e| matches!(e, Event::DownloadEnded { .. }), WAIT)
         .await;
-    assert!(matches!(down, Some(Event::DownloadEnded { outcome: Outcome::Closed(_), .. })), "{down:?}");
+    assert!(
+        matches!(
+            down,
+            Some(Event::DownloadEnded {
+                outcome: Outcome::Closed(_),
+                ..
+            })
+        ),
+        "{down:?}"
+    );
 }
 
 #[tokio::test]
@@ -299,11 +343,22 @@ async fn orphan_session_is_reaped() {
     opts.session_timeout = Duration::from_millis(300);
     let server = TestServer::start(opts).await.unwrap();
     let mut c = connect(&server).await;
-    assert_eq!(c.fetch(padded("POST", "/xh/orphan/0"), b"x").await.0.status(), 200);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/orphan/0"), b"x")
+            .await
+            .0
+            .status(),
+        200
+    );
     let e = server
         .wait_for(|e| matches!(e, Event::SessionReaped { .. }), WAIT)
         .await;
-    assert_eq!(e, Some(Event::SessionReaped { session: "orphan".into() }));
+    assert_eq!(
+        e,
+        Some(Event::SessionReaped {
+            session: "orphan".into()
+        })
+    );
 }
 
 #[tokio::test]
@@ -313,10 +368,23 @@ async fn size_limit_is_413() {
     let server = TestServer::start(opts).await.unwrap();
     let mut c = connect(&server).await;
     let mut req = padded("POST", "/xh/big/0");
-    req.headers_mut().insert("content-length", "11".parse().unwrap());
+    req.headers_mut()
+        .insert("content-length", "11".parse().unwrap());
     assert_eq!(c.fetch(req, b"0123456789A").await.0.status(), 413);
-    assert_eq!(c.fetch(padded("POST", "/xh/big/0"), b"0123456789A").await.0.status(), 413);
-    assert_eq!(c.fetch(padded("POST", "/xh/big/0"), b"0123456789").await.0.status(), 200);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/big/0"), b"0123456789A")
+            .await
+            .0
+            .status(),
+        413
+    );
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/big/0"), b"0123456789")
+            .await
+            .0
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -327,7 +395,10 @@ async fn faults_status_and_stall() {
         status: 503,
         on: RequestKind::PacketUp,
     }));
-    assert_eq!(c.fetch(padded("POST", "/xh/f/0"), b"x").await.0.status(), 503);
+    assert_eq!(
+        c.fetch(padded("POST", "/xh/f/0"), b"x").await.0.status(),
+        503
+    );
     assert_eq!(c.fetch(padded("POST", "/xh/"), b"x").await.0.status(), 200);
 
     server.set_fault(Some(Fault::StallResponse {
@@ -359,7 +430,10 @@ async fn faults_status_and_stall() {
 async fn shutdown_closes_connections_and_is_idempotent() {
     let server = TestServer::start(xh_options()).await.unwrap();
     let c = connect(&server).await;
-    assert_eq!(server.cert_sha256_hex(), hex::encode(Sha256::digest(server.cert_der())));
+    assert_eq!(
+        server.cert_sha256_hex(),
+        hex::encode(Sha256::digest(server.cert_der()))
+    );
     server.shutdown();
     server.shutdown();
     let e = server

@@ -18,8 +18,11 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
 
 impl Identity {
     pub(crate) fn self_signed() -> io::Result<Identity> {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(|e| other("generating the test certificate", e))?;
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .map_err(|e| other("generating the test certificate", e))?;
         Ok(Identity {
             cert_der: ck.cert.der().to_vec(),
             key_der: ck.signing_key.serialize_der(),
@@ -43,7 +46,8 @@ impl Identity {
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| other("QUIC TLS config", e))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(idle_timeout).map_err(|e| other("idle timeout", e))?;
+        let idle =
+            quinn::IdleTimeout::try_from(idle_timeout).map_err(|e| other("idle timeout", e))?;
         transport.max_idle_timeout(Some(idle));
         config.transport_config(Arc::new(transport));
         Ok(config)

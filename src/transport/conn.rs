@@ -137,7 +137,11 @@ impl H3Conn {
 
     /// Sends a request head; returns the stream for its body and response.
     pub async fn send_request(&self, req: http::Request<()>) -> Result<RequestStream, String> {
-        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let r = sender.send_request(req).await;
         if r.is_err() && self.quic.close_reason().is_some() {
             self.broken.store(true, Ordering::Release);

@@ -47,9 +47,9 @@ impl Verifier {
             store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         for der in &tls.ca_der {
-            store
-                .add(CertificateDer::from(der.clone()))
-                .map_err(|e| Error::config("tlsSettings.caPem", format!("unusable CA certificate: {e}")))?;
+            store.add(CertificateDer::from(der.clone())).map_err(|e| {
+                Error::config("tlsSettings.caPem", format!("unusable CA certificate: {e}"))
+            })?;
         }
         if store.is_empty() && tls.pinned_sha256.is_empty() {
             return Err(Error::config(

@@ -166,8 +166,18 @@ impl Dialer {
             let req = self.shaper.build(kind, None, None, &mut rng)?;
             self.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
-            keep(Box::pin(streams::download(recv, label.clone(), down_tx, shared.clone())));
-            keep(Box::pin(streams::stream_upload(send, label, up_rx, shared.clone())));
+            keep(Box::pin(streams::download(
+                recv,
+                label.clone(),
+                down_tx,
+                shared.clone(),
+            )));
+            keep(Box::pin(streams::stream_upload(
+                send,
+                label,
+                up_rx,
+                shared.clone(),
+            )));
             return Ok((down_rx, up_tx));
         }
 
@@ -182,7 +192,12 @@ impl Dialer {
             request: label.clone(),
             detail: e.to_string(),
         })?;
-        keep(Box::pin(streams::download(recv, label, down_tx, shared.clone())));
+        keep(Box::pin(streams::download(
+            recv,
+            label,
+            down_tx,
+            shared.clone(),
+        )));
 
         if self.mode == Mode::StreamUp {
             let kind = RequestKind::StreamUp;
@@ -190,8 +205,17 @@ impl Dialer {
             let req = self.shaper.build(kind, Some(&id), None, &mut rng)?;
             self.pool.charge(slot.id());
             let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
-            keep(Box::pin(streams::drain_response(recv, label.clone(), shared.clone())));
-            keep(Box::pin(streams::stream_upload(send, label, up_rx, shared.clone())));
+            keep(Box::pin(streams::drain_response(
+                recv,
+                label.clone(),
+                shared.clone(),
+            )));
+            keep(Box::pin(streams::stream_upload(
+                send,
+                label,
+                up_rx,
+                shared.clone(),
+            )));
         } else {
             let plan = PacketPlan {
                 max_post,

@@ -4,9 +4,9 @@
 use super::Shared;
 use crate::error::{Error, RequestLabel};
 use crate::transport::{H3Conn, RequestStream};
-use crate::xmux::{Pool, Slot};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
+use crate::xmux::{Pool, Slot};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
 use std::sync::Arc;
@@ -265,7 +265,12 @@ pub(crate) async fn packet_upload(
         let kind = RequestKind::PacketUp { seq };
         let label = shaper.label(kind, Some(&session));
         let in_body = shaper.data_in_body();
-        let req = match shaper.build(kind, Some(&session), (!in_body).then_some(&chunk[..]), &mut rand::rng()) {
+        let req = match shaper.build(
+            kind,
+            Some(&session),
+            (!in_body).then_some(&chunk[..]),
+            &mut rand::rng(),
+        ) {
             Ok(r) => r,
             Err(e) => return shared.fail(e),
         };

@@ -64,7 +64,9 @@ pub fn apply_defaults(headers: &mut Vec<(String, String)>) {
             let fv = v.saturating_sub(2);
             set(
                 "User-Agent",
-                format!("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:{fv}.0) Gecko/20100101 Firefox/{fv}.0"),
+                format!(
+                    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:{fv}.0) Gecko/20100101 Firefox/{fv}.0"
+                ),
             );
             set("DNT", "1".into());
             set("Accept-Language", "en-US,en;q=0.5".into());
@@ -108,7 +110,10 @@ fn sec_ch_ua(v: u32, brand: &str) -> String {
     let grease_versions = ["8", "99", "24"];
     let g = grease_chars[(v as usize) % grease_chars.len()];
     let g2 = grease_chars[(v as usize + 1) % grease_chars.len()];
-    let grease = format!("\"Not{g}A{g2}Brand\";v=\"{}\"", grease_versions[(v as usize) % 3]);
+    let grease = format!(
+        "\"Not{g}A{g2}Brand\";v=\"{}\"",
+        grease_versions[(v as usize) % 3]
+    );
     let chromium = format!("\"Chromium\";v=\"{v}\"");
     let brand = format!("\"{brand}\";v=\"{v}\"");
     let mut list = [grease, chromium, brand];
@@ -131,7 +136,10 @@ mod tests {
         let mut h = vec![];
         apply_defaults(&mut h);
         let ua = get(&h, "User-Agent").unwrap();
-        assert!(ua.contains(&format!("Chrome/{}.0.0.0", chrome_version())), "{ua}");
+        assert!(
+            ua.contains(&format!("Chrome/{}.0.0.0", chrome_version())),
+            "{ua}"
+        );
         assert!(get(&h, "Sec-CH-UA").unwrap().contains("Google Chrome"));
         assert_eq!(get(&h, "Sec-Fetch-Mode"), Some("cors"));
         assert_eq!(get(&h, "Accept"), Some("*/*"));

@@ -59,7 +59,9 @@ impl Range {
                 Ok(Range::new(from, to.unwrap_or(from)))
             }
             Value::Null => Ok(Range::default()),
-            _ => Err(format!("expected a number, \"from-to\" string or object, got {v}")),
+            _ => Err(format!(
+                "expected a number, \"from-to\" string or object, got {v}"
+            )),
         }
     }
 }
@@ -94,11 +96,17 @@ mod tests {
     #[test]
     fn parses_every_json_form() {
         assert_eq!(Range::from_json(&json!(100)).unwrap(), Range::fixed(100));
-        assert_eq!(Range::from_json(&json!("100-1000")).unwrap(), Range::new(100, 1000));
+        assert_eq!(
+            Range::from_json(&json!("100-1000")).unwrap(),
+            Range::new(100, 1000)
+        );
         assert_eq!(Range::from_json(&json!("7")).unwrap(), Range::fixed(7));
         assert_eq!(Range::from_json(&json!("")).unwrap(), Range::default());
         assert_eq!(Range::from_json(&json!("-1")).unwrap(), Range::fixed(-1));
-        assert_eq!(Range::from_json(&json!("-5--1")).unwrap(), Range::new(-5, -1));
+        assert_eq!(
+            Range::from_json(&json!("-5--1")).unwrap(),
+            Range::new(-5, -1)
+        );
         assert_eq!(
             Range::from_json(&json!({"from": 2, "To": 9})).unwrap(),
             Range::new(2, 9)

@@ -127,8 +127,8 @@ impl Shaper {
         let mut headers: Vec<(String, String)> = self.headers.clone();
         let mut cookies: Vec<(String, String)> = Vec::new();
 
-        let mut place = |placement: Placement, key: &str, value: &str, path: &mut String| {
-            match placement {
+        let mut place =
+            |placement: Placement, key: &str, value: &str, path: &mut String| match placement {
                 Placement::Path => {
                     if !path.ends_with('/') {
                         path.push('/');
@@ -142,8 +142,7 @@ impl Shaper {
                 }
                 Placement::Header => headers.push((key.to_string(), value.to_string())),
                 Placement::Cookie => cookies.push((key.to_string(), value.to_string())),
-            }
-        };
+            };
         if let Some(id) = session {
             place(s.session_placement, &s.session_key, id, &mut path);
         }
@@ -156,7 +155,10 @@ impl Shaper {
         match placement {
             PaddingPlacement::QueryInHeader => headers.push((
                 header.to_string(),
-                format!("https://{}{}?{}={}", self.authority, self.path, key, padding),
+                format!(
+                    "https://{}{}?{}={}",
+                    self.authority, self.path, key, padding
+                ),
             )),
             PaddingPlacement::Header => headers.push((header.to_string(), padding)),
             PaddingPlacement::Query => {
@@ -208,9 +210,7 @@ impl Shaper {
             format!("{path}?{query}")
         };
         let uri = format!("https://{}{}", self.authority, target);
-        let mut b = http::Request::builder()
-            .method(self.method(kind))
-            .uri(&uri);
+        let mut b = http::Request::builder().method(self.method(kind)).uri(&uri);
         for (k, v) in &headers {
             b = b.header(k.as_str(), v.as_str());
         }
@@ -305,24 +305,40 @@ mod tests {
     fn default_shapes_per_mode() {
         let s = shaper(json!({"path": "/xh"}));
         let mut rng = rand::rng();
-        let get = s.build(RequestKind::StreamDown, Some("S"), None, &mut rng).unwrap();
+        let get = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rng)
+            .unwrap();
         assert_eq!(get.method(), "GET");
         assert_eq!(target(&get), "/xh/S");
         assert_eq!(hdr(&get, "content-type"), None);
         let referer = hdr(&get, "referer").unwrap();
-        let pad = referer.strip_prefix("https://example.com/xh/?x_padding=").unwrap();
+        let pad = referer
+            .strip_prefix("https://example.com/xh/?x_padding=")
+            .unwrap();
         assert!((100..1000).contains(&pad.len()) && pad.bytes().all(|c| c == b'X'));
 
-        let post = s.build(RequestKind::PacketUp { seq: 7 }, Some("S"), None, &mut rng).unwrap();
-        assert_eq!((post.method().as_str(), target(&post).as_str()), ("POST", "/xh/S/7"));
+        let post = s
+            .build(RequestKind::PacketUp { seq: 7 }, Some("S"), None, &mut rng)
+            .unwrap();
+        assert_eq!(
+            (post.method().as_str(), target(&post).as_str()),
+            ("POST", "/xh/S/7")
+        );
         assert_eq!(hdr(&post, "content-type"), None);
 
-        let up = s.build(RequestKind::StreamUp, Some("S"), None, &mut rng).unwrap();
+        let up = s
+            .build(RequestKind::StreamUp, Some("S"), None, &mut rng)
+            .unwrap();
         assert_eq!(target(&up), "/xh/S");
         assert_eq!(hdr(&up, "content-type"), Some("application/grpc"));
 
-        let one = s.build(RequestKind::StreamOne, None, None, &mut rng).unwrap();
-        assert_eq!((one.method().as_str(), target(&one).as_str()), ("POST", "/xh/"));
+        let one = s
+            .build(RequestKind::StreamOne, None, None, &mut rng)
+            .unwrap();
+        assert_eq!(
+            (one.method().as_str(), target(&one).as_str()),
+            ("POST", "/xh/")
+        );
         assert_eq!(hdr(&one, "content-type"), Some("application/grpc"));
         assert!(hdr(&one, "user-agent").unwrap().contains("Chrome/"));
         assert_eq!(one.uri().authority().unwrap().as_str(), "example.com");
@@ -331,36 +347,73 @@ mod tests {
     #[test]
     fn path_normalization_and_base_query() {
         let s = shaper(json!({"path": "sh?ed=2048&a=b"}));
-        let r = s.build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng()).unwrap();
+        let r = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+            .unwrap();
         assert_eq!(target(&r), "/sh/S?ed=2048&a=b");
         // Query placement re-encodes the whole query, sorted, like Go's url.Values.
-        let s = shaper(json!({"path": "/q?z=1&a=x y", "sessionIDPlacement": "query", "seqPlacement": "query"}));
+        let s = shaper(
+            json!({"path": "/q?z=1&a=x y", "sessionIDPlacement": "query", "seqPlacement": "query"}),
+        );
         assert_eq!(s.settings().normalized_path(), "/q");
-        let r = s.build(RequestKind::PacketUp { seq: 3 }, Some("S"), None, &mut rand::rng()).unwrap();
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 3 },
+                Some("S"),
+                None,
+                &mut rand::rng(),
+            )
+            .unwrap();
         assert_eq!(target(&r), "/q?a=x+y&x_seq=3&x_session=S&z=1");
     }
 
     #[test]
     fn every_session_and_seq_placement() {
         let mut rng = rand::rng();
-        let s = shaper(json!({"path": "/p", "sessionIDPlacement": "header", "seqPlacement": "cookie"}));
-        let r = s.build(RequestKind::PacketUp { seq: 0 }, Some("abc"), None, &mut rng).unwrap();
+        let s =
+            shaper(json!({"path": "/p", "sessionIDPlacement": "header", "seqPlacement": "cookie"}));
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 0 },
+                Some("abc"),
+                None,
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(target(&r), "/p");
         assert_eq!(hdr(&r, "x-session"), Some("abc"));
         assert_eq!(hdr(&r, "cookie"), Some("x_seq=0"));
 
-        let s = shaper(json!({"path": "/p", "sessionIDPlacement": "cookie", "sessionIDKey": "sid", "seqPlacement": "header", "seqKey": "N"}));
-        let r = s.build(RequestKind::PacketUp { seq: 12 }, Some("abc"), None, &mut rng).unwrap();
+        let s = shaper(
+            json!({"path": "/p", "sessionIDPlacement": "cookie", "sessionIDKey": "sid", "seqPlacement": "header", "seqKey": "N"}),
+        );
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 12 },
+                Some("abc"),
+                None,
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(hdr(&r, "cookie"), Some("sid=abc"));
         assert_eq!(hdr(&r, "n"), Some("12"));
 
         // Session in a header, seq in the path: only the seq is a path segment.
         let s = shaper(json!({"path": "/p", "sessionIDPlacement": "header"}));
-        let r = s.build(RequestKind::PacketUp { seq: 4 }, Some("abc"), None, &mut rng).unwrap();
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 4 },
+                Some("abc"),
+                None,
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(target(&r), "/p/4");
         // Old key names still work.
         let s = shaper(json!({"path": "/p", "sessionPlacement": "query", "sessionKey": "k"}));
-        let r = s.build(RequestKind::StreamDown, Some("abc"), None, &mut rng).unwrap();
+        let r = s
+            .build(RequestKind::StreamDown, Some("abc"), None, &mut rng)
+            .unwrap();
         assert_eq!(target(&r), "/p/?k=abc");
     }
 
@@ -370,11 +423,18 @@ mod tests {
         let base = json!({"path": "/o", "xPaddingObfsMode": true, "xPaddingBytes": "10-11"});
         let with = |extra: serde_json::Value| {
             let mut v = base.clone();
-            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             shaper(v)
         };
-        let r = with(json!({})).build(RequestKind::StreamDown, Some("S"), None, &mut rng).unwrap();
-        assert_eq!(hdr(&r, "x-padding"), Some("https://example.com/o/?x_padding=XXXXXXXXXX"));
+        let r = with(json!({}))
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rng)
+            .unwrap();
+        assert_eq!(
+            hdr(&r, "x-padding"),
+            Some("https://example.com/o/?x_padding=XXXXXXXXXX")
+        );
         assert_eq!(hdr(&r, "referer"), None);
         let r = with(json!({"xPaddingPlacement": "header", "xPaddingHeader": "X-P"}))
             .build(RequestKind::StreamDown, Some("S"), None, &mut rng)
@@ -387,7 +447,10 @@ mod tests {
         let r = with(json!({"xPaddingPlacement": "cookie", "xPaddingMethod": "tokenish"}))
             .build(RequestKind::StreamDown, Some("S"), None, &mut rng)
             .unwrap();
-        let c = hdr(&r, "cookie").unwrap().strip_prefix("x_padding=").unwrap();
+        let c = hdr(&r, "cookie")
+            .unwrap()
+            .strip_prefix("x_padding=")
+            .unwrap();
         let n = crate::xhttp::padding::huffman_len(c.as_bytes());
         assert!((8..=13).contains(&n), "{n}");
     }
@@ -396,10 +459,23 @@ mod tests {
     fn packet_data_in_headers_and_cookies_roundtrips() {
         let mut rng = rand::rng();
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        let dec = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap();
-        let s = shaper(json!({"mode": "packet-up", "uplinkDataPlacement": "header", "uplinkChunkSize": 100}));
+        let dec = |s: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .unwrap()
+        };
+        let s = shaper(
+            json!({"mode": "packet-up", "uplinkDataPlacement": "header", "uplinkChunkSize": 100}),
+        );
         assert!(!s.data_in_body());
-        let r = s.build(RequestKind::PacketUp { seq: 0 }, Some("S"), Some(&data), &mut rng).unwrap();
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 0 },
+                Some("S"),
+                Some(&data),
+                &mut rng,
+            )
+            .unwrap();
         let mut joined = String::new();
         for i in 0.. {
             match hdr(&r, &format!("x-data-{i}")) {
@@ -412,8 +488,17 @@ mod tests {
         }
         assert_eq!(dec(&joined), data);
 
-        let s = shaper(json!({"mode": "packet-up", "uplinkDataPlacement": "cookie", "uplinkHTTPMethod": "get"}));
-        let r = s.build(RequestKind::PacketUp { seq: 1 }, Some("S"), Some(&data), &mut rng).unwrap();
+        let s = shaper(
+            json!({"mode": "packet-up", "uplinkDataPlacement": "cookie", "uplinkHTTPMethod": "get"}),
+        );
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 1 },
+                Some("S"),
+                Some(&data),
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(r.method(), "GET");
         let cookie = hdr(&r, "cookie").unwrap();
         let joined: String = cookie
@@ -429,7 +514,9 @@ mod tests {
     fn method_headers_and_grpc_switch() {
         let s = shaper(json!({"uplinkHTTPMethod": "put", "noGRPCHeader": true,
             "headers": {"X-Custom": "1", "User-Agent": "MyApp"}}));
-        let r = s.build(RequestKind::StreamOne, None, None, &mut rand::rng()).unwrap();
+        let r = s
+            .build(RequestKind::StreamOne, None, None, &mut rand::rng())
+            .unwrap();
         assert_eq!(r.method(), "PUT");
         assert_eq!(hdr(&r, "content-type"), None);
         assert_eq!(hdr(&r, "x-custom"), Some("1"));

@@ -4,6 +4,6 @@ pub mod pool;
 pub mod settings;
 pub mod state;
 
+pub use pool::{ConnInfo, Pool, PoolStats, Slot};
 pub use settings::XmuxSettings;
 pub use state::{Choice, ConnId, ConnStats, XmuxState};
-pub use pool::{ConnInfo, Pool, PoolStats, Slot};

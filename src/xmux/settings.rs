@@ -104,7 +104,10 @@ mod tests {
         let d = XmuxSettings::xray_defaults();
         assert_eq!(XmuxSettings::from_json("x", None).unwrap(), d);
         assert_eq!(parse(json!({})).unwrap(), d);
-        assert_eq!(parse(json!({"maxConcurrency": 0, "hMaxRequestTimes": ""})).unwrap(), d);
+        assert_eq!(
+            parse(json!({"maxConcurrency": 0, "hMaxRequestTimes": ""})).unwrap(),
+            d
+        );
         // Setting any one field, even only the keep-alive, drops every default.
         let k = parse(json!({"hKeepAlivePeriod": 5})).unwrap();
         assert_eq!(k.max_connections, Range::default());
@@ -114,18 +117,45 @@ mod tests {
         assert_eq!(c.max_concurrency, Range::new(2, 4));
         assert_eq!(c.h_max_reusable_secs, Range::default());
         assert_eq!(c.keep_alive(), Some(Duration::from_secs(10)));
-        assert_eq!(parse(json!({"hKeepAlivePeriod": -1})).unwrap().keep_alive(), None);
+        assert_eq!(
+            parse(json!({"hKeepAlivePeriod": -1})).unwrap().keep_alive(),
+            None
+        );
     }
 
     #[test]
     fn invalid_settings_name_the_field() {
         let cases = [
-            (json!({"maxConcurrency": -1}), "xhttpSettings.xmux.maxConcurrency", "negative"),
-            (json!({"cMaxReuseTimes": "5-2"}), "xhttpSettings.xmux.cMaxReuseTimes", "exceed"),
-            (json!({"hMaxRequestTimes": "-3-4"}), "xhttpSettings.xmux.hMaxRequestTimes", "negative"),
-            (json!({"maxConnections": 2, "maxConcurrency": 2}), "xhttpSettings.xmux.maxConnections", "together"),
-            (json!({"hMaxReusableSecs": "x"}), "xhttpSettings.xmux.hMaxReusableSecs", "not a number"),
-            (json!({"hKeepAlivePeriod": "x"}), "xhttpSettings.xmux.hKeepAlivePeriod", "integer"),
+            (
+                json!({"maxConcurrency": -1}),
+                "xhttpSettings.xmux.maxConcurrency",
+                "negative",
+            ),
+            (
+                json!({"cMaxReuseTimes": "5-2"}),
+                "xhttpSettings.xmux.cMaxReuseTimes",
+                "exceed",
+            ),
+            (
+                json!({"hMaxRequestTimes": "-3-4"}),
+                "xhttpSettings.xmux.hMaxRequestTimes",
+                "negative",
+            ),
+            (
+                json!({"maxConnections": 2, "maxConcurrency": 2}),
+                "xhttpSettings.xmux.maxConnections",
+                "together",
+            ),
+            (
+                json!({"hMaxReusableSecs": "x"}),
+                "xhttpSettings.xmux.hMaxReusableSecs",
+                "not a number",
+            ),
+            (
+                json!({"hKeepAlivePeriod": "x"}),
+                "xhttpSettings.xmux.hKeepAlivePeriod",
+                "integer",
+            ),
             (json!([]), "xhttpSettings.xmux", "object"),
         ];
         for (v, field, rule) in cases {

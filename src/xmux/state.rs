@@ -170,10 +170,9 @@ impl XmuxState {
     /// Whether a packet-up upload on `id` must move before its next POST: the request
     /// budget is used up, the reusable time is over, or the connection broke.
     pub fn needs_switch(&self, id: ConnId, now: Instant) -> bool {
-        self.entries
-            .iter()
-            .find(|e| e.id == id)
-            .is_none_or(|e| e.broken || e.left_requests <= 0 || e.unreusable_at.is_some_and(|t| now > t))
+        self.entries.iter().find(|e| e.id == id).is_none_or(|e| {
+            e.broken || e.left_requests <= 0 || e.unreusable_at.is_some_and(|t| now > t)
+        })
     }
 
     /// A transport failure (or a failed dial): never pick it again. Returns the id if it is
@@ -235,7 +234,10 @@ mod tests {
 
     #[test]
     fn max_concurrency_opens_a_connection_per_n_tunnels() {
-        let mut st = state(XmuxSettings { max_concurrency: Range::fixed(2), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            max_concurrency: Range::fixed(2),
+            ..Default::default()
+        });
         let now = Instant::now();
         let ids: Vec<ConnId> = (0..10).map(|_| pick(&mut st, now).id()).collect();
         let mut distinct = ids.clone();
@@ -250,10 +252,19 @@ mod tests {
 
     #[test]
     fn max_connections_fills_then_reuses() {
-        let mut st = state(XmuxSettings { max_connections: Range::fixed(3), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            max_connections: Range::fixed(3),
+            ..Default::default()
+        });
         let now = Instant::now();
         let picks: Vec<Choice> = (0..30).map(|_| pick(&mut st, now)).collect();
-        assert_eq!(picks.iter().filter(|c| matches!(c, Choice::Create(_))).count(), 3);
+        assert_eq!(
+            picks
+                .iter()
+                .filter(|c| matches!(c, Choice::Create(_)))
+                .count(),
+            3
+        );
         assert!(picks[..3].iter().all(|c| matches!(c, Choice::Create(_))));
         assert_eq!(st.stats().len(), 3);
         assert_eq!(st.running(), 30);
@@ -261,7 +272,10 @@ mod tests {
 
     #[test]
     fn c_max_reuse_times_counts_the_creating_pick() {
-        let mut st = state(XmuxSettings { c_max_reuse_times: Range::fixed(2), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            c_max_reuse_times: Range::fixed(2),
+            ..Default::default()
+        });
         let now = Instant::now();
         let a = pick(&mut st, now);
         assert_eq!(pick(&mut st, now), Choice::Reuse(a.id()));
@@ -276,7 +290,10 @@ mod tests {
 
     #[test]
     fn request_budget_retires_and_switch_is_signalled() {
-        let mut st = state(XmuxSettings { h_max_request_times: Range::fixed(4), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            h_max_request_times: Range::fixed(4),
+            ..Default::default()
+        });
         let now = Instant::now();
         let a = pick(&mut st, now).id();
         for _ in 0..3 {
@@ -298,7 +315,10 @@ mod tests {
 
     #[test]
     fn reusable_time_stops_picks_and_closes_idle() {
-        let mut st = state(XmuxSettings { h_max_reusable_secs: Range::fixed(2), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            h_max_reusable_secs: Range::fixed(2),
+            ..Default::default()
+        });
         let t0 = Instant::now();
         let a = pick(&mut st, t0).id();
         assert_eq!(pick(&mut st, t0 + Duration::from_secs(1)), Choice::Reuse(a));
@@ -316,7 +336,10 @@ mod tests {
 
     #[test]
     fn broken_connections_are_never_picked_again() {
-        let mut st = state(XmuxSettings { max_connections: Range::fixed(1), ..Default::default() });
+        let mut st = state(XmuxSettings {
+            max_connections: Range::fixed(1),
+            ..Default::default()
+        });
         let now = Instant::now();
         let a = pick(&mut st, now).id();
         assert_eq!(st.mark_broken(a), None, "still running: not closed yet");

@@ -24,7 +24,9 @@ pub fn env(configure: impl FnOnce(&mut ServerOptions)) -> Env {
     let mut o = ServerOptions::default();
     o.settings.path = "/xh".into();
     configure(&mut o);
-    let server = rt.block_on(TestServer::start(o)).expect("test server starts");
+    let server = rt
+        .block_on(TestServer::start(o))
+        .expect("test server starts");
     Env { server, rt }
 }
 
@@ -96,8 +98,16 @@ pub fn echo_roundtrip(t: &Tunnel, size: usize, half_close: bool) {
     }
     w.join().expect("writer thread");
     assert_eq!(got.len(), size);
-    assert_eq!(sha(&got), want, "SHA-256 of the echo differs from what was sent");
+    assert_eq!(
+        sha(&got),
+        want,
+        "SHA-256 of the echo differs from what was sent"
+    );
     if half_close {
-        assert_eq!(t.read(&mut buf, T).expect("read at end"), 0, "expected EOF after the echo");
+        assert_eq!(
+            t.read(&mut buf, T).expect("read at end"),
+            0,
+            "expected EOF after the echo"
+        );
     }
 }
