@@ -110,7 +110,10 @@ impl Dialer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let slot = Arc::new(self.pool.acquire().await?);
+        let slot = match self.pool.acquire().await {
+            Ok(slot) => Arc::new(slot),
+            Err(e) => return Err(self.closed_or(e)),
+        };
         let shared = Shared::new();
         {
             let held = slot.clone();
@@ -137,8 +140,18 @@ impl Dialer {
             )),
             Err(e) => {
                 shared.fail(e.clone());
-                Err(e)
+                Err(self.closed_or(e))
             }
+        }
+    }
+
+    /// A client close during an open makes the open fail with whatever the close did to
+    /// its connection; report the cause (`Closed`) instead.
+    fn closed_or(&self, e: Error) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::Closed
+        } else {
+            e
         }
     }
 
