@@ -197,3 +197,27 @@ pub unsafe extern "C" fn xh_set_log_callback(
 pub fn live_handles() -> (usize, usize) {
     (client::CLIENTS.len(), tunnel::TUNNELS.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boundary_turns_a_panic_into_a_code_and_a_message() {
+        let rc = call("xh_test", || panic!("boom {}", 42));
+        assert_eq!(rc, xh_result::Panic);
+        result::with_last_error(|e| assert!(e.contains("panic") && e.contains("boom 42"), "{e}"));
+        assert_eq!(call("xh_test", || Ok(())), xh_result::Ok);
+    }
+
+    #[test]
+    fn timeouts_map_without_overflow() {
+        assert_eq!(timeout(0), Some(Duration::ZERO));
+        assert_eq!(timeout(1500), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            timeout(u32::MAX - 1),
+            Some(Duration::from_millis(u64::from(u32::MAX - 1)))
+        );
+        assert_eq!(timeout(XH_TIMEOUT_INFINITE), None);
+    }
+}
