@@ -24,11 +24,11 @@ cargo clippy --all-targets -- -D warnings
 step "mobile build (no test server)"
 cargo build --lib --no-default-features
 
+step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
+bash tests/c/run.sh
+
 step "cargo test"
 cargo test -- --test-threads=2
 
 step "xh demo"
 cargo run --release --bin xh -- demo
-
-step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
-bash tests/c/run.sh
