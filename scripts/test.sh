@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need (Rust components and crates) and runs
-# formatting, lint, unit and integration tests, the mobile (no test server) build, and
-# `xh demo`. Builds are cached outside the repo so repeated runs are fast.
+# formatting, lint, unit and integration tests, the mobile (no test server) build,
+# `xh demo`, and the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
+# under ASan and under valgrind, the README's C example). Builds are cached outside the
+# repo so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,9 @@ cargo clippy --all-targets --features interop -- -D warnings
 
 step "mobile build (no test server)"
 cargo build --lib --no-default-features
+
+step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
+bash tests/c/run.sh
 
 step "cargo test"
 cargo test -- --test-threads=2

@@ -226,9 +226,24 @@ impl Tunnel {
         self.rt.block_on(timeout, self.core.write(data))
     }
 
+    /// Queues as much of `data` as `timeout` allows and says how much: `Ok(n)` with
+    /// `0 < n <= data.len()` (fewer only when the timeout ran out part-way), or
+    /// [`Error::Timeout`](crate::Error::Timeout) when nothing was queued. Unlike
+    /// [`write`](Self::write), a timeout never leaves an unknown part of `data` queued.
+    pub fn write_some(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
+        self.rt
+            .block_on(None, self.core.write_within(data, timeout))
+    }
+
     /// Ends the upload cleanly once everything queued is sent.
     pub fn shutdown_write(&self) -> Result<()> {
-        self.rt.block_on(None, self.core.shutdown_write())
+        self.shutdown_write_within(None)
+    }
+
+    /// [`shutdown_write`](Self::shutdown_write) that waits at most `timeout` for a write in
+    /// progress on another thread to finish queueing.
+    pub fn shutdown_write_within(&self, timeout: Option<Duration>) -> Result<()> {
+        self.rt.block_on(timeout, self.core.shutdown_write())
     }
 
     /// Closes the tunnel; see [`TunnelCore::close`]. Idempotent, never blocks.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod ffi;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ pub struct Runtime {
 }
 
 static SHARED: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
+
+/// Runtimes started and not yet shut down (0 or 1, briefly 2 when a new client starts one
+/// while the last holder of the previous one is still shutting it down).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// How long shutting the runtime down may take before its threads are abandoned.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
@@ -29,9 +34,16 @@ impl Runtime {
             .enable_all()
             .build()
             .map_err(|e| Error::Other(format!("cannot start the runtime: {e}")))?;
+        LIVE.fetch_add(1, Ordering::SeqCst);
         let rt = Arc::new(Runtime { rt: Some(rt) });
         *w = Arc::downgrade(&rt);
         Ok(rt)
+    }
+
+    /// How many runtimes are running now: 0 once every client and tunnel is gone and the
+    /// shutdown (with its thread joins) has returned.
+    pub fn live() -> usize {
+        LIVE.load(Ordering::SeqCst)
     }
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
@@ -70,8 +82,10 @@ impl Drop for Runtime {
                 // Dropped from a runtime thread (never ours by design): cannot wait here.
                 rt.shutdown_background();
             } else {
+                // Joins the worker threads unless they take longer than the bound.
                 rt.shutdown_timeout(SHUTDOWN_BOUND);
             }
+            LIVE.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

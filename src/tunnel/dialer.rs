@@ -144,10 +144,16 @@ impl Dialer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let slot = Arc::new(self.main.pool.acquire().await?);
+        let slot = match self.main.pool.acquire().await {
+            Ok(slot) => Arc::new(slot),
+            Err(e) => return Err(self.closed_or(e)),
+        };
         // The GET's slot, on the download pool when `downloadSettings` is set.
         let down_slot = match (&self.download, self.mode) {
-            (Some(d), Mode::PacketUp | Mode::StreamUp) => Arc::new(d.pool.acquire().await?),
+            (Some(d), Mode::PacketUp | Mode::StreamUp) => match d.pool.acquire().await {
+                Ok(s) => Arc::new(s),
+                Err(e) => return Err(self.closed_or(e)),
+            },
             _ => slot.clone(),
         };
         let shared = Shared::new();
@@ -176,8 +182,18 @@ impl Dialer {
             )),
             Err(e) => {
                 shared.fail(e.clone());
-                Err(e)
+                Err(self.closed_or(e))
             }
+        }
+    }
+
+    /// A client close during an open makes the open fail with whatever the close did to
+    /// its connection; report the cause (`Closed`) instead.
+    fn closed_or(&self, e: Error) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::Closed
+        } else {
+            e
         }
     }
 

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -183,15 +184,42 @@ impl TunnelCore {
     /// Queues `data` for upload; returns once all of it is queued (the upload task applies
     /// the mode's batching and flow control).
     pub async fn write(&self, data: &[u8]) -> Result<usize> {
+        self.write_within(data, None).await
+    }
+
+    /// Like [`write`](Self::write), but gives up at `timeout` without losing count: returns
+    /// how many bytes were queued when some were (possibly fewer than `data.len()`), and
+    /// [`Error::Timeout`] when none were. Each piece is queued whole or not at all, so the
+    /// count is exact. `Some(Duration::ZERO)` queues what fits without waiting.
+    pub async fn write_within(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
+        // A deadline too far away to represent is no deadline.
+        let deadline = timeout.and_then(|d| tokio::time::Instant::now().checked_add(d));
+        let expired = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let timed_out = |sent: usize| {
+            if sent > 0 {
+                Ok(sent)
+            } else {
+                let ms = timeout.map_or(u64::MAX, |d| d.as_millis() as u64);
+                Err(Error::Timeout(ms))
+            }
+        };
         let token = self.shared.cancel.clone();
         let up = tokio::select! {
             biased;
             _ = token.cancelled() => return Err(self.shared.end_error()),
             u = self.up.lock() => u,
+            _ = &mut expired => return timed_out(0),
         };
         let Some(tx) = up.as_ref() else {
             return Err(Error::WriteShutdown);
         };
+        let mut sent = 0;
         for piece in data.chunks(WRITE_PIECE) {
             tokio::select! {
                 biased;
@@ -201,10 +229,12 @@ impl TunnelCore {
                         return Err(self.shared.end_error());
                     }
                     self.counters.up.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    sent += piece.len();
                 }
+                _ = &mut expired => return timed_out(sent),
             }
         }
-        Ok(data.len())
+        Ok(sent)
     }
 
     /// Ends the upload cleanly after everything queued is sent (stream-up and stream-one
@@ -213,7 +243,13 @@ impl TunnelCore {
         if self.shared.cancel.is_cancelled() {
             return Err(self.shared.end_error());
         }
-        self.up.lock().await.take();
+        // Waits only for a write in progress on another thread to finish queueing.
+        let token = self.shared.cancel.clone();
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(self.shared.end_error()),
+            mut up = self.up.lock() => { up.take(); }
+        }
         Ok(())
     }
 

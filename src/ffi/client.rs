@@ -1,0 +1,241 @@
+//! Entry points on clients: create, open tunnels, stats, close, free.
+
+use super::handles::{Kind, Registry};
+use super::result::{Failure, xh_result};
+use super::tunnel::{TUNNELS, TunnelEntry, xh_tunnel};
+use super::{call, non_null, put, timeout};
+use crate::api::Client;
+use std::ffi::{CStr, c_char};
+use std::sync::{Arc, Mutex, Weak};
+
+/// A client: one server config with its QUIC connections and its tunnels. An opaque
+/// handle: the library never dereferences it, so any value may be passed safely (a wrong
+/// one gives `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_new`, released by
+/// `xh_client_free`; usable from any thread, by several threads at once.
+#[allow(non_camel_case_types)]
+pub struct xh_client {
+    _opaque: [u8; 0],
+}
+
+/// What a client has done so far (`xh_client_stats`).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xh_stats {
+    /// Bytes accepted by `xh_tunnel_write` on this client's tunnels.
+    pub bytes_up: u64,
+    /// Bytes returned by `xh_tunnel_read` on this client's tunnels.
+    pub bytes_down: u64,
+    /// Tunnels opened and not yet closed or failed.
+    pub open_tunnels: u64,
+    /// QUIC connections open now.
+    pub live_connections: u64,
+}
+
+/// What a client handle names: the client and the tunnels opened through it, so closing
+/// it can detach them (their handles then answer "closed" and no longer hold the runtime).
+pub(crate) struct ClientEntry {
+    client: Client,
+    tunnels: Mutex<Tunnels>,
+}
+
+struct Tunnels {
+    closed: bool,
+    list: Vec<Weak<TunnelEntry>>,
+}
+
+impl ClientEntry {
+    /// Closes the client, its tunnels and its connections. Idempotent, does not block.
+    fn close(&self) {
+        self.client.close();
+        let list = {
+            let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+            t.closed = true;
+            std::mem::take(&mut t.list)
+        };
+        for t in list.iter().filter_map(Weak::upgrade) {
+            t.detach();
+        }
+    }
+
+    /// Records a tunnel just opened; a client closed meanwhile closes it at once.
+    fn adopt(&self, t: &Arc<TunnelEntry>) -> Result<(), Failure> {
+        let mut tunnels = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        if tunnels.closed {
+            drop(tunnels);
+            t.detach();
+            return Err(crate::Error::Closed.into());
+        }
+        tunnels.list.retain(|w| w.strong_count() > 0);
+        tunnels.list.push(Arc::downgrade(t));
+        Ok(())
+    }
+}
+
+pub(crate) static CLIENTS: Registry<ClientEntry> = Registry::new(Kind::Client);
+
+fn handle(p: *const xh_client) -> usize {
+    p.addr()
+}
+
+fn entry(p: *const xh_client) -> Result<Arc<ClientEntry>, Failure> {
+    CLIENTS
+        .get(handle(p))
+        .map_err(|why| Failure::bad_handle("client", Kind::Client, why))
+}
+
+/// Creates a client from `config`, the library's JSON config (Xray field names; see the
+/// README), and sets `*out` to its handle. Does no network I/O: the first tunnel connects.
+/// Starts the library's runtime threads if no other client or tunnel is live.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (`config` or `out` NULL),
+/// `XH_RESULT_INVALID_ARGUMENT` (`config` is not UTF-8), `XH_RESULT_INVALID_CONFIG` (not
+/// JSON, or a field breaks a rule: the last error names it), `XH_RESULT_TOO_MANY_HANDLES`,
+/// `XH_RESULT_OTHER` (the runtime could not start).
+///
+/// # Safety
+/// `config` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a
+/// write. The caller owns the new handle and must pass it to `xh_client_free` once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_new(
+    config: *const c_char,
+    out: *mut *mut xh_client,
+) -> xh_result {
+    call("xh_client_new", || {
+        non_null(config, "config")?;
+        non_null(out, "out")?;
+        // SAFETY: non-NULL and NUL-terminated (caller's promise); only read during this call.
+        let bytes = unsafe { CStr::from_ptr(config) };
+        let json = bytes
+            .to_str()
+            .map_err(|e| Failure::invalid(format!("`config` is not UTF-8: {e}")))?;
+        let client = Client::from_json(json)?;
+        let e = Arc::new(ClientEntry {
+            client,
+            tunnels: Mutex::new(Tunnels {
+                closed: false,
+                list: Vec::new(),
+            }),
+        });
+        let h = CLIENTS
+            .insert(e)
+            .ok_or_else(|| Failure::new(xh_result::TooManyHandles, "too many live clients"))?;
+        // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
+        unsafe { put(out, std::ptr::without_provenance_mut(h)) };
+        Ok(())
+    })
+}
+
+/// Opens one tunnel through `client` and sets `*out` to its handle. Blocks until the
+/// tunnel's requests are sent (connecting first if needed) or `timeout_ms` runs out
+/// (`XH_TIMEOUT_INFINITE`: no limit; 0 fails with `XH_RESULT_TIMEOUT` unless it can be
+/// done without waiting, which opening practically never can). Any thread except the
+/// library's own; several opens may run at once.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+/// `XH_RESULT_CLOSED` (the client was closed), `XH_RESULT_TIMEOUT`,
+/// `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_REQUEST_FAILED`, `XH_RESULT_WRONG_THREAD`,
+/// `XH_RESULT_TOO_MANY_HANDLES`.
+///
+/// # Safety
+/// `out` must be NULL or valid for a write. The caller owns the new handle and must pass
+/// it to `xh_tunnel_free` once (freeing the client does not free it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_open(
+    client: *const xh_client,
+    timeout_ms: u32,
+    out: *mut *mut xh_tunnel,
+) -> xh_result {
+    call("xh_client_open", || {
+        non_null(out, "out")?;
+        let c = entry(client)?;
+        let t = Arc::new(TunnelEntry::new(c.client.open(timeout(timeout_ms))?));
+        c.adopt(&t)?;
+        let h = match TUNNELS.insert(t.clone()) {
+            Some(h) => h,
+            None => {
+                t.detach();
+                return Err(Failure::new(
+                    xh_result::TooManyHandles,
+                    "too many live tunnels",
+                ));
+            }
+        };
+        // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
+        unsafe { put(out, std::ptr::without_provenance_mut(h)) };
+        Ok(())
+    })
+}
+
+/// Writes the client's counters to `*out`. Never blocks; any thread; also after
+/// `xh_client_close`.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`.
+///
+/// # Safety
+/// `out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_stats(
+    client: *const xh_client,
+    out: *mut xh_stats,
+) -> xh_result {
+    call("xh_client_stats", || {
+        non_null(out, "out")?;
+        let s = entry(client)?.client.stats();
+        let stats = xh_stats {
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            open_tunnels: s.open_tunnels,
+            live_connections: s.live_connections,
+        };
+        // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
+        unsafe { put(out, stats) };
+        Ok(())
+    })
+}
+
+/// Closes the client: every tunnel opened through it is closed (blocked reads and writes
+/// on other threads return `XH_RESULT_CLOSED` at once, their handles answer
+/// `XH_RESULT_CLOSED` until freed), its QUIC connections are closed, and later opens
+/// fail with `XH_RESULT_CLOSED`. The handle stays valid (stats still work) until
+/// `xh_client_free`. Idempotent; never blocks; any thread, also while other threads use
+/// the client or its tunnels.
+///
+/// Returns `XH_RESULT_OK` (also for NULL, which is ignored, and for a client already
+/// closed) or `XH_RESULT_INVALID_HANDLE` (freed or not a client: nothing was done).
+#[unsafe(no_mangle)]
+pub extern "C" fn xh_client_close(client: *mut xh_client) -> xh_result {
+    call("xh_client_close", || {
+        if client.is_null() {
+            return Ok(());
+        }
+        entry(client)?.close();
+        Ok(())
+    })
+}
+
+/// Releases the client handle, closing the client first (see `xh_client_close`); the
+/// handle, and every copy of it, is invalid afterwards. Tunnel handles of this client stay
+/// valid, answer `XH_RESULT_CLOSED`, and must still be freed. When this frees the last
+/// live client and no other call is running, the library's runtime threads are stopped
+/// and joined before it returns (bounded: at most about 2 s, normally milliseconds).
+/// Any thread, also while other threads are blocked on the client's tunnels.
+///
+/// Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
+/// (already freed or not a client: nothing was done, so a double free is harmless).
+#[unsafe(no_mangle)]
+pub extern "C" fn xh_client_free(client: *mut xh_client) -> xh_result {
+    call("xh_client_free", || {
+        if client.is_null() {
+            return Ok(());
+        }
+        let e = CLIENTS
+            .remove(handle(client))
+            .map_err(|why| Failure::bad_handle("client", Kind::Client, why))?;
+        e.close();
+        // The last reference usually goes here (calls running on other threads keep
+        // theirs until they return); with it the client, and perhaps the runtime.
+        drop(e);
+        Ok(())
+    })
+}
