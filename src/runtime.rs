@@ -19,6 +19,9 @@ static SHARED: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// How long shutting the runtime down may take before its threads are abandoned.
+/// Time given to queued close frames when the last client goes.
+const CLOSE_FLUSH: Duration = Duration::from_millis(30);
+
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 impl Runtime {
@@ -82,6 +85,10 @@ impl Drop for Runtime {
                 // Dropped from a runtime thread (never ours by design): cannot wait here.
                 rt.shutdown_background();
             } else {
+                // Connections closed just before (by the last client) still have their
+                // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server
+                // would only notice at its idle timeout.
+                rt.block_on(async { tokio::time::sleep(CLOSE_FLUSH).await });
                 // Joins the worker threads unless they take longer than the bound.
                 rt.shutdown_timeout(SHUTDOWN_BOUND);
             }
