@@ -411,3 +411,186 @@ fn download_settings_through_a_second_route() {
         assert!(c.pool_stats().requests_total >= 1);
     }
 }
+
+/// Serves `body` at any path over HTTP/1.1 on loopback (one thread per connection).
+fn http_file_server(body: std::sync::Arc<Vec<u8>>) -> u16 {
+    use std::io::Write;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut w = s;
+                let h = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = w.write_all(h.as_bytes()).and_then(|_| w.write_all(&body));
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn curl_through_xh_socks_downloads_64_mib_intact() {
+    let port = free_udp_port();
+    let _x = start_xray(
+        vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom"})],
+    );
+    let file = std::sync::Arc::new(pattern(64, 64 << 20));
+    let web = http_file_server(file.clone());
+    let cfg = outbound(port, json!({"path": "/xh/", "mode": "stream-up"})).to_string();
+    // The real CLI, as a user runs it.
+    let mut xh = Command::new(env!("CARGO_BIN_EXE_xh"))
+        .args(["socks", "--config", &cfg, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xh socks");
+    let mut line = String::new();
+    BufReader::new(xh.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let listen = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("ready line")
+        .to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "--socks5-hostname",
+            &listen,
+        ])
+        .arg(format!("http://127.0.0.1:{web}/big.bin"))
+        .output()
+        .expect("run curl");
+    // SIGTERM: xh closes everything and exits 0.
+    let _ = Command::new("kill").arg(xh.id().to_string()).status();
+    let status = xh.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), file.len());
+    assert_eq!(sha(&out.stdout), sha(&file), "64 MiB download differs");
+    assert!(status.success(), "xh socks exited with {status}");
+}
+
+#[test]
+fn socks_udp_associate_dns_style_exchange_through_xray() {
+    use std::io::Write;
+    let port = free_udp_port();
+    let _x = start_xray(
+        vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom"})],
+    );
+    let c = client(
+        &outbound(port, json!({"path": "/xh/", "mode": "packet-up"})),
+        true,
+    );
+    let socks = c
+        .start_socks("127.0.0.1:0".parse().unwrap(), None)
+        .expect("socks");
+    let mut ctl = std::net::TcpStream::connect(socks.local_addr()).unwrap();
+    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    ctl.write_all(&[5, 1, 0]).unwrap();
+    std::io::Read::read_exact(&mut ctl, &mut buf[..2]).unwrap();
+    assert_eq!(&buf[..2], &[5, 0]);
+    // UDP ASSOCIATE from 0.0.0.0:0 (the app's address is not known in advance).
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+    std::io::Read::read_exact(&mut ctl, &mut buf[..10]).unwrap();
+    assert_eq!(&buf[..2], &[5, 0], "UDP ASSOCIATE refused");
+    let relay = std::net::SocketAddr::from((
+        [buf[4], buf[5], buf[6], buf[7]],
+        u16::from_be_bytes([buf[8], buf[9]]),
+    ));
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echo = udp_echo();
+    // A DNS-sized query: SOCKS UDP header (RSV RSV FRAG ATYP=1 addr port) + payload.
+    let query = pattern(53, 42);
+    let mut dg = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    dg.extend_from_slice(&echo.to_be_bytes());
+    dg.extend_from_slice(&query);
+    app.send_to(&dg, relay).unwrap();
+    let mut back = [0u8; 2048];
+    let (n, _) = app
+        .recv_from(&mut back)
+        .expect("UDP reply through SOCKS and Xray");
+    assert_eq!(&back[..4], &[0, 0, 0, 1]);
+    assert_eq!(&back[10..n], &query[..], "DNS-style reply differs");
+    drop(ctl);
+    socks.stop();
+}
+
+#[test]
+fn xray_client_through_our_test_server() {
+    // The reverse check: Xray-core's own XHTTP/H3 client against the in-repo server, so the
+    // server stays faithful. Xray: dokodemo-door (TCP) → VLESS over XHTTP/H3 → our server
+    // (VLESS target) → TCP echo.
+    use std::io::{Read, Write};
+    use xhttp_mobile::testserver::{ServerOptions, Target, TestServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
+    for mode in MODES {
+        let server = rt
+            .block_on(TestServer::start(ServerOptions {
+                target: Target::Vless { id },
+                settings: xhttp_mobile::config::XhttpSettings::from_json(
+                    "x",
+                    &json!({"path": "/xh/"}),
+                )
+                .unwrap(),
+                ..Default::default()
+            }))
+            .unwrap();
+        let local = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let _x = start_xray(
+            vec![
+                json!({"listen": "127.0.0.1", "port": local, "protocol": "dokodemo-door",
+                "settings": {"address": "127.0.0.1", "port": tcp_echo(), "network": "tcp"}}),
+            ],
+            vec![json!({"protocol": "vless",
+                "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
+                    "users": [{"id": UUID, "encryption": "none"}]}]},
+                "streamSettings": {"network": "xhttp", "security": "tls",
+                    "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                        "pinnedPeerCertSha256": server.cert_sha256_hex()},
+                    "xhttpSettings": {"path": "/xh/", "mode": mode}}})],
+        );
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let data = pattern(7, 1 << 20);
+        let mut w = s.try_clone().unwrap();
+        let d2 = data.clone();
+        let writer = std::thread::spawn(move || w.write_all(&d2).unwrap());
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        writer.join().unwrap();
+        assert_eq!(
+            sha(&got),
+            sha(&data),
+            "{mode}: Xray's client through our server"
+        );
+        eprintln!("ok xray client {mode} via our server");
+        server.shutdown();
+    }
+}

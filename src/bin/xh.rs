@@ -57,18 +57,21 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 /// `--config`: a path to a JSON file, else the JSON itself (the library format of
 /// `xhttp_mobile::config`).
+/// `--config`: a file, inline JSON or a `vless://` link; the JSON may be the library's own,
+/// an Xray outbound or a whole Xray config.
 fn load_config(arg: &str) -> xhttp_mobile::Result<Config> {
     let path = std::path::Path::new(arg);
     if path.is_file() {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Other(format!("--config {arg}: {e}")))?;
-        return Config::from_json_str(&text);
+        return xhttp_mobile::config::xray::import(&text);
     }
-    if arg.trim_start().starts_with('{') {
-        return Config::from_json_str(arg);
+    let t = arg.trim_start();
+    if t.starts_with('{') || t.to_ascii_lowercase().starts_with("vless://") {
+        return xhttp_mobile::config::xray::import(arg);
     }
     Err(Error::Other(format!(
-        "--config {arg:?}: no such file, and not inline JSON"
+        "--config {arg:?}: no such file, and not inline JSON or a vless:// link"
     )))
 }
 
