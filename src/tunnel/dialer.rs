@@ -2,10 +2,10 @@
 //! requests through the one [`Shaper`], charges each request to the connection carrying
 //! it, and starts the tasks.
 
-use super::streams::{self, PacketPlan};
+use super::streams::{self, PacketPlan, RecvHalf, SendHalf};
 use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, Mode};
-use crate::error::{Error, Result};
+use crate::error::{Error, RequestLabel, Result};
 use crate::transport::{QuicOptions, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
@@ -59,6 +59,23 @@ impl Side {
             shaper,
             pool: Pool::new(connector, cfg.xhttp.xmux.clone()),
         })
+    }
+
+    /// Builds one of the tunnel's streaming requests, charges it to the connection of `slot`
+    /// and sends its head. (Packet-up POSTs are sent by the upload task.)
+    async fn request(
+        &self,
+        slot: &Slot,
+        kind: RequestKind,
+        session: Option<&str>,
+    ) -> Result<(SendHalf, RecvHalf, RequestLabel)> {
+        let label = self.shaper.label(kind, session);
+        let req = self.shaper.build(kind, session, None, &mut rand::rng())?;
+        self.pool.charge(slot.id());
+        let (send, recv) = streams::open_request(slot.conn(), req, &label)
+            .await?
+            .split();
+        Ok((send, recv, label))
     }
 }
 
@@ -206,7 +223,6 @@ impl Dialer {
         let main = &self.main;
         let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
-        let conn = slot.conn().clone();
         // `ThreadRng` is not `Send`: take it per use so this future can be spawned.
         let max_post = s.sc_max_each_post_bytes.draw(&mut rand::rng()).max(1) as usize;
         let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
@@ -219,11 +235,7 @@ impl Dialer {
         let keep = |f| spawn_holding(&slot, f);
 
         if self.mode == Mode::StreamOne {
-            let kind = RequestKind::StreamOne;
-            let label = main.shaper.label(kind, None);
-            let req = main.shaper.build(kind, None, None, &mut rand::rng())?;
-            main.pool.charge(slot.id());
-            let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
+            let (send, recv, label) = main.request(&slot, RequestKind::StreamOne, None).await?;
             keep(Box::pin(streams::download(
                 recv,
                 label.clone(),
@@ -240,13 +252,9 @@ impl Dialer {
         }
 
         let id = session::generate(&s.session_id, &mut rand::rng());
-        let kind = RequestKind::StreamDown;
-        let label = down.shaper.label(kind, Some(&id));
-        let req = down.shaper.build(kind, Some(&id), None, &mut rand::rng())?;
-        down.pool.charge(down_slot.id());
-        let (mut send, recv) = streams::open_request(down_slot.conn(), req, &label)
-            .await?
-            .split();
+        let (mut send, recv, label) = down
+            .request(&down_slot, RequestKind::StreamDown, Some(&id))
+            .await?;
         // A GET has no body: end our side now.
         send.finish().await.map_err(|e| Error::Request {
             request: label.clone(),
@@ -258,11 +266,9 @@ impl Dialer {
         );
 
         if self.mode == Mode::StreamUp {
-            let kind = RequestKind::StreamUp;
-            let label = main.shaper.label(kind, Some(&id));
-            let req = main.shaper.build(kind, Some(&id), None, &mut rand::rng())?;
-            main.pool.charge(slot.id());
-            let (send, recv) = streams::open_request(&conn, req, &label).await?.split();
+            let (send, recv, label) = main
+                .request(&slot, RequestKind::StreamUp, Some(&id))
+                .await?;
             keep(Box::pin(streams::drain_response(
                 recv,
                 label.clone(),

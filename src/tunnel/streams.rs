@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+pub(crate) type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+pub(crate) type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// Owns an upload's send half and resets it (H3_REQUEST_CANCELLED) when dropped, unless
 /// `finish()` succeeded first. h3 does not reset on drop (quinn would finish the stream
