@@ -214,8 +214,9 @@ xh_result xh_last_error(char *buf, size_t len, size_t *out_len);
 // callable, with `ctx`, until it is replaced or removed.
 xh_result xh_set_log_callback(xh_log_callback cb, void *ctx, xh_log_level max_level);
 
-// Creates a client from `config`, the library's JSON config (Xray field names; see the
-// README), and sets `*out` to its handle. Does no network I/O: the first tunnel connects.
+// Creates a client from `config` (the library's JSON config, an Xray outbound object, a
+// whole Xray client config or a `vless://` share link; see the README) and sets `*out`
+// to its handle. Does no network I/O: the first tunnel connects.
 // Starts the library's runtime threads if no other client or tunnel is live.
 //
 // Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (`config` or `out` NULL),

@@ -84,8 +84,9 @@ fn entry(p: *const xh_client) -> Result<Arc<ClientEntry>, Failure> {
         .map_err(|why| Failure::bad_handle("client", Kind::Client, why))
 }
 
-/// Creates a client from `config`, the library's JSON config (Xray field names; see the
-/// README), and sets `*out` to its handle. Does no network I/O: the first tunnel connects.
+/// Creates a client from `config` (the library's JSON config, an Xray outbound object, a
+/// whole Xray client config or a `vless://` share link; see the README) and sets `*out`
+/// to its handle. Does no network I/O: the first tunnel connects.
 /// Starts the library's runtime threads if no other client or tunnel is live.
 ///
 /// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (`config` or `out` NULL),
