@@ -219,19 +219,20 @@ impl Dialer {
         slot: Arc<Slot>,
         down_slot: Arc<Slot>,
         shared: &Arc<Shared>,
-    ) -> Result<(mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>)> {
+    ) -> Result<(mpsc::Receiver<Bytes>, super::upload::UpTx)> {
         let main = &self.main;
         let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
         // `ThreadRng` is not `Send`: take it per use so this future can be spawned.
         let max_post = s.sc_max_each_post_bytes.draw(&mut rand::rng()).max(1) as usize;
         let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
-        // Packet-up batches what is queued, so let about one POST's worth queue up.
-        let up_cap = match self.mode {
-            Mode::PacketUp => (max_post / super::WRITE_PIECE).clamp(2, 64),
-            _ => 8,
+        // Packet-up batches what is queued, so let one POST's worth queue up (at least one
+        // write piece, or a piece could never fit).
+        let up_bytes = match self.mode {
+            Mode::PacketUp => max_post.clamp(super::WRITE_PIECE, 8 << 20),
+            _ => 512 * 1024,
         };
-        let (up_tx, up_rx) = mpsc::channel(up_cap);
+        let (up_tx, up_rx) = super::upload::queue(up_bytes);
         let keep = |f| spawn_holding(&slot, f);
 
         if self.mode == Mode::StreamOne {

@@ -12,6 +12,7 @@
 
 mod dialer;
 mod streams;
+mod upload;
 
 pub use dialer::{ClientStats, Dialer};
 
@@ -110,7 +111,7 @@ pub struct TunnelCore {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     down: tokio::sync::Mutex<Download>,
-    up: tokio::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
+    up: tokio::sync::Mutex<Option<upload::UpTx>>,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -126,7 +127,7 @@ impl TunnelCore {
         shared: Arc<Shared>,
         counters: Arc<Counters>,
         down: mpsc::Receiver<Bytes>,
-        up: mpsc::Sender<Bytes>,
+        up: upload::UpTx,
         local: SocketAddr,
         remote: SocketAddr,
     ) -> TunnelCore {

@@ -2,6 +2,7 @@
 //! and response checks. Each owns its h3 stream half; cancellation drops it.
 
 use super::Shared;
+use super::upload::{TryRecvError, UpRx};
 use crate::error::{Error, RequestLabel};
 use crate::transport::{H3Conn, RequestStream};
 use crate::xhttp::range::Range;
@@ -166,7 +167,7 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
 pub(crate) async fn stream_upload(
     send: SendHalf,
     label: RequestLabel,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: UpRx,
     shared: Arc<Shared>,
 ) {
     let mut guard = SendGuard::new(send);
@@ -223,7 +224,7 @@ pub(crate) async fn packet_upload(
     shaper: Arc<Shaper>,
     session: String,
     plan: PacketPlan,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: UpRx,
     shared: Arc<Shared>,
 ) {
     let token = shared.token().clone();
@@ -260,8 +261,8 @@ pub(crate) async fn packet_upload(
         while open && buf.len() < plan.max_post {
             match rx.try_recv() {
                 Ok(b) => buf.extend_from_slice(&b),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
             }
         }
         let chunk = buf.split_to(buf.len().min(plan.max_post)).freeze();
