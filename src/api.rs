@@ -142,8 +142,10 @@ pub struct Inbound {
     addr: SocketAddr,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    rt: Arc<Runtime>,
+    // Field order is drop order: the dialer closes its connections before the runtime
+    // (possibly the last reference) flushes and stops.
     _dialer: Arc<Dialer>,
+    rt: Arc<Runtime>,
 }
 
 impl Inbound {

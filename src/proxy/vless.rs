@@ -5,7 +5,6 @@ use crate::error::{Error, Result};
 use crate::tunnel::TunnelCore;
 use sha1::{Digest, Sha1};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 /// VLESS command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,7 +250,8 @@ impl UdpDeframer {
 /// the server speaks first); the response header is stripped from the download.
 pub struct VlessTunnel {
     inner: TunnelCore,
-    header: Mutex<Option<Vec<u8>>>,
+    /// Held across the write that queues it, so no payload can overtake the header.
+    header: tokio::sync::Mutex<Option<Vec<u8>>>,
     response: tokio::sync::Mutex<ResponseHeader>,
 }
 
@@ -259,30 +259,31 @@ impl VlessTunnel {
     pub fn new(inner: TunnelCore, id: &[u8; 16], cmd: Command, target: &Target) -> Self {
         VlessTunnel {
             inner,
-            header: Mutex::new(Some(request_header(id, cmd, target))),
+            header: tokio::sync::Mutex::new(Some(request_header(id, cmd, target))),
             response: tokio::sync::Mutex::new(ResponseHeader::default()),
         }
     }
 
-    fn take_header(&self) -> Option<Vec<u8>> {
-        self.header.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// Queues the request header if it has not gone yet. The header is smaller than one
+    /// write piece, so it is queued whole or (if this is cancelled) not at all and kept.
+    async fn send_header(&self) -> Result<()> {
+        let mut h = self.header.lock().await;
+        if let Some(hdr) = h.as_ref() {
+            self.inner.write(hdr).await?;
+            *h = None;
+        }
+        Ok(())
     }
 
+    /// Writes `data`; the first write carries the header right before it (both are queued
+    /// before the upload task takes them, so packet-up sends them in one POST).
     pub async fn write(&self, data: &[u8]) -> Result<usize> {
-        match self.take_header() {
-            Some(mut h) => {
-                h.extend_from_slice(data);
-                self.inner.write(&h).await?;
-                Ok(data.len())
-            }
-            None => self.inner.write(data).await,
-        }
+        self.send_header().await?;
+        self.inner.write(data).await
     }
 
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        if let Some(h) = self.take_header() {
-            self.inner.write(&h).await?;
-        }
+        self.send_header().await?;
         let mut resp = self.response.lock().await;
         loop {
             let n = self.inner.read(buf).await?;
@@ -298,9 +299,7 @@ impl VlessTunnel {
     }
 
     pub async fn shutdown_write(&self) -> Result<()> {
-        if let Some(h) = self.take_header() {
-            self.inner.write(&h).await?;
-        }
+        self.send_header().await?;
         self.inner.shutdown_write().await
     }
 

@@ -188,7 +188,12 @@ impl Dialer {
             shared.close();
             return Err(Error::Closed);
         }
-        match self.start(slot.clone(), down_slot, &shared).await {
+        // If this future is dropped part-way (an open timeout), the tasks already started
+        // must not live on holding slots and a GET.
+        let guard = CloseOnDrop(Some(shared.clone()));
+        let started = self.start(slot.clone(), down_slot, &shared).await;
+        guard.disarm();
+        match started {
             Ok((down_rx, up_tx)) => Ok(TunnelCore::new(
                 shared,
                 self.counters.clone(),
@@ -329,4 +334,21 @@ fn spawn_holding(
         f.await;
         drop(keep);
     });
+}
+
+/// Closes a tunnel being opened unless the open completed.
+struct CloseOnDrop(Option<Arc<Shared>>);
+
+impl CloseOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.close();
+        }
+    }
 }

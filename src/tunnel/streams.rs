@@ -234,6 +234,9 @@ pub(crate) async fn packet_upload(
     let mut last_start: Option<Instant> = None;
     let mut open = true;
     loop {
+        // Finished response checks are reaped as we go: a JoinSet keeps them until joined,
+        // which on a long tunnel would grow by one task per POST.
+        while responses.try_join_next().is_some() {}
         if buf.is_empty() && open {
             let next = tokio::select! {
                 _ = token.cancelled() => return,

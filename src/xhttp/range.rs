@@ -38,9 +38,11 @@ impl Range {
     /// adds that).
     pub fn from_json(v: &serde_json::Value) -> Result<Range, String> {
         use serde_json::Value;
+        // Xray's ranges are int32: larger values are refused rather than overflowing later.
         let int = |v: &Value| -> Result<i64, String> {
             v.as_i64()
-                .ok_or_else(|| format!("expected an integer, got {v}"))
+                .filter(|n| i32::try_from(*n).is_ok())
+                .ok_or_else(|| format!("expected a 32-bit integer, got {v}"))
         };
         match v {
             Value::Number(_) => int(v).map(Range::fixed),
@@ -73,8 +75,9 @@ fn parse_range_str(s: &str) -> Result<Range, String> {
     }
     let num = |t: &str| -> Result<i64, String> {
         t.trim()
-            .parse::<i64>()
-            .map_err(|_| format!("{s:?} is not a number or \"from-to\" range"))
+            .parse::<i32>()
+            .map(i64::from)
+            .map_err(|_| format!("{s:?} is not a number or \"from-to\" range of 32-bit integers"))
     };
     // A leading '-' belongs to the first number; the separator is the next '-'.
     let split_at = s
@@ -114,6 +117,8 @@ mod tests {
         assert!(Range::from_json(&json!("abc")).is_err());
         assert!(Range::from_json(&json!([1])).is_err());
         assert!(Range::from_json(&json!(1.5)).is_err());
+        assert!(Range::from_json(&json!(3_000_000_000u64)).is_err());
+        assert!(Range::from_json(&json!("1-9999999999")).is_err());
     }
 
     #[test]

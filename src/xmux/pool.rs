@@ -126,11 +126,11 @@ impl Pool {
 
     /// Takes a running slot on the connection XMUX picks, dialling it if needed.
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot> {
-        self.ensure_sweeper();
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
+            self.ensure_sweeper();
             self.retire_broken();
             let (choice, to_close) = lock(&self.state).acquire(Instant::now(), &mut rand::rng());
             self.close_ids(&to_close);
@@ -145,14 +145,25 @@ impl Pool {
             let cell = {
                 let mut conns = lock(&self.conns);
                 match choice {
-                    Choice::Create(_) => conns.entry(id).or_default().clone(),
-                    Choice::Reuse(_) => match conns.get(&id) {
-                        Some(c) => c.clone(),
-                        None => continue,
-                    },
+                    Choice::Create(_) => Some(conns.entry(id).or_default().clone()),
+                    Choice::Reuse(_) => conns.get(&id).cloned(),
                 }
             };
+            let Some(cell) = cell else {
+                // Picked between another acquire's two locks; let it register the cell
+                // instead of spinning.
+                drop(slot);
+                tokio::task::yield_now().await;
+                continue;
+            };
             let r = cell.get_or_init(|| self.connector.connect()).await;
+            if self.closed.load(Ordering::Acquire) {
+                // Closed while dialling: this connection must not outlive the close.
+                if let Ok(c) = r {
+                    c.close();
+                }
+                return Err(Error::Closed);
+            }
             match r {
                 Ok(c) if !c.is_broken() => {
                     slot.conn = Some(c.clone());

@@ -65,6 +65,13 @@ impl XmuxSettings {
             }
         }
         if let Some(k) = f.int("hKeepAlivePeriod")? {
+            // Beyond a day a keep-alive is pointless, and huge values overflow QUIC timers.
+            if k > 86_400 {
+                return Err(Error::config(
+                    f.path_of("hKeepAlivePeriod"),
+                    format!("must be at most 86400 seconds, got {k}"),
+                ));
+            }
             s.h_keep_alive_period = k;
         }
         f.finish();

@@ -124,7 +124,10 @@ impl XmuxState {
             id,
             left_usage: if reuse > 0 { reuse - 1 } else { -1 },
             left_requests: if requests > 0 { requests } else { i64::MAX },
-            unreusable_at: (secs > 0).then(|| now + Duration::from_secs(secs as u64)),
+            // No representable instant that far ahead means "never".
+            unreusable_at: (secs > 0)
+                .then(|| now.checked_add(Duration::from_secs(secs as u64)))
+                .flatten(),
             running: 1,
             charged: 0,
             broken: false,
