@@ -7,69 +7,25 @@
 //! Reported per client: wall time, MB/s each way, CPU seconds of the client process
 //! (utime+stime from /proc), and its peak RSS (VmHWM).
 
+#[path = "../tests/common/xray.rs"]
+mod xray;
+
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 const UUID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tcp_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_xray(bin: &PathBuf, dir: &std::path::Path, name: &str, cfg: serde_json::Value) -> Proc {
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    let mut c = Command::new(bin)
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("xray");
-    let out = c.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if l.contains("started") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("xray started");
-    Proc(c)
+fn start_xray(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    cfg: serde_json::Value,
+) -> xray::Xray {
+    xray::start(bin, &dir.join(format!("{name}.json")), &cfg, false)
 }
 
 /// (utime+stime seconds, VmHWM KiB) of a process.
@@ -135,9 +91,9 @@ fn main() {
     std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
     let pin = hex::encode(Sha256::digest(ck.cert.der()));
-    let echo = tcp_echo();
-    let sp = free_port();
-    let _server = spawn_xray(
+    let echo = xray::spawn_tcp_echo();
+    let sp = xray::free_udp_port();
+    let _server = start_xray(
         &xray,
         &dir,
         "server",
@@ -162,7 +118,7 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let xc = spawn_xray(
+    let xc = start_xray(
         &xray,
         &dir,
         "client",
@@ -191,7 +147,8 @@ fn main() {
         .read_line(&mut line)
         .unwrap();
     let op: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let ours = Proc(ours);
+    // The guard kills it like the Xray processes.
+    let ours = xray::Xray(ours);
 
     let size = mib << 20;
     println!("# {mib} MiB each way, mode {mode}, VLESS over XHTTP/H3 to Xray-core on loopback");

@@ -2,12 +2,13 @@
 //! the Go module proxy, pinned). Certificates are generated here and trusted by pin.
 
 mod common;
+use common::xray::{self, Xray, free_udp_port};
 use common::{T, pattern, sha};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use xhttp_mobile::{Client, Tunnel};
@@ -43,33 +44,10 @@ fn cert() -> &'static Cert {
     })
 }
 
-/// A free UDP port on loopback (bound and released; Xray binds it right after).
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP echo server on loopback, for the raw `tunnel` inbound and VLESS destinations.
+/// The TCP echo behind the raw `tunnel` inbound and VLESS destinations (one per process).
 fn tcp_echo() -> u16 {
     static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut r = s.try_clone().unwrap();
-                    let mut w = s;
-                    let _ = std::io::copy(&mut r, &mut w);
-                    let _ = w.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        port
-    })
+    *PORT.get_or_init(xray::spawn_tcp_echo)
 }
 
 fn udp_echo() -> u16 {
@@ -87,41 +65,10 @@ fn udp_echo() -> u16 {
     })
 }
 
-/// One running Xray process; killed on drop.
-struct Xray(Child);
-
-impl Drop for Xray {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_xray(inbounds: Vec<Value>, outbounds: Vec<Value>) -> Xray {
     let cfg = json!({"log": {"loglevel": "warning"}, "inbounds": inbounds, "outbounds": outbounds});
     let path = cert().dir.join(format!("xray-{}.json", free_udp_port()));
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    let mut child = Command::new(xray_bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start xray");
-    // Xray prints "... started" once every inbound listens.
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains("started") {
-                let _ = tx.send(());
-            }
-            eprintln!("xray: {line}");
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("xray did not start (see its output above)");
-    Xray(child)
+    xray::start(&xray_bin(), &path, &cfg, true)
 }
 
 fn tls_in() -> Value {

@@ -4,6 +4,8 @@
 
 pub mod socks;
 
+pub mod xray;
+
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use xhttp_mobile::testserver::{Event, ServerOptions, TestServer};
