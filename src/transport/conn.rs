@@ -159,11 +159,6 @@ impl H3Conn {
         self.quic.close_reason().is_some()
     }
 
-    /// Marks the connection unusable (a request on it failed at transport level).
-    pub fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Release);
-    }
-
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }

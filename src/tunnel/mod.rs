@@ -227,7 +227,8 @@ impl TunnelCore {
                 _ = token.cancelled() => return Err(self.shared.end_error()),
                 r = tx.send(Bytes::copy_from_slice(piece)) => {
                     if r.is_err() {
-                        return Err(self.shared.end_error());
+                        // Report what was queued; the next call gets the error.
+                        return if sent > 0 { Ok(sent) } else { Err(self.shared.end_error()) };
                     }
                     self.counters.up.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     sent += piece.len();

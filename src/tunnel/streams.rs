@@ -70,16 +70,16 @@ fn request_error(label: &RequestLabel, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Sends a request head on `conn`; a failure here is a transport failure of the connection.
+/// Sends a request head on `conn`. Whether the connection itself broke is for `H3Conn` to
+/// tell (its QUIC close reason); a failed request alone does not retire it.
 pub(crate) async fn open_request(
     conn: &H3Conn,
     req: http::Request<()>,
     label: &RequestLabel,
 ) -> Result<RequestStream, Error> {
-    conn.send_request(req).await.map_err(|e| {
-        conn.mark_broken();
-        request_error(label, e)
-    })
+    conn.send_request(req)
+        .await
+        .map_err(|e| request_error(label, e))
 }
 
 /// Waits for the response head and fails the tunnel unless it is 200.
@@ -315,8 +315,9 @@ pub(crate) async fn packet_upload(
                 guard.finish().await
             } => r,
         };
+        // A reset of this one POST fails the tunnel but says nothing about the connection,
+        // which other tunnels may share; a dead connection shows in its close reason.
         if let Err(e) = sent {
-            conn.mark_broken();
             return shared.fail(request_error(&label, e));
         }
         let in_flight = upload.clone();
