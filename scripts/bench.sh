@@ -13,5 +13,5 @@ if [ ! -x "$XRAY_BIN" ]; then
 fi
 cargo build --release --bin xh --example bench
 export XH_BIN="$CARGO_TARGET_DIR/release/xh"
-"$XRAY_BIN" version | head -1
+"$XRAY_BIN" version | sed -n 1p
 "$CARGO_TARGET_DIR/release/examples/bench" "${1:-256}" "${2:-stream-up}"

@@ -41,7 +41,8 @@ if [ ! -x "$XRAY_BIN" ]; then
   mkdir -p "$XRAY_DIR"
   GOBIN="$XRAY_DIR" GOFLAGS=-mod=mod go install "github.com/xtls/xray-core/main@$XRAY_VERSION"
 fi
-"$XRAY_BIN" version | head -1
+# Not `| head -1`: with pipefail, head closing the pipe early kills the producer (SIGPIPE, exit 141).
+"$XRAY_BIN" version | sed -n 1p
 
 step "interop tests against Xray-core"
 cargo test --features interop --test interop -- --test-threads=1

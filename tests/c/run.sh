@@ -25,7 +25,7 @@ step() { printf '\n=== %s\n' "$*"; }
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -pedantic -g -O1 -Iinclude -Itests/c)
 
 step "cbindgen $CBINDGEN_VERSION: include/xhttp.h is fresh"
-if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
+if [ "$(cbindgen --version 2>/dev/null || true)" != "cbindgen $CBINDGEN_VERSION" ]; then
     cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --force
 fi
 cbindgen --quiet --config cbindgen.toml --output "$WORK/xhttp.h" src/ffi/mod.rs
@@ -42,7 +42,7 @@ step "tools: cc, valgrind"
 if ! command -v valgrind >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
 fi
-cc --version | head -1
+cc --version | sed -n 1p  # sed reads everything: no SIGPIPE under pipefail
 valgrind --version
 
 step "build the library and xh (release)"
