@@ -158,3 +158,62 @@ fn wrong_pin_fails_the_handshake() {
         other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn data_already_downloaded_is_read_before_a_later_failure() {
+    // POST #0 is echoed into the download; POST #1 is refused. The echo of #0 reached the
+    // client before the failure: more than the tunnel's download queue holds, so part of
+    // it still sits in the stream's receive buffer. The reader gets all of it, then the
+    // 500: never EOF, never a dropped echo.
+    let e = env(|_| {});
+    let t = e
+        .client(json!({"path": "/xh", "mode": "packet-up"}))
+        .open(T)
+        .unwrap();
+    let first = pattern(7, 600_000);
+    t.write(&first, T).unwrap();
+    let posted = |ev: &xhttp_mobile::testserver::Event| {
+        matches!(
+            ev,
+            xhttp_mobile::testserver::Event::Request {
+                kind: Some(RequestKind::PacketUp),
+                status: 200,
+                ..
+            }
+        )
+    };
+    e.wait_for(posted, Duration::from_secs(5))
+        .expect("POST #0 answered");
+    // Let the echo travel back into the client's download queue.
+    std::thread::sleep(Duration::from_millis(300));
+    e.server.set_fault(Some(Fault::Status {
+        status: 500,
+        on: RequestKind::PacketUp,
+    }));
+    t.write(b"refused", T).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !t.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "POST #1's 500 never failed the tunnel"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let err = loop {
+        match t.read(&mut buf, Some(Duration::from_secs(10))) {
+            Ok(0) => panic!("EOF instead of the failure after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        sha(&got),
+        sha(&first),
+        "got {} of {} bytes",
+        got.len(),
+        first.len()
+    );
+    expect_status(err, 500, "packet-up #");
+}

@@ -11,15 +11,13 @@ use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
 use crate::xmux::pool::Connector;
 use crate::xmux::{Pool, PoolStats, Slot};
-use bytes::Bytes;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::mpsc;
 
-/// Download chunks buffered between the download task and the reader. QUIC flow control
+/// Downloaded bytes buffered between the download task and the reader. QUIC flow control
 /// (bounded windows) does the rest of the back-pressure.
-const DOWN_QUEUE: usize = 16;
+const DOWN_QUEUE_BYTES: usize = 256 * 1024;
 
 pub struct Dialer {
     cfg: Config,
@@ -224,20 +222,20 @@ impl Dialer {
         slot: Arc<Slot>,
         down_slot: Arc<Slot>,
         shared: &Arc<Shared>,
-    ) -> Result<(mpsc::Receiver<Bytes>, super::upload::UpTx)> {
+    ) -> Result<(super::queue::QueueRx, super::queue::QueueTx)> {
         let main = &self.main;
         let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
         // `ThreadRng` is not `Send`: take it per use so this future can be spawned.
         let max_post = s.sc_max_each_post_bytes.draw(&mut rand::rng()).max(1) as usize;
-        let (down_tx, down_rx) = mpsc::channel(DOWN_QUEUE);
+        let (down_tx, down_rx) = super::queue::queue(DOWN_QUEUE_BYTES);
         // Packet-up batches what is queued, so let one POST's worth queue up (at least one
         // write piece, or a piece could never fit).
         let up_bytes = match self.mode {
             Mode::PacketUp => max_post.clamp(super::WRITE_PIECE, 8 << 20),
             _ => 512 * 1024,
         };
-        let (up_tx, up_rx) = super::upload::queue(up_bytes);
+        let (up_tx, up_rx) = super::queue::queue(up_bytes);
         let keep = |f| spawn_holding(&slot, f);
 
         if self.mode == Mode::StreamOne {

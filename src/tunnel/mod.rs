@@ -11,8 +11,8 @@
 //! - the first failure is kept and reported to every later read and write.
 
 mod dialer;
+mod queue;
 mod streams;
-mod upload;
 
 pub use dialer::{ClientStats, Dialer};
 
@@ -22,10 +22,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Writes are cut into pieces of at most this size before they are queued.
+/// Writes (and downloaded chunks) are cut into pieces of at most this size before they are
+/// queued.
 const WRITE_PIECE: usize = 64 * 1024;
 
 /// State shared by a tunnel's tasks and its handle.
@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     cancel: CancellationToken,
     closed: AtomicBool,
     failure: OnceLock<Error>,
+    /// Set by the download task when the server ended the body; a download channel that
+    /// closes without it (a panicked or aborted task) is an error, not EOF.
+    download_ended: AtomicBool,
     /// Runs exactly once when the tunnel ends however it ends (XMUX slot release).
     on_end: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -43,6 +46,7 @@ impl Shared {
             cancel: CancellationToken::new(),
             closed: AtomicBool::new(false),
             failure: OnceLock::new(),
+            download_ended: AtomicBool::new(false),
             on_end: Mutex::new(None),
         })
     }
@@ -97,6 +101,15 @@ impl Shared {
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.cancel
     }
+
+    pub(crate) fn closed_by_us(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The download task saw the server end the body.
+    pub(crate) fn download_ended(&self) {
+        self.download_ended.store(true, Ordering::Release);
+    }
 }
 
 /// Byte counters shared by a client's tunnels.
@@ -111,13 +124,13 @@ pub struct TunnelCore {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     down: tokio::sync::Mutex<Download>,
-    up: tokio::sync::Mutex<Option<upload::UpTx>>,
+    up: tokio::sync::Mutex<Option<queue::QueueTx>>,
     local: SocketAddr,
     remote: SocketAddr,
 }
 
 struct Download {
-    rx: mpsc::Receiver<Bytes>,
+    rx: queue::QueueRx,
     pending: Bytes,
     eof: bool,
 }
@@ -126,8 +139,8 @@ impl TunnelCore {
     pub(crate) fn new(
         shared: Arc<Shared>,
         counters: Arc<Counters>,
-        down: mpsc::Receiver<Bytes>,
-        up: upload::UpTx,
+        down: queue::QueueRx,
+        up: queue::QueueTx,
         local: SocketAddr,
         remote: SocketAddr,
     ) -> TunnelCore {
@@ -145,7 +158,14 @@ impl TunnelCore {
         }
     }
 
-    /// Reads downloaded bytes into `buf`. `Ok(0)` means the server ended the download.
+    /// Reads downloaded bytes into `buf`, as many as are queued (up to `buf.len()`), waiting
+    /// only when none are. `Ok(0)` means the server ended the download and no request of the
+    /// tunnel failed.
+    ///
+    /// After a close by this side reads fail at once. After a failure, bytes the tunnel
+    /// already received are still read out first, then the failure is reported (in place
+    /// of EOF too): what arrived is never dropped because another request of the tunnel
+    /// failed, and a failed upload never ends in a clean-looking EOF.
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -153,31 +173,67 @@ impl TunnelCore {
         let token = self.shared.cancel.clone();
         let mut down = tokio::select! {
             biased;
-            _ = token.cancelled() => return Err(self.shared.end_error()),
             d = self.down.lock() => d,
+            // Another reader holds the download; it reports the end itself.
+            _ = token.cancelled() => return Err(self.shared.end_error()),
         };
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         if down.pending.is_empty() && !down.eof {
             let next = tokio::select! {
                 biased;
-                _ = token.cancelled() => return Err(self.shared.end_error()),
                 n = down.rx.recv() => n,
+                _ = token.cancelled() => {
+                    // Ended by a failure: the download task hands over what its stream
+                    // already holds and stops; it never waits once cancelled, so this
+                    // bound only guards against a bug.
+                    if self.shared.closed.load(Ordering::Acquire) {
+                        return Err(Error::Closed);
+                    }
+                    tokio::time::timeout(Duration::from_secs(1), down.rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
             };
             match next {
                 Some(b) => down.pending = b,
+                None if self.shared.download_ended.load(Ordering::Acquire) => down.eof = true,
+                None if token.is_cancelled() => return Err(self.shared.end_error()),
                 None => {
-                    // The download task ended: either cleanly (EOF) or with a failure.
-                    if let Some(e) = self.shared.failure.get() {
-                        return Err(e.clone());
-                    }
-                    down.eof = true;
+                    // The download task stopped without the body's end (it panicked):
+                    // an error, never a silent EOF.
+                    let e =
+                        Error::Other("download stopped before the end of the response body".into());
+                    self.shared.fail(e.clone());
+                    return Err(e);
                 }
             }
         }
-        if down.eof && down.pending.is_empty() {
-            return Ok(0);
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
-        let n = buf.len().min(down.pending.len());
-        buf[..n].copy_from_slice(&down.pending.split_to(n));
+        if down.pending.is_empty() {
+            return match self.shared.failure.get() {
+                Some(e) => Err(e.clone()),
+                None => Ok(0),
+            };
+        }
+        // Fill `buf` from what is queued without waiting for more.
+        let mut n = 0;
+        loop {
+            let take = (buf.len() - n).min(down.pending.len());
+            buf[n..n + take].copy_from_slice(&down.pending.split_to(take));
+            n += take;
+            if n == buf.len() {
+                break;
+            }
+            match down.rx.try_recv() {
+                Ok(b) => down.pending = b,
+                Err(_) => break,
+            }
+        }
         self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

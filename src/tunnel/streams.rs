@@ -2,7 +2,7 @@
 //! and response checks. Each owns its h3 stream half; cancellation drops it.
 
 use super::Shared;
-use super::upload::{TryRecvError, UpRx};
+use super::queue::{QueueRx, QueueTx, TryRecvError};
 use crate::error::{Error, RequestLabel};
 use crate::transport::{H3Conn, RequestStream};
 use crate::xhttp::range::Range;
@@ -12,7 +12,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub(crate) type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -106,11 +105,12 @@ async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -
 }
 
 /// The download: checks the response status, then forwards body chunks to the reader
-/// until the body ends (EOF for the reader) or the tunnel ends.
+/// until the body ends (EOF for the reader) or the tunnel ends. When another request of
+/// the tunnel fails, what this stream already received is still handed to the reader.
 pub(crate) async fn download(
     mut recv: RecvHalf,
     label: RequestLabel,
-    tx: mpsc::Sender<Bytes>,
+    tx: QueueTx,
     shared: Arc<Shared>,
 ) {
     if !expect_ok(&mut recv, &label, &shared).await {
@@ -119,22 +119,49 @@ pub(crate) async fn download(
     let token = shared.token().clone();
     loop {
         let chunk = tokio::select! {
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => return drain_received(&mut recv, &tx, &shared),
             c = recv.recv_data() => c,
         };
         match chunk {
             Ok(Some(mut b)) => {
-                let bytes = b.copy_to_bytes(b.remaining());
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    r = tx.send(bytes) => if r.is_err() { return },
+                let mut bytes = b.copy_to_bytes(b.remaining());
+                while !bytes.is_empty() {
+                    let piece = bytes.split_to(bytes.len().min(super::WRITE_PIECE));
+                    tokio::select! {
+                        _ = token.cancelled() => {
+                            // Keep the piece in hand and the rest of this chunk in order.
+                            let _ = tx.push_now(piece);
+                            if !bytes.is_empty() {
+                                let _ = tx.push_now(bytes);
+                            }
+                            return drain_received(&mut recv, &tx, &shared);
+                        }
+                        r = tx.send(piece.clone()) => if r.is_err() { return },
+                    }
                 }
             }
-            Ok(None) => return,
+            Ok(None) => {
+                shared.download_ended();
+                return;
+            }
             Err(e) => {
                 shared.fail(request_error(&label, e));
                 return;
             }
+        }
+    }
+}
+
+/// After a failure (not a close by this side), hands the reader what the stream has
+/// already buffered, without waiting for more. Bounded by the stream's receive window.
+fn drain_received(recv: &mut RecvHalf, tx: &QueueTx, shared: &Shared) {
+    use futures_util::FutureExt;
+    if shared.closed_by_us() {
+        return;
+    }
+    while let Some(Ok(Some(mut b))) = recv.recv_data().now_or_never() {
+        if tx.push_now(b.copy_to_bytes(b.remaining())).is_err() {
+            return;
         }
     }
 }
@@ -153,7 +180,10 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
         };
         match chunk {
             Ok(Some(_)) => {}
-            Ok(None) => return,
+            Ok(None) => {
+                shared.download_ended();
+                return;
+            }
             Err(e) => {
                 shared.fail(request_error(&label, e));
                 return;
@@ -167,7 +197,7 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
 pub(crate) async fn stream_upload(
     send: SendHalf,
     label: RequestLabel,
-    mut rx: UpRx,
+    mut rx: QueueRx,
     shared: Arc<Shared>,
 ) {
     let mut guard = SendGuard::new(send);
@@ -224,7 +254,7 @@ pub(crate) async fn packet_upload(
     shaper: Arc<Shaper>,
     session: String,
     plan: PacketPlan,
-    mut rx: UpRx,
+    mut rx: QueueRx,
     shared: Arc<Shared>,
 ) {
     let token = shared.token().clone();

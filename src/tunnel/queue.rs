@@ -1,0 +1,118 @@
+//! The queues between a tunnel's handle and its tasks, bounded in bytes (not messages).
+//!
+//! Upload: packet-up batches what is queued into POSTs of up to `scMaxEachPostBytes`, so the
+//! queue must hold one POST's worth whatever the app's write sizes are, and no more.
+//! Download: QUIC hands over packet-sized chunks, so a bound in chunks would be a bound of
+//! a few KiB; a bound in bytes lets reads batch.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
+
+pub(crate) use mpsc::error::TryRecvError;
+
+/// Each item carries the room it took, so items pushed past the bound give back nothing.
+type Item = (Bytes, u32);
+
+pub(crate) struct QueueTx {
+    tx: mpsc::UnboundedSender<Item>,
+    budget: Arc<Semaphore>,
+}
+
+pub(crate) struct QueueRx {
+    rx: mpsc::UnboundedReceiver<Item>,
+    budget: Arc<Semaphore>,
+}
+
+/// A queue holding at most `bytes` bytes; every piece sent must be at most that large.
+pub(crate) fn queue(bytes: usize) -> (QueueTx, QueueRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(bytes));
+    (
+        QueueTx {
+            tx,
+            budget: budget.clone(),
+        },
+        QueueRx { rx, budget },
+    )
+}
+
+impl QueueTx {
+    /// Waits for room, then queues `b`. Err when the upload task is gone. Cancel-safe: a
+    /// cancelled wait takes no room.
+    pub(crate) async fn send(&self, b: Bytes) -> Result<(), ()> {
+        let n = u32::try_from(b.len()).map_err(|_| ())?;
+        self.budget.acquire_many(n).await.map_err(|_| ())?.forget();
+        self.tx.send((b, n)).map_err(|_| ())
+    }
+
+    /// Queues `b` without waiting for room. Only for bytes already held in memory
+    /// elsewhere (a stream's receive buffer drained after a failure), so the total stays
+    /// bounded by what that buffer could hold.
+    pub(crate) fn push_now(&self, b: Bytes) -> Result<(), ()> {
+        self.tx.send((b, 0)).map_err(|_| ())
+    }
+}
+
+impl QueueRx {
+    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        let (b, n) = self.rx.recv().await?;
+        self.budget.add_permits(n as usize);
+        Some(b)
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Result<Bytes, TryRecvError> {
+        let (b, n) = self.rx.try_recv()?;
+        self.budget.add_permits(n as usize);
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_in_bytes_not_messages() {
+        let (tx, mut rx) = queue(100);
+        for _ in 0..10 {
+            tx.send(Bytes::from_static(&[1; 10])).await.unwrap();
+        }
+        // Full: one more byte must wait until the reader takes something.
+        let more = tx.send(Bytes::from_static(&[2]));
+        tokio::pin!(more);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut more)
+                .await
+                .is_err()
+        );
+        assert_eq!(rx.recv().await.unwrap().len(), 10);
+        more.await.unwrap();
+        let mut total = 0;
+        while let Ok(b) = rx.try_recv() {
+            total += b.len();
+        }
+        assert_eq!(total, 91);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        drop(rx);
+        assert!(tx.send(Bytes::from_static(&[3])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn pushed_past_the_bound_gives_back_no_room() {
+        let (tx, mut rx) = queue(10);
+        tx.send(Bytes::from_static(&[1; 10])).await.unwrap();
+        tx.push_now(Bytes::from_static(&[2; 50])).unwrap();
+        assert_eq!(rx.recv().await.unwrap().len(), 10);
+        assert_eq!(rx.recv().await.unwrap().len(), 50);
+        // Only the 10 bytes taken by `send` came back: the bound is still 10.
+        tx.send(Bytes::from_static(&[3; 10])).await.unwrap();
+        let more = tx.send(Bytes::from_static(&[4]));
+        tokio::pin!(more);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut more)
+                .await
+                .is_err()
+        );
+    }
+}
