@@ -12,14 +12,20 @@
 //!
 //! A slot's generation changes every time its value is removed, so a freed handle (and any
 //! copy of it) stops resolving even after the slot is reused; a handle of the other kind,
-//! a forged integer or a real pointer fail the tag, index or generation check. On 64-bit
-//! targets a generation would need 2^37 reuses of one slot to repeat; on 32-bit targets
-//! (4096 live handles per kind) 2^17.
+//! a forged integer or a real pointer fail the tag, index or generation check.
+//!
+//! A generation never repeats: a slot whose generation space is used up (2^37 uses on
+//! 64-bit targets, 2^17 on 32-bit ones, which have 4096 indices per kind) is retired for
+//! good rather than wrapped, so a stale handle can never name a newer object. Freed slots
+//! are reused oldest first, and only once `QUARANTINE` of them wait, so an app that opens
+//! and frees one tunnel at a time spreads its handles over many slots instead of wearing
+//! out one.
 //!
 //! Slots hold `Arc`s: a call looks its value up, clones the `Arc` and lets the lock go
 //! before doing anything, so a free on another thread never pulls a value out from under a
 //! running call (that call keeps its own reference and sees the closed state instead).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const MARK_BITS: u32 = 1;
@@ -31,6 +37,8 @@ const GEN_SHIFT: u32 = INDEX_SHIFT + INDEX_BITS;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
 const GEN_MASK: usize = (1 << GEN_BITS) - 1;
 const TAG_MASK: usize = (1 << TAG_BITS) - 1;
+/// Freed slots that wait before one is reused (see the module comment).
+const QUARANTINE: usize = if usize::BITS >= 64 { 1024 } else { 256 };
 
 /// The kind of object a handle names (its tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,22 +82,36 @@ struct Slot<T> {
 
 struct Slots<T> {
     slots: Vec<Slot<T>>,
-    free: Vec<usize>,
+    /// Freed slots, oldest first.
+    free: VecDeque<usize>,
+    /// Slots whose generations are used up: never reused.
+    retired: usize,
 }
 
 /// One kind's registry. Lives in a `static`.
 pub(crate) struct Registry<T> {
     kind: Kind,
+    /// The last generation a slot may carry, and the free slots kept back before reuse
+    /// (constants outside tests).
+    last_generation: usize,
+    quarantine: usize,
     inner: Mutex<Slots<T>>,
 }
 
 impl<T> Registry<T> {
     pub(crate) const fn new(kind: Kind) -> Registry<T> {
+        Registry::with_limits(kind, GEN_MASK, QUARANTINE)
+    }
+
+    const fn with_limits(kind: Kind, last_generation: usize, quarantine: usize) -> Registry<T> {
         Registry {
             kind,
+            last_generation,
+            quarantine,
             inner: Mutex::new(Slots {
                 slots: Vec::new(),
-                free: Vec::new(),
+                free: VecDeque::new(),
+                retired: 0,
             }),
         }
     }
@@ -124,19 +146,15 @@ impl<T> Registry<T> {
     /// Stores `value` and returns its new handle, or `None` when every index is in use.
     pub(crate) fn insert(&self, value: Arc<T>) -> Option<usize> {
         let mut s = self.lock();
-        let index = match s.free.pop() {
-            Some(i) => i,
-            None => {
-                let i = s.slots.len();
-                if i > INDEX_MASK {
-                    return None;
-                }
-                s.slots.push(Slot {
-                    generation: 1,
-                    value: None,
-                });
-                i
-            }
+        let room = s.slots.len() <= INDEX_MASK;
+        let index = if room && s.free.len() <= self.quarantine {
+            s.slots.push(Slot {
+                generation: 1,
+                value: None,
+            });
+            s.slots.len() - 1
+        } else {
+            s.free.pop_front()?
         };
         let slot = &mut s.slots[index];
         slot.value = Some(value);
@@ -163,29 +181,30 @@ impl<T> Registry<T> {
         let mut s = self.lock();
         let value = match s.slots.get_mut(index) {
             Some(slot) if slot.generation == generation && slot.value.is_some() => {
-                // Never hand out generation 0 again after a wrap; 0 is as good as any other,
-                // but skipping it keeps "never issued" and "wrapped" apart when debugging.
-                slot.generation = match (slot.generation + 1) & GEN_MASK {
-                    0 => 1,
-                    g => g,
-                };
-                slot.value.take()
+                let value = slot.value.take();
+                let spent = slot.generation >= self.last_generation;
+                slot.generation += 1;
+                Some((value, spent))
             }
             _ => None,
         };
         match value {
-            Some(v) => {
-                s.free.push(index);
+            Some((Some(v), spent)) => {
+                if spent {
+                    s.retired += 1;
+                } else {
+                    s.free.push_back(index);
+                }
                 Ok(v)
             }
-            None => Err(BadHandle::Unknown),
+            _ => Err(BadHandle::Unknown),
         }
     }
 
     /// How many handles of this kind are live (for tests and leak checks).
     pub(crate) fn len(&self) -> usize {
         let s = self.lock();
-        s.slots.len() - s.free.len()
+        s.slots.len() - s.free.len() - s.retired
     }
 }
 
@@ -230,15 +249,53 @@ mod tests {
     }
 
     #[test]
-    fn generations_wrap_without_reviving_old_handles() {
+    fn old_handles_stay_dead_through_many_reuses() {
         let r: Registry<u32> = Registry::new(Kind::Tunnel);
         let first = r.insert(Arc::new(0)).unwrap();
         r.remove(first).unwrap();
-        for i in 1..1000 {
+        let mut seen = std::collections::HashSet::from([first]);
+        for i in 1..5000 {
             let h = r.insert(Arc::new(i)).unwrap();
+            assert!(seen.insert(h), "handle {h:#x} issued twice");
             assert_eq!(r.get(first), Err(BadHandle::Unknown));
             r.remove(h).unwrap();
         }
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn freed_slots_wait_in_quarantine_and_are_reused_oldest_first() {
+        let r: Registry<u32> = Registry::with_limits(Kind::Tunnel, GEN_MASK, 2);
+        let index = |h: usize| (h >> INDEX_SHIFT) & INDEX_MASK;
+        let hs: Vec<usize> = (0..4).map(|i| r.insert(Arc::new(i)).unwrap()).collect();
+        for &h in &hs {
+            r.remove(h).unwrap();
+        }
+        // Four wait, more than the quarantine of two: reuse starts with the oldest.
+        assert_eq!(index(r.insert(Arc::new(9)).unwrap()), index(hs[0]));
+        assert_eq!(index(r.insert(Arc::new(9)).unwrap()), index(hs[1]));
+        // Now only two wait: a new slot is cheaper than shortening the quarantine.
+        assert_eq!(index(r.insert(Arc::new(9)).unwrap()), 4);
+    }
+
+    #[test]
+    fn a_slot_is_retired_instead_of_wrapping_its_generation() {
+        // Three generations per slot, no quarantine: slot 0 serves three handles, then
+        // the registry moves on and the first handles can never come back.
+        let r: Registry<u32> = Registry::with_limits(Kind::Client, 3, 0);
+        let mut issued = Vec::new();
+        for i in 0..9 {
+            let h = r.insert(Arc::new(i)).unwrap();
+            assert!(!issued.contains(&h), "handle {h:#x} issued twice");
+            issued.push(h);
+            r.remove(h).unwrap();
+        }
+        let index = |h: usize| (h >> INDEX_SHIFT) & INDEX_MASK;
+        let indices: Vec<usize> = issued.iter().map(|&h| index(h)).collect();
+        assert_eq!(indices, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+        assert_eq!(r.len(), 0);
+        for h in issued {
+            assert_eq!(r.get(h), Err(BadHandle::Unknown));
+        }
     }
 }
