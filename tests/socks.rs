@@ -444,3 +444,31 @@ fn curl_downloads_a_file_through_socks() {
     }
     wait_tunnels_closed(&c);
 }
+
+#[test]
+fn unbounded_timeouts_never_overflow() {
+    // Duration::MAX for every timeout means "never": the flow works and nothing panics on
+    // deadline arithmetic.
+    let e = vless_env();
+    let c = e.vless_client(json!({"path": "/xh", "mode": "packet-up"}), ID);
+    let opts = xhttp_mobile::proxy::socks::SocksOptions {
+        handshake_timeout: Duration::MAX,
+        open_timeout: Duration::MAX,
+        udp_idle_timeout: Duration::MAX,
+        ..Default::default()
+    };
+    let socks = c.start_socks_with(local(), opts).unwrap();
+    let mut ctrl = tcp(socks.local_addr());
+    greet(&mut ctrl, None);
+    ctrl.write_all(&request(3, "0.0.0.0:0".parse().unwrap()))
+        .unwrap();
+    let (code, relay) = read_reply(&mut ctrl).unwrap();
+    assert_eq!(code, 0, "UDP ASSOCIATE accepted");
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo = udp_echo();
+    udp_roundtrip(&app, relay, echo, &pattern(9, 512));
+    udp_roundtrip(&app, relay, echo, &pattern(10, 1400));
+    assert!(!socks.is_stopped(), "the inbound survived");
+    drop(ctrl);
+    wait_tunnels_closed(&c);
+}

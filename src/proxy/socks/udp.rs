@@ -229,9 +229,13 @@ async fn flow(
     };
     let idle = async {
         loop {
-            let due = started
-                + Duration::from_millis(last.load(Ordering::Relaxed))
-                + opts.udp_idle_timeout;
+            // An idle timeout too long to represent never fires (no overflow panic).
+            let Some(due) = started
+                .checked_add(Duration::from_millis(last.load(Ordering::Relaxed)))
+                .and_then(|t| t.checked_add(opts.udp_idle_timeout))
+            else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= due {
                 return;
             }
