@@ -238,66 +238,66 @@ impl Dialer {
         let (up_tx, up_rx) = super::queue::queue(up_bytes);
         let keep = |f| spawn_holding(&slot, f);
 
-        if self.mode == Mode::StreamOne {
-            let (send, recv, label) = main.request(&slot, RequestKind::StreamOne, None).await?;
-            keep(Box::pin(streams::download(
-                recv,
-                label.clone(),
-                down_tx,
-                shared.clone(),
-            )));
-            keep(Box::pin(streams::stream_upload(
-                send,
-                label,
-                up_rx,
-                shared.clone(),
-            )));
-            return Ok((down_rx, up_tx));
+        // Stream-one has no session: its one POST's response is the download. The other
+        // modes download with a GET on the session first.
+        let mut down_tx = Some(down_tx);
+        let session = match self.mode {
+            Mode::StreamOne => None,
+            _ => Some(session::generate(&s.session_id, &mut rand::rng())),
+        };
+        if let Some(id) = &session {
+            let (mut send, recv, label) = down
+                .request(&down_slot, RequestKind::StreamDown, Some(id))
+                .await?;
+            // A GET has no body: end our side now.
+            send.finish().await.map_err(|e| Error::Request {
+                request: label.clone(),
+                detail: e.to_string(),
+            })?;
+            let tx = down_tx.take().expect("download queue unused so far");
+            spawn_holding(
+                &down_slot,
+                Box::pin(streams::download(recv, label, tx, shared.clone())),
+            );
         }
 
-        let id = session::generate(&s.session_id, &mut rand::rng());
-        let (mut send, recv, label) = down
-            .request(&down_slot, RequestKind::StreamDown, Some(&id))
-            .await?;
-        // A GET has no body: end our side now.
-        send.finish().await.map_err(|e| Error::Request {
-            request: label.clone(),
-            detail: e.to_string(),
-        })?;
-        spawn_holding(
-            &down_slot,
-            Box::pin(streams::download(recv, label, down_tx, shared.clone())),
-        );
-
-        if self.mode == Mode::StreamUp {
-            let (send, recv, label) = main
-                .request(&slot, RequestKind::StreamUp, Some(&id))
-                .await?;
-            keep(Box::pin(streams::drain_response(
-                recv,
-                label.clone(),
-                shared.clone(),
-            )));
-            keep(Box::pin(streams::stream_upload(
-                send,
-                label,
-                up_rx,
-                shared.clone(),
-            )));
-        } else {
-            let plan = PacketPlan {
-                max_post,
-                interval: s.sc_min_posts_interval_ms,
-            };
-            keep(Box::pin(streams::packet_upload(
-                main.pool.clone(),
-                slot.clone(),
-                main.shaper.clone(),
-                id,
-                plan,
-                up_rx,
-                shared.clone(),
-            )));
+        match (self.mode, session) {
+            (Mode::PacketUp, Some(id)) => {
+                let plan = PacketPlan {
+                    max_post,
+                    interval: s.sc_min_posts_interval_ms,
+                };
+                keep(Box::pin(streams::packet_upload(
+                    main.pool.clone(),
+                    slot.clone(),
+                    main.shaper.clone(),
+                    id,
+                    plan,
+                    up_rx,
+                    shared.clone(),
+                )));
+            }
+            (mode, session) => {
+                let kind = match mode {
+                    Mode::StreamOne => RequestKind::StreamOne,
+                    _ => RequestKind::StreamUp,
+                };
+                let (send, recv, label) = main.request(&slot, kind, session.as_deref()).await?;
+                // Stream-one: the response is the download. Stream-up: the server writes
+                // keep-alive padding into it, read and discarded.
+                keep(match down_tx.take() {
+                    Some(tx) => {
+                        Box::pin(streams::download(recv, label.clone(), tx, shared.clone()))
+                    }
+                    None => Box::pin(streams::drain_response(recv, label.clone(), shared.clone())),
+                });
+                keep(Box::pin(streams::stream_upload(
+                    send,
+                    label,
+                    up_rx,
+                    shared.clone(),
+                )));
+            }
         }
         Ok((down_rx, up_tx))
     }
