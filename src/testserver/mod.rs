@@ -242,7 +242,9 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             tokio::select! {
                 r = h3_conn.accept() => match r {
                     Ok(Some(resolver)) => {
-                        tokio::spawn(handler::serve(shared.clone(), resolver, watches.clone(), peer));
+                        // Per request, not per connection: a migrated client shows its new address.
+                        let from = conn.remote_address();
+                        tokio::spawn(handler::serve(shared.clone(), resolver, watches.clone(), from));
                     }
                     Ok(None) => break,
                     Err(e) => {

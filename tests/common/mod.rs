@@ -2,6 +2,7 @@
 //! SHA-256-checked transfers.
 #![allow(dead_code)]
 
+pub mod netsim;
 pub mod socks;
 
 pub mod xray;
@@ -52,6 +53,14 @@ impl Env {
     pub fn client(&self, xhttp: serde_json::Value) -> Client {
         let cfg = Config::from_json(&self.config_json(xhttp)).expect("valid client config");
         Client::new(cfg).expect("client")
+    }
+
+    /// A client that dials `via` (a relay in front of this server) instead of the server.
+    pub fn client_via(&self, via: std::net::SocketAddr, xhttp: serde_json::Value) -> Client {
+        let mut j = self.config_json(xhttp);
+        j["address"] = via.ip().to_string().into();
+        j["port"] = via.port().into();
+        Client::new(Config::from_json(&j).expect("valid client config")).expect("client")
     }
 
     /// A client whose tunnels carry VLESS for user `id`.
