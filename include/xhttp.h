@@ -151,6 +151,17 @@ typedef struct {
   uint64_t live_connections;
 } xh_stats;
 
+// Receives each UDP socket the client creates, before anything is sent on it; returns
+// `true` to let the client use it (e.g. once Android's `VpnService.protect(fd)`
+// succeeded), `false` to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`).
+// `fd` stays owned by the library: do not close it.
+//
+// Runs on one of the library's runtime threads while a tunnel is being opened (or a
+// connection moved by `xh_client_network_changed`). It must return quickly, must not
+// unwind, and must not call `xh_` functions: those return `XH_RESULT_WRONG_THREAD`
+// there.
+typedef bool (*xh_protect_callback)(void *ctx, int fd);
+
 // No records (used as `max_level` to silence the callback).
 #define XH_LOG_LEVEL_OFF 0
 
@@ -253,6 +264,34 @@ xh_result xh_client_open(const xh_client *client, uint32_t timeout_ms, xh_tunnel
 // # Safety
 // `out` must be NULL or valid for a write.
 xh_result xh_client_stats(const xh_client *client, xh_stats *out);
+
+// Installs (or with `cb` NULL, removes) `client`'s socket protect callback; `ctx` is
+// passed back to it. Sockets created from now on go through it; sockets already open are
+// not revisited (call `xh_client_network_changed` to move them to new, protected ones).
+// When this returns, no call of a replaced callback is running any more, so its `ctx`
+// may be freed. Any thread except inside a library callback.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_NULL_ARGUMENT` (NULL
+// client), `XH_RESULT_WRONG_THREAD` (from inside a callback).
+//
+// # Safety
+// `cb`, if set, must be safe to call with `ctx` from any thread until it is replaced or
+// the client is freed.
+xh_result xh_client_set_protect(const xh_client *client, xh_protect_callback cb, void *ctx);
+
+// Tells the client that the device changed networks (Wi-Fi to cellular, a new VPN
+// underlay): every open QUIC connection of the client moves to a new UDP socket (passed
+// through the protect callback) and its tunnels carry on over the new path (QUIC
+// connection migration). A connection that cannot move is retired; new tunnels dial
+// afresh. Sets `*moved`, when `moved` is not NULL, to how many connections moved. Does
+// not block on the network. Any thread except the library's own.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (NULL client),
+// `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `moved` must be NULL or valid for a write.
+xh_result xh_client_network_changed(const xh_client *client, uint32_t *moved);
 
 // Closes the client: every tunnel opened through it is closed (blocked reads and writes
 // on other threads return `XH_RESULT_CLOSED` at once, their handles answer

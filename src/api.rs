@@ -92,6 +92,22 @@ impl Client {
         self.dialer.close();
     }
 
+    /// Sets (or clears) the hook each new UDP socket of this client passes through before
+    /// use, e.g. Android's `VpnService.protect(fd)`; returning `false` refuses the socket
+    /// and the dial fails. Called on the library's runtime thread: it must not block long.
+    pub fn set_protect(&self, protect: Option<crate::transport::Protect>) {
+        self.dialer.set_protect(protect);
+    }
+
+    /// Tells the client the device changed networks: every open QUIC connection moves to a
+    /// new UDP socket (through the protect hook) and its tunnels carry on (QUIC migration).
+    /// Returns how many connections moved.
+    pub fn network_changed(&self) -> Result<usize> {
+        let d = self.dialer.clone();
+        self.rt
+            .block_on(None, async move { Ok(d.network_changed()) })
+    }
+
     /// The async dialer, for callers already on a tokio runtime.
     pub fn dialer(&self) -> &Arc<Dialer> {
         &self.dialer

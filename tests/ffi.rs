@@ -35,6 +35,7 @@ struct Stats {
 }
 
 type LogCb = Option<unsafe extern "C" fn(*mut c_void, u32, *const c_char, *const c_char)>;
+type ProtectCb = Option<unsafe extern "C" fn(*mut c_void, i32) -> bool>;
 
 unsafe extern "C" {
     fn xh_version() -> *const c_char;
@@ -44,6 +45,8 @@ unsafe extern "C" {
     fn xh_client_new(config: *const c_char, out: *mut Client) -> u32;
     fn xh_client_open(client: Client, timeout_ms: u32, out: *mut TunnelH) -> u32;
     fn xh_client_stats(client: Client, out: *mut Stats) -> u32;
+    fn xh_client_set_protect(client: Client, cb: ProtectCb, ctx: *mut c_void) -> u32;
+    fn xh_client_network_changed(client: Client, moved: *mut u32) -> u32;
     fn xh_client_close(client: Client) -> u32;
     fn xh_client_free(client: Client) -> u32;
     fn xh_tunnel_read(
@@ -75,6 +78,7 @@ const INVALID_HANDLE: u32 = 4;
 const CLOSED: u32 = 5;
 const TIMEOUT: u32 = 6;
 const WRITE_SHUTDOWN: u32 = 7;
+const CONNECT_FAILED: u32 = 8;
 const SERVER_STATUS: u32 = 9;
 const REQUEST_FAILED: u32 = 10;
 const WRONG_THREAD: u32 = 11;
@@ -787,6 +791,94 @@ fn log_callback_receives_records_and_refuses_reentry() {
     let t = open(c, T_MS).unwrap();
     assert_eq!((free_t(t), free_c(c)), (OK, OK));
     assert_eq!(LOG_RECORDS.load(Ordering::SeqCst), seen);
+    f.assert_all_released();
+}
+
+/// What the protect callback saw, and whether it accepts.
+struct ProtectLog {
+    fds: Mutex<Vec<i32>>,
+    accept: std::sync::atomic::AtomicBool,
+    reentry: AtomicUsize,
+}
+
+unsafe extern "C" fn on_protect(ctx: *mut c_void, fd: i32) -> bool {
+    // SAFETY: ctx is the &ProtectLog the test installed and keeps alive.
+    let log = unsafe { &*(ctx as *const ProtectLog) };
+    log.fds.lock().unwrap().push(fd);
+    // Re-entering the ABI from the callback is refused, never a deadlock.
+    if unsafe { xh_client_set_protect(null_mut(), None, null_mut()) } == WRONG_THREAD {
+        log.reentry.fetch_add(1, Ordering::SeqCst);
+    }
+    log.accept.load(Ordering::SeqCst)
+}
+
+#[test]
+fn protect_callback_and_network_change_through_the_abi() {
+    let f = fixture();
+    let log = ProtectLog {
+        fds: Mutex::new(Vec::new()),
+        accept: true.into(),
+        reentry: AtomicUsize::new(0),
+    };
+    let ctx = &log as *const ProtectLog as *mut c_void;
+    assert_eq!(
+        unsafe { xh_client_set_protect(null_mut(), Some(on_protect), ctx) },
+        NULL_ARGUMENT
+    );
+    let c = f.client("stream-up");
+    assert_eq!(
+        unsafe { xh_client_set_protect(p(c), Some(on_protect), ctx) },
+        OK
+    );
+    let t = open(c, T_MS).unwrap();
+    assert_eq!(
+        log.fds.lock().unwrap().len(),
+        1,
+        "the dial's socket was offered"
+    );
+    let mut moved = 99u32;
+    assert_eq!(unsafe { xh_client_network_changed(p(c), &mut moved) }, OK);
+    assert_eq!(moved, 1);
+    assert_eq!(unsafe { xh_client_network_changed(p(c), null_mut()) }, OK);
+    assert_eq!(
+        log.fds.lock().unwrap().len(),
+        3,
+        "each new socket was offered"
+    );
+    assert_eq!(
+        log.reentry.load(Ordering::SeqCst),
+        3,
+        "re-entry got through"
+    );
+    // The tunnel still works on its moved connection.
+    let data = pattern(4, 100_000);
+    assert_eq!(write(t, &data, T_MS), Ok(data.len()));
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < data.len() {
+        let n = read(t, &mut buf, T_MS).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(sha(&got), sha(&data));
+    // Refusing: the next dial fails and says why.
+    log.accept.store(false, Ordering::SeqCst);
+    let c2 = f.client("stream-one");
+    assert_eq!(
+        unsafe { xh_client_set_protect(p(c2), Some(on_protect), ctx) },
+        OK
+    );
+    assert_eq!(open(c2, T_MS), Err(CONNECT_FAILED));
+    assert!(last_error().contains("protect"), "{}", last_error());
+    // Removed before `log` goes away; a freed client answers like any bad handle.
+    assert_eq!(
+        unsafe { xh_client_set_protect(p(c2), None, null_mut()) },
+        OK
+    );
+    assert_eq!((free_t(t), free_c(c), free_c(c2)), (OK, OK, OK));
+    assert_eq!(
+        unsafe { xh_client_network_changed(p(c), null_mut()) },
+        INVALID_HANDLE
+    );
     f.assert_all_released();
 }
 

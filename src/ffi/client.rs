@@ -5,7 +5,7 @@ use super::result::{Failure, xh_result};
 use super::tunnel::{TUNNELS, TunnelEntry, xh_tunnel};
 use super::{call, non_null, put, timeout};
 use crate::api::Client;
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Weak};
 
 /// A client: one server config with its QUIC connections and its tunnels. An opaque
@@ -191,6 +191,95 @@ pub unsafe extern "C" fn xh_client_stats(
         };
         // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
         unsafe { put(out, stats) };
+        Ok(())
+    })
+}
+
+/// Receives each UDP socket the client creates, before anything is sent on it; returns
+/// `true` to let the client use it (e.g. once Android's `VpnService.protect(fd)`
+/// succeeded), `false` to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`).
+/// `fd` stays owned by the library: do not close it.
+///
+/// Runs on one of the library's runtime threads while a tunnel is being opened (or a
+/// connection moved by `xh_client_network_changed`). It must return quickly, must not
+/// unwind, and must not call `xh_` functions: those return `XH_RESULT_WRONG_THREAD`
+/// there.
+#[allow(non_camel_case_types)]
+pub type xh_protect_callback = Option<unsafe extern "C" fn(ctx: *mut c_void, fd: c_int) -> bool>;
+
+struct ProtectFn {
+    cb: unsafe extern "C" fn(*mut c_void, c_int) -> bool,
+    ctx: *mut c_void,
+}
+
+impl ProtectFn {
+    fn call(&self, fd: crate::transport::RawSocket) -> bool {
+        // SAFETY: the app vouches for `cb` with `ctx` while installed (`xh_client_set_protect`).
+        super::log::in_app_callback(|| unsafe { (self.cb)(self.ctx, fd as c_int) })
+    }
+}
+
+// SAFETY: the header requires `ctx` to be usable from any thread while installed; the
+// library only passes it back to the app's own callback.
+unsafe impl Send for ProtectFn {}
+// SAFETY: as above; concurrent dials call the callback concurrently, which the header
+// allows.
+unsafe impl Sync for ProtectFn {}
+
+/// Installs (or with `cb` NULL, removes) `client`'s socket protect callback; `ctx` is
+/// passed back to it. Sockets created from now on go through it; sockets already open are
+/// not revisited (call `xh_client_network_changed` to move them to new, protected ones).
+/// When this returns, no call of a replaced callback is running any more, so its `ctx`
+/// may be freed. Any thread except inside a library callback.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_NULL_ARGUMENT` (NULL
+/// client), `XH_RESULT_WRONG_THREAD` (from inside a callback).
+///
+/// # Safety
+/// `cb`, if set, must be safe to call with `ctx` from any thread until it is replaced or
+/// the client is freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_set_protect(
+    client: *const xh_client,
+    cb: xh_protect_callback,
+    ctx: *mut c_void,
+) -> xh_result {
+    call("xh_client_set_protect", || {
+        non_null(client, "client")?;
+        let c = entry(client)?;
+        let protect = cb.map(|cb| {
+            let f = ProtectFn { cb, ctx };
+            Arc::new(move |fd: crate::transport::RawSocket| f.call(fd)) as crate::transport::Protect
+        });
+        c.client.set_protect(protect);
+        Ok(())
+    })
+}
+
+/// Tells the client that the device changed networks (Wi-Fi to cellular, a new VPN
+/// underlay): every open QUIC connection of the client moves to a new UDP socket (passed
+/// through the protect callback) and its tunnels carry on over the new path (QUIC
+/// connection migration). A connection that cannot move is retired; new tunnels dial
+/// afresh. Sets `*moved`, when `moved` is not NULL, to how many connections moved. Does
+/// not block on the network. Any thread except the library's own.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (NULL client),
+/// `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_WRONG_THREAD`.
+///
+/// # Safety
+/// `moved` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_network_changed(
+    client: *const xh_client,
+    moved: *mut u32,
+) -> xh_result {
+    call("xh_client_network_changed", || {
+        non_null(client, "client")?;
+        let n = entry(client)?.client.network_changed()?;
+        if !moved.is_null() {
+            // SAFETY: non-NULL; the caller vouches it is writable.
+            unsafe { put(moved, u32::try_from(n).unwrap_or(u32::MAX)) };
+        }
         Ok(())
     })
 }

@@ -61,6 +61,16 @@ pub(crate) fn in_callback() -> bool {
     IN_CALLBACK.try_with(Cell::get).unwrap_or(false)
 }
 
+/// Runs `f`, a call into an app callback, marked so that `xh_` calls made from inside it
+/// are refused and records it logs are dropped (re-entering could deadlock or recurse).
+pub(crate) fn in_app_callback<R>(f: impl FnOnce() -> R) -> R {
+    let outer = in_callback();
+    let _ = IN_CALLBACK.try_with(|c| c.set(true));
+    let r = f();
+    let _ = IN_CALLBACK.try_with(|c| c.set(outer));
+    r
+}
+
 struct Forwarder;
 
 static FORWARDER: Forwarder = Forwarder;
@@ -108,19 +118,17 @@ impl log::Log for Forwarder {
         let Some(s) = sink.as_ref() else { return };
         let target = c_text(record.target().to_string());
         let message = c_text(record.args().to_string());
-        let _ = IN_CALLBACK.try_with(|f| f.set(true));
         // SAFETY: `cb` is the app's callback installed with this `ctx` (the app vouches
         // for both while installed; the read lock keeps them installed during the call);
         // the strings are valid NUL-terminated UTF-8 for the duration of the call.
-        unsafe {
+        in_app_callback(|| unsafe {
             (s.cb)(
                 s.ctx,
                 to_level(record.level()),
                 target.as_ptr(),
                 message.as_ptr(),
             )
-        };
-        let _ = IN_CALLBACK.try_with(|f| f.set(false));
+        });
     }
 
     fn flush(&self) {}

@@ -51,12 +51,13 @@ fn panic_text(payload: Box<dyn Any + Send>) -> String {
 }
 
 /// The boundary every fallible entry point runs in: no panic crosses it, no call from
-/// inside the log callback gets through, and a failure becomes a code plus last error.
+/// inside an app callback (log, protect) gets through, and a failure becomes a code plus
+/// last error.
 pub(crate) fn call(name: &str, f: impl FnOnce() -> Result<(), Failure>) -> xh_result {
     if log::in_callback() {
         return record(Failure::new(
             xh_result::WrongThread,
-            format!("{name} called from inside the log callback"),
+            format!("{name} called from inside a library callback (log or protect)"),
         ));
     }
     match catch_unwind(AssertUnwindSafe(f)) {

@@ -1,6 +1,7 @@
 //! One HTTP/3 connection = one QUIC connection on its own UDP socket (so retiring it
 //! releases the socket), with the h3 driver polled for the connection's whole life.
 
+use super::socket::{MobileSocket, SocketHooks};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -52,10 +53,12 @@ impl QuicOptions {
 /// An established HTTP/3 connection.
 pub struct H3Conn {
     quic: quinn::Connection,
-    // Kept so the endpoint (and its socket) lives exactly as long as this connection.
-    _endpoint: quinn::Endpoint,
+    // Owned so the endpoint (and its socket) lives exactly as long as this connection.
+    endpoint: quinn::Endpoint,
+    hooks: Arc<SocketHooks>,
     sender: Mutex<Sender>,
-    local: SocketAddr,
+    /// Changes when the connection moves to a new socket (`rebind`).
+    local: Mutex<SocketAddr>,
     remote: SocketAddr,
     broken: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
@@ -68,7 +71,7 @@ const CLOSE_GRACE: Duration = Duration::from_millis(50);
 impl std::fmt::Debug for H3Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H3Conn")
-            .field("local", &self.local)
+            .field("local", &self.local_addr())
             .field("remote", &self.remote)
             .field("broken", &self.is_broken())
             .finish()
@@ -82,19 +85,17 @@ impl H3Conn {
         sni: &str,
         tls: Arc<rustls::ClientConfig>,
         opts: &QuicOptions,
+        hooks: Arc<SocketHooks>,
     ) -> Result<Arc<H3Conn>> {
         let fail = |detail: String| Error::Connect {
             addr: remote.to_string(),
             detail,
         };
-        let bind: SocketAddr = if remote.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = std::net::UdpSocket::bind(bind).map_err(|e| fail(format!("UDP bind: {e}")))?;
-        let local_ip = route_local_ip(remote).unwrap_or(bind.ip());
-        let endpoint = quinn::Endpoint::new(
+        let socket = hooks
+            .udp_socket(remote)
+            .map_err(|e| fail(format!("UDP socket: {e}")))?;
+        let socket = MobileSocket::wrap(socket).map_err(|e| fail(format!("UDP socket: {e}")))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             None,
             socket,
@@ -122,13 +123,13 @@ impl H3Conn {
             flag.store(true, Ordering::Release);
             log::debug!("HTTP/3 connection to {remote} ended: {err}");
         });
-        let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
-        let local_ip = quic.local_ip().unwrap_or(local_ip);
+        let local = local_addr(&endpoint, &quic);
         Ok(Arc::new(H3Conn {
-            local: SocketAddr::new(local_ip, local_port),
+            local: Mutex::new(local),
             remote: quic.remote_address(),
             quic,
-            _endpoint: endpoint,
+            endpoint,
+            hooks,
             sender: Mutex::new(sender),
             broken,
             runtime: tokio::runtime::Handle::current(),
@@ -160,7 +161,18 @@ impl H3Conn {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        *self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the connection to a new UDP socket (made and protected like the first), for a
+    /// network change: QUIC migrates the path and open streams carry on. The old socket is
+    /// released. Must run on the runtime.
+    pub fn rebind(&self) -> std::io::Result<SocketAddr> {
+        let socket = self.hooks.udp_socket(self.remote)?;
+        self.endpoint.rebind_abstract(MobileSocket::wrap(socket)?)?;
+        let local = local_addr(&self.endpoint, &self.quic);
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = local;
+        Ok(local)
     }
 
     pub fn remote_addr(&self) -> SocketAddr {
@@ -191,6 +203,19 @@ impl Drop for H3Conn {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The connection's local address: the socket's port, and the IP quinn saw packets arrive
+/// on or else the one the routing table picks.
+fn local_addr(endpoint: &quinn::Endpoint, quic: &quinn::Connection) -> SocketAddr {
+    let bound = endpoint
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let ip = quic
+        .local_ip()
+        .or_else(|| route_local_ip(quic.remote_address()))
+        .unwrap_or(bound.ip());
+    SocketAddr::new(ip, bound.port())
 }
 
 /// The local address the kernel would use toward `remote` (a connected UDP socket sends

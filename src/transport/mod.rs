@@ -1,6 +1,8 @@
-//! QUIC + HTTP/3 connections: TLS, transport parameters, the h3 driver.
+//! QUIC + HTTP/3 connections: TLS, transport parameters, the h3 driver, the UDP sockets.
 
 mod conn;
+pub mod socket;
 pub mod tls;
 
 pub use conn::{H3Conn, QuicOptions, RequestStream};
+pub use socket::{Protect, RawSocket, SocketHooks};

@@ -6,7 +6,7 @@ use super::streams::{self, PacketPlan, RecvHalf, SendHalf};
 use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, Mode};
 use crate::error::{Error, RequestLabel, Result};
-use crate::transport::{QuicOptions, tls};
+use crate::transport::{Protect, QuicOptions, SocketHooks, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
 use crate::xmux::pool::Connector;
@@ -21,6 +21,7 @@ const DOWN_QUEUE_BYTES: usize = 256 * 1024;
 
 pub struct Dialer {
     cfg: Config,
+    hooks: Arc<SocketHooks>,
     mode: Mode,
     main: Side,
     /// `downloadSettings`: where the GET goes, with its own shapes and XMUX pool.
@@ -37,7 +38,7 @@ struct Side {
 }
 
 impl Side {
-    fn new(cfg: &Config) -> Result<Side> {
+    fn new(cfg: &Config, hooks: &Arc<SocketHooks>) -> Result<Side> {
         let tls = Arc::new(tls::client_config(&cfg.tls)?);
         let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
         // Fail at construction, not at the first tunnel, if a request cannot be built.
@@ -52,6 +53,7 @@ impl Side {
             sni: cfg.sni().to_string(),
             tls,
             quic,
+            hooks: hooks.clone(),
         };
         Ok(Side {
             shaper,
@@ -95,14 +97,17 @@ impl Dialer {
     /// and the XMUX pool. Does no I/O.
     pub fn new(cfg: Config) -> Result<Dialer> {
         cfg.validate()?;
-        let main = Side::new(&cfg)?;
+        let hooks = Arc::new(SocketHooks::default());
+        let main = Side::new(&cfg, &hooks)?;
         let download = match &cfg.download {
-            Some(d) => {
-                Some(Side::new(d).map_err(|e| crate::config::prefix_field("downloadSettings", e))?)
-            }
+            Some(d) => Some(
+                Side::new(d, &hooks)
+                    .map_err(|e| crate::config::prefix_field("downloadSettings", e))?,
+            ),
             None => None,
         };
         Ok(Dialer {
+            hooks,
             mode: cfg.xhttp.mode.resolve(),
             main,
             download,
@@ -115,6 +120,24 @@ impl Dialer {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Sets (or clears) the hook every new UDP socket of this client goes through before
+    /// use: Android's `VpnService.protect(fd)`, so the client's own traffic bypasses the
+    /// VPN it serves. Sockets already open are not revisited.
+    pub fn set_protect(&self, protect: Option<Protect>) {
+        self.hooks.set_protect(protect);
+    }
+
+    /// The device changed networks: moves every open QUIC connection to a new (protected)
+    /// UDP socket so tunnels carry on over the new path (QUIC connection migration).
+    /// Returns how many connections moved. Must run on the runtime.
+    pub fn network_changed(&self) -> usize {
+        let mut moved = self.main.pool.rebind_all();
+        if let Some(d) = &self.download {
+            moved += d.pool.rebind_all();
+        }
+        moved
     }
 
     pub fn mode(&self) -> Mode {

@@ -5,7 +5,7 @@
 use super::settings::XmuxSettings;
 use super::state::{Choice, ConnId, ConnStats, XmuxState};
 use crate::error::{Error, Result};
-use crate::transport::{H3Conn, QuicOptions};
+use crate::transport::{H3Conn, QuicOptions, SocketHooks};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,8 @@ pub struct Connector {
     pub sni: String,
     pub tls: Arc<rustls::ClientConfig>,
     pub quic: QuicOptions,
+    /// The client's socket hooks (protect), shared by all its pools.
+    pub hooks: Arc<SocketHooks>,
 }
 
 impl Connector {
@@ -38,7 +40,14 @@ impl Connector {
 
     async fn connect(&self) -> Result<Arc<H3Conn>> {
         let remote = self.resolve().await?;
-        H3Conn::connect(remote, &self.sni, self.tls.clone(), &self.quic).await
+        H3Conn::connect(
+            remote,
+            &self.sni,
+            self.tls.clone(),
+            &self.quic,
+            self.hooks.clone(),
+        )
+        .await
     }
 }
 
@@ -292,6 +301,33 @@ impl Pool {
             requests_total: self.requests_total.load(Ordering::Relaxed),
             connections,
         }
+    }
+
+    /// Moves every open connection to a new UDP socket (network change); tunnels on them
+    /// carry on over the new path. A connection that cannot move is retired (closed once
+    /// idle) so new tunnels dial afresh. Returns how many moved. Must run on the runtime.
+    pub fn rebind_all(&self) -> usize {
+        let open: Vec<(ConnId, Arc<H3Conn>)> = lock(&self.conns)
+            .iter()
+            .filter_map(|(id, c)| match c.get() {
+                Some(Ok(conn)) if !conn.is_broken() => Some((*id, conn.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut moved = 0;
+        for (id, conn) in open {
+            match conn.rebind() {
+                Ok(local) => {
+                    log::debug!("xmux: connection {id} moved to {local}");
+                    moved += 1;
+                }
+                Err(e) => {
+                    log::info!("xmux: connection {id} could not move to a new socket: {e}");
+                    self.mark_broken(id);
+                }
+            }
+        }
+        moved
     }
 
     /// Closes every connection. Idempotent. Slots still held release into nothing.

@@ -6,7 +6,9 @@
  *   XH_HARNESS_MIB     MiB moved each way per mode (default 1)
  *
  * 1. A real transfer in every mode (packet-up, stream-up, stream-one, auto): bytes each
- *    way, SHA-256 of what went up equals SHA-256 of what came back, stats and addresses.
+ *    way, SHA-256 of what went up equals SHA-256 of what came back, stats and addresses;
+ *    each client's UDP sockets go through a protect callback, and its connection moves
+ *    to a new socket (xh_client_network_changed) before the transfer.
  * 2. The misuse suite: bad configs and arguments, NULLs, double close and free, use after
  *    free, handles of the wrong kind and made-up handles, zero-length buffers, huge
  *    timeouts, free racing blocked reads and writes, client free closing its tunnels,
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define T_MS 60000u /* a generous bound for one blocking call, valgrind included */
@@ -185,12 +188,28 @@ static void *writer_main(void *p) {
     return NULL;
 }
 
+/* The protect callback: counts the UDP sockets it is offered (each must be one). */
+static bool on_protect(void *ctx, int fd) {
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_DGRAM)
+        atomic_fetch_add((atomic_int *)ctx, 1);
+    return true;
+}
+
 static void transfer(const char *mode, size_t size, uint64_t seed) {
     double start = now_s();
     int half_close = strcmp(mode, "stream-up") == 0 || strcmp(mode, "stream-one") == 0;
     xh_client *c = new_client(mode);
+    atomic_int protected_sockets = 0;
+    if (c) EXPECT_RC(xh_client_set_protect(c, on_protect, &protected_sockets), XH_RESULT_OK);
     xh_tunnel *t = open_tunnel(c);
     if (!c || !t) return;
+    CHECK(atomic_load(&protected_sockets) == 1);
+    /* A network change before the transfer: it runs on the moved connection. */
+    uint32_t moved = 0;
+    EXPECT_RC(xh_client_network_changed(c, &moved), XH_RESULT_OK);
+    CHECK(moved == 1 && atomic_load(&protected_sockets) == 2);
 
     char addr[XH_ADDR_BUF_LEN], want_peer[64];
     size_t alen = 0;
@@ -240,6 +259,7 @@ static void transfer(const char *mode, size_t size, uint64_t seed) {
     EXPECT_RC(xh_client_stats(c, &s), XH_RESULT_OK);
     CHECK(s.open_tunnels == 0);
     EXPECT_RC(xh_tunnel_free(t), XH_RESULT_OK);
+    EXPECT_RC(xh_client_set_protect(c, NULL, NULL), XH_RESULT_OK);
     EXPECT_RC(xh_client_free(c), XH_RESULT_OK);
     printf("transfer %-10s ok %zu bytes each way, sha256 %.16s..., %.2f s\n", mode, size, up_hex,
            now_s() - start);

@@ -73,6 +73,10 @@ struct State {
     server: SocketAddr,
     upstream: Mutex<Arc<UdpSocket>>,
     client: Mutex<Option<SocketAddr>>,
+    /// Every client address seen, and those whose datagrams are dropped (a network that
+    /// went away under the client).
+    clients: Mutex<Vec<SocketAddr>>,
+    blocked: Mutex<Vec<SocketAddr>>,
     /// The impairment, the generator's state and the last due time per direction (up,
     /// down), so jitter never reorders.
     impairment: Mutex<(Impairment, u64, [Instant; 2])>,
@@ -164,6 +168,8 @@ impl Relay {
             server,
             upstream: Mutex::new(upstream_socket()),
             client: Mutex::new(None),
+            clients: Mutex::new(Vec::new()),
+            blocked: Mutex::new(Vec::new()),
             impairment: Mutex::new((imp, imp.seed | 1, [Instant::now(); 2])),
             blackhole: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -181,6 +187,16 @@ impl Relay {
             let mut buf = vec![0u8; 65536];
             while !s.stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = s.front.recv_from(&mut buf) {
+                    {
+                        let mut seen = s.clients.lock().unwrap();
+                        if !seen.contains(&from) {
+                            seen.push(from);
+                        }
+                    }
+                    if s.blocked.lock().unwrap().contains(&from) {
+                        s.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     *s.client.lock().unwrap() = Some(from);
                     s.offer(Dir::Up, buf[..n].to_vec());
                 }
@@ -242,6 +258,20 @@ impl Relay {
         let addr = fresh.local_addr().unwrap();
         *self.state.upstream.lock().unwrap() = fresh;
         addr
+    }
+
+    /// Drops everything from and to the client address `a` from now on.
+    pub fn block_client(&self, a: SocketAddr) {
+        self.state.blocked.lock().unwrap().push(a);
+        let mut c = self.state.client.lock().unwrap();
+        if *c == Some(a) {
+            *c = None;
+        }
+    }
+
+    /// Client addresses seen so far, in order.
+    pub fn clients(&self) -> Vec<SocketAddr> {
+        self.state.clients.lock().unwrap().clone()
     }
 
     /// The server-facing address in use now.
