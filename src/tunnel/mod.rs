@@ -341,3 +341,91 @@ impl Drop for TunnelCore {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> (TunnelCore, queue::QueueTx, Arc<Shared>) {
+        let shared = Shared::new();
+        let (down_tx, down_rx) = queue::queue(1 << 20);
+        let (up_tx, _up_rx) = queue::queue(1 << 20);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let t = TunnelCore::new(shared.clone(), Arc::default(), down_rx, up_tx, addr, addr);
+        (t, down_tx, shared)
+    }
+
+    async fn read_all(t: &TunnelCore) -> (Vec<u8>, Result<usize>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3];
+        loop {
+            match t.read(&mut buf).await {
+                Ok(0) => return (got, Ok(0)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_only_after_the_server_ended_the_body() {
+        let (t, tx, shared) = core();
+        tx.send(Bytes::from_static(b"hello")).await.unwrap();
+        shared.download_ended();
+        drop(tx);
+        let (got, end) = read_all(&t).await;
+        assert_eq!(got, b"hello");
+        assert!(matches!(end, Ok(0)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_download_task_that_vanished_is_an_error_not_eof() {
+        // What a panicking download task leaves behind: its sender dropped, no end seen.
+        let (t, tx, _) = core();
+        tx.send(Bytes::from_static(b"part")).await.unwrap();
+        drop(tx);
+        let (got, end) = read_all(&t).await;
+        assert_eq!(got, b"part");
+        assert!(
+            matches!(&end, Err(Error::Other(m)) if m.contains("before the end")),
+            "{end:?}"
+        );
+        assert!(t.is_closed() && t.failure().is_some());
+    }
+
+    #[tokio::test]
+    async fn queued_data_is_read_before_a_failure_but_not_after_a_close() {
+        let (t, tx, shared) = core();
+        tx.send(Bytes::from_static(b"before")).await.unwrap();
+        shared.fail(Error::Other("boom".into()));
+        drop(tx);
+        let (got, end) = read_all(&t).await;
+        assert_eq!(got, b"before");
+        assert!(
+            matches!(&end, Err(Error::Other(m)) if m == "boom"),
+            "{end:?}"
+        );
+
+        let (t, tx, _) = core();
+        tx.send(Bytes::from_static(b"dropped")).await.unwrap();
+        t.close();
+        let (got, end) = read_all(&t).await;
+        assert!(got.is_empty());
+        assert!(matches!(end, Err(Error::Closed)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_body_ended_replaces_eof() {
+        let (t, tx, shared) = core();
+        tx.send(Bytes::from_static(b"all")).await.unwrap();
+        shared.download_ended();
+        drop(tx);
+        shared.fail(Error::Other("upload refused".into()));
+        let (got, end) = read_all(&t).await;
+        assert_eq!(got, b"all");
+        assert!(
+            matches!(&end, Err(Error::Other(m)) if m == "upload refused"),
+            "{end:?}"
+        );
+    }
+}

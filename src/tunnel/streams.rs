@@ -180,10 +180,8 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
         };
         match chunk {
             Ok(Some(_)) => {}
-            Ok(None) => {
-                shared.download_ended();
-                return;
-            }
+            // An upload's response ending says nothing about the download.
+            Ok(None) => return,
             Err(e) => {
                 shared.fail(request_error(&label, e));
                 return;
