@@ -151,6 +151,14 @@ typedef struct {
   uint64_t live_connections;
 } xh_stats;
 
+// What `xh_client_probe` measured, in microseconds.
+typedef struct {
+  // Name resolution, QUIC handshake and HTTP/3 setup of a fresh connection.
+  uint64_t connect_us;
+  // From sending the mode's first request to its 200 response head.
+  uint64_t round_trip_us;
+} xh_probe;
+
 // Receives each UDP socket the client creates, before anything is sent on it; returns
 // `true` to let the client use it (e.g. once Android's `VpnService.protect(fd)`
 // succeeded), `false` to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`).
@@ -264,6 +272,21 @@ xh_result xh_client_open(const xh_client *client, uint32_t timeout_ms, xh_tunnel
 // # Safety
 // `out` must be NULL or valid for a write.
 xh_result xh_client_stats(const xh_client *client, xh_stats *out);
+
+// Measures the config's latency (`*out`) on a connection of its own: the client's
+// connections, tunnels and counters are untouched. The request is the one a tunnel would
+// send first (the download GET, or stream-one's POST, whose body is reset afterwards).
+// Blocks up to `timeout_ms` (`XH_TIMEOUT_INFINITE`: no limit). Any thread except the
+// library's own.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+// `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_SERVER_STATUS` (the server
+// answered non-200: the last error names the status), `XH_RESULT_REQUEST_FAILED`,
+// `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `out` must be NULL or valid for a write.
+xh_result xh_client_probe(const xh_client *client, uint32_t timeout_ms, xh_probe *out);
 
 // Installs (or with `cb` NULL, removes) `client`'s socket protect callback; `ctx` is
 // passed back to it. Sockets created from now on go through it; sockets already open are

@@ -92,6 +92,14 @@ impl Client {
         self.dialer.close();
     }
 
+    /// Measures the config's latency on a connection of its own (the pool is untouched):
+    /// the time to connect, and the round trip of the mode's first request. A non-200
+    /// answer or a failed connect is the error a tunnel would have got.
+    pub fn probe(&self, timeout: Option<Duration>) -> Result<crate::tunnel::Probe> {
+        let d = self.dialer.clone();
+        self.rt.block_on(timeout, async move { d.probe().await })
+    }
+
     /// Sets (or clears) the hook each new UDP socket of this client passes through before
     /// use, e.g. Android's `VpnService.protect(fd)`; returning `false` refuses the socket
     /// and the dial fails. Called on the library's runtime thread: it must not block long.

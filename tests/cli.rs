@@ -123,6 +123,32 @@ fn xh_forward_reads_a_config_file_and_stops_on_sigint() {
 }
 
 #[test]
+fn xh_probe_prints_each_measurement_and_names_a_refusal() {
+    let e = env(|_| {});
+    let run = |xhttp: serde_json::Value| {
+        Command::new(env!("CARGO_BIN_EXE_xh"))
+            .args(["probe", "--count", "2", "--config"])
+            .arg(e.config_json(xhttp).to_string())
+            .output()
+            .unwrap()
+    };
+    let out = run(json!({"path": "/xh", "mode": "stream-one"}));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].starts_with("probe 2: connect ") && lines[1].contains(" ms, round trip "));
+    let out = run(json!({"path": "/elsewhere"}));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("probe 1") && err.contains("404"), "{err}");
+}
+
+#[test]
 fn xh_names_what_is_wrong_with_its_arguments() {
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_xh"))

@@ -35,6 +35,13 @@ struct Stats {
 }
 
 type LogCb = Option<unsafe extern "C" fn(*mut c_void, u32, *const c_char, *const c_char)>;
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+struct ProbeOut {
+    connect_us: u64,
+    round_trip_us: u64,
+}
+
 type ProtectCb = Option<unsafe extern "C" fn(*mut c_void, i32) -> bool>;
 
 unsafe extern "C" {
@@ -47,6 +54,7 @@ unsafe extern "C" {
     fn xh_client_stats(client: Client, out: *mut Stats) -> u32;
     fn xh_client_set_protect(client: Client, cb: ProtectCb, ctx: *mut c_void) -> u32;
     fn xh_client_network_changed(client: Client, moved: *mut u32) -> u32;
+    fn xh_client_probe(client: Client, timeout_ms: u32, out: *mut ProbeOut) -> u32;
     fn xh_client_close(client: Client) -> u32;
     fn xh_client_free(client: Client) -> u32;
     fn xh_tunnel_read(
@@ -813,7 +821,7 @@ unsafe extern "C" fn on_protect(ctx: *mut c_void, fd: i32) -> bool {
 }
 
 #[test]
-fn protect_callback_and_network_change_through_the_abi() {
+fn protect_callback_probe_and_network_change_through_the_abi() {
     let f = fixture();
     let log = ProtectLog {
         fds: Mutex::new(Vec::new()),

@@ -266,6 +266,12 @@ fn matrix_modes_inbounds_and_settings() {
         for (name, vless, port) in &cases {
             let (_, _, client_x) = vs.iter().find(|v| v.0 == *name).unwrap();
             let c = client(&outbound(*port, client_x.clone()), *vless);
+            if *name == "default" {
+                // The latency probe against Xray itself: its own connection, a 200 answer.
+                let p = c.probe(T).unwrap_or_else(|e| panic!("probe {mode}: {e}"));
+                assert!(p.connect > Duration::ZERO && p.round_trip > Duration::ZERO);
+                assert_eq!(c.pool_stats().live_connections, 0, "probe used the pool");
+            }
             let size = if *name == "default" { 4 << 20 } else { 300_000 };
             let started = Instant::now();
             roundtrip(&c, *vless, mode, size);

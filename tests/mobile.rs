@@ -142,3 +142,99 @@ fn read_exact(t: &xhttp_mobile::Tunnel, len: usize) -> Vec<u8> {
     }
     got
 }
+
+/// The latency probe, in every mode: one fresh connection, the mode's first request,
+/// the pool untouched; a stream-one probe's body reaches the server as reset, never as a
+/// complete (empty) upload.
+#[test]
+fn probe_times_connect_and_first_request_without_touching_the_pool() {
+    use xhttp_mobile::testserver::{Event, Outcome, RequestKind};
+    let e = env(|_| {});
+    for (mode, kind) in [
+        ("packet-up", RequestKind::StreamDown),
+        ("stream-up", RequestKind::StreamDown),
+        ("stream-one", RequestKind::StreamOne),
+    ] {
+        let c = e.client(json!({"path": "/xh", "mode": mode}));
+        let before = e.server.stats().connections_accepted;
+        let p = c.probe(T).unwrap_or_else(|err| panic!("{mode}: {err}"));
+        assert!(
+            p.connect > Duration::ZERO && p.round_trip > Duration::ZERO,
+            "{p:?}"
+        );
+        assert_eq!(e.server.stats().connections_accepted, before + 1, "{mode}");
+        let answered = e.wait_for(
+            |ev| matches!(ev, Event::Request { kind: Some(k), status: 200, .. } if *k == kind),
+            Duration::from_secs(5),
+        );
+        assert!(answered.is_some(), "{mode}: the server saw no {kind:?}");
+        assert_eq!(
+            c.pool_stats().live_connections,
+            0,
+            "{mode}: probe used the pool"
+        );
+        assert_eq!(c.stats().open_tunnels, 0);
+        if mode == "stream-one" {
+            let ended = e.wait_for(
+                |ev| {
+                    matches!(
+                        ev,
+                        Event::UploadEnded {
+                            kind: RequestKind::StreamOne,
+                            ..
+                        }
+                    )
+                },
+                Duration::from_secs(5),
+            );
+            assert!(
+                matches!(
+                    ended,
+                    Some(Event::UploadEnded {
+                        outcome: Outcome::Reset(_),
+                        ..
+                    })
+                ),
+                "stream-one probe body: {ended:?}"
+            );
+        }
+    }
+}
+
+/// Through a path with 40 ms each way, both numbers include at least one round trip; a
+/// wrong path is the 404 a tunnel would get; nothing listening is a connect error.
+#[test]
+fn probe_reports_the_path_and_the_failures() {
+    let e = env(|_| {});
+    let relay = Relay::start(
+        e.server.addr(),
+        Impairment {
+            delay: Duration::from_millis(40),
+            ..Default::default()
+        },
+    );
+    let c = e.client_via(relay.addr(), json!({"path": "/xh", "mode": "stream-up"}));
+    let p = c.probe(T).unwrap();
+    assert!(p.connect >= Duration::from_millis(80), "{p:?}");
+    assert!(p.round_trip >= Duration::from_millis(80), "{p:?}");
+
+    let wrong = e.client(json!({"path": "/nowhere", "mode": "packet-up"}));
+    match wrong.probe(T) {
+        Err(Error::Status {
+            status: 404,
+            request,
+        }) => {
+            assert!(request.role.starts_with("stream-down"), "{request:?}")
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = sock.local_addr().unwrap();
+    drop(sock);
+    let nobody = e.client_via(dead, json!({"path": "/xh"}));
+    match nobody.probe(Some(Duration::from_secs(2))) {
+        Err(Error::Connect { .. }) | Err(Error::Timeout(_)) => {}
+        other => panic!("expected a connect failure, got {other:?}"),
+    }
+}

@@ -9,6 +9,8 @@
 //!   (VLESS flows with `vlessId`, raw tunnels without) until SIGINT/SIGTERM.
 //! - `xh forward --config <file|json> --listen ADDR [--to HOST:PORT]`: each accepted TCP
 //!   connection becomes one tunnel (raw; VLESS to `--to` when the config has `vlessId`).
+//! - `xh probe --config <file|json> [--count N]`: times connecting and the mode's first
+//!   request N times (default 3) on fresh connections; prints one line each.
 //!
 //! `socks` and `forward` print `listening on ADDR` once ready and exit 0 after a clean stop.
 
@@ -24,7 +26,8 @@ const USAGE: &str = "usage:
   xh demo [--mib N]
   xh serve [--listen 127.0.0.1:PORT]
   xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P]
-  xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]";
+  xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]
+  xh probe --config <file|json> [--count N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("socks") => socks(&args[1..]),
         Some("forward") => forward(&args[1..]),
+        Some("probe") => probe(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -55,8 +59,6 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// `--config`: a path to a JSON file, else the JSON itself (the library format of
-/// `xhttp_mobile::config`).
 /// `--config`: a file, inline JSON or a `vless://` link; the JSON may be the library's own,
 /// an Xray outbound or a whole Xray config.
 fn load_config(arg: &str) -> xhttp_mobile::Result<Config> {
@@ -109,6 +111,31 @@ fn forward(args: &[String]) -> Result<bool, String> {
         .start_forward(listen, flag(args, "--to"))
         .map_err(|e| e.to_string())?;
     run_until_signal(&client, inbound)
+}
+
+/// Probes the config `--count` times; fails on the first error.
+fn probe(args: &[String]) -> Result<bool, String> {
+    let count: u32 = match flag(args, "--count") {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("--count {n:?}: a positive number"))?,
+        None => 3,
+    };
+    let client = client_from_flags(args)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for i in 1..=count {
+        let p = client
+            .probe(Some(Duration::from_secs(10)))
+            .map_err(|e| format!("probe {i}: {e}"))?;
+        println!(
+            "probe {i}: connect {:.1} ms, round trip {:.1} ms",
+            ms(p.connect),
+            ms(p.round_trip)
+        );
+    }
+    Ok(true)
 }
 
 /// Announces the address, waits for SIGINT or SIGTERM, then stops the inbound (closing every

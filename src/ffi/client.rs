@@ -17,6 +17,17 @@ pub struct xh_client {
     _opaque: [u8; 0],
 }
 
+/// What `xh_client_probe` measured, in microseconds.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xh_probe {
+    /// Name resolution, QUIC handshake and HTTP/3 setup of a fresh connection.
+    pub connect_us: u64,
+    /// From sending the mode's first request to its 200 response head.
+    pub round_trip_us: u64,
+}
+
 /// What a client has done so far (`xh_client_stats`).
 #[allow(non_camel_case_types)]
 #[repr(C)]
@@ -191,6 +202,43 @@ pub unsafe extern "C" fn xh_client_stats(
         };
         // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
         unsafe { put(out, stats) };
+        Ok(())
+    })
+}
+
+/// Measures the config's latency (`*out`) on a connection of its own: the client's
+/// connections, tunnels and counters are untouched. The request is the one a tunnel would
+/// send first (the download GET, or stream-one's POST, whose body is reset afterwards).
+/// Blocks up to `timeout_ms` (`XH_TIMEOUT_INFINITE`: no limit). Any thread except the
+/// library's own.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+/// `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_SERVER_STATUS` (the server
+/// answered non-200: the last error names the status), `XH_RESULT_REQUEST_FAILED`,
+/// `XH_RESULT_WRONG_THREAD`.
+///
+/// # Safety
+/// `out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_probe(
+    client: *const xh_client,
+    timeout_ms: u32,
+    out: *mut xh_probe,
+) -> xh_result {
+    call("xh_client_probe", || {
+        non_null(out, "out")?;
+        let p = entry(client)?.client.probe(timeout(timeout_ms))?;
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
+        unsafe {
+            put(
+                out,
+                xh_probe {
+                    connect_us: micros(p.connect),
+                    round_trip_us: micros(p.round_trip),
+                },
+            )
+        };
         Ok(())
     })
 }

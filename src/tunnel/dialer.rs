@@ -32,9 +32,9 @@ pub struct Dialer {
 }
 
 /// One destination: its request shapes and its XMUX pool.
-struct Side {
-    shaper: Arc<Shaper>,
-    pool: Arc<Pool>,
+pub(super) struct Side {
+    pub(super) shaper: Arc<Shaper>,
+    pub(super) pool: Arc<Pool>,
 }
 
 impl Side {
@@ -142,6 +142,15 @@ impl Dialer {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    pub(super) fn main_side(&self) -> &Side {
+        &self.main
+    }
+
+    /// Where the download GET goes: `downloadSettings`' destination, else the main one.
+    pub(super) fn download_side(&self) -> &Side {
+        self.download.as_ref().unwrap_or(&self.main)
     }
 
     /// XMUX introspection: connections, running slots, charged requests.

@@ -11,10 +11,12 @@
 //! - the first failure is kept and reported to every later read and write.
 
 mod dialer;
+mod probe;
 mod queue;
 mod streams;
 
 pub use dialer::{ClientStats, Dialer};
+pub use probe::Probe;
 
 use crate::error::{Error, Result};
 use bytes::Bytes;

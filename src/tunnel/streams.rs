@@ -25,7 +25,7 @@ pub(crate) struct SendGuard {
 }
 
 impl SendGuard {
-    fn new(stream: SendHalf) -> Self {
+    pub(crate) fn new(stream: SendHalf) -> Self {
         SendGuard {
             stream: Some(stream),
         }
@@ -39,7 +39,7 @@ impl SendGuard {
     }
 
     /// Ends the body cleanly and disarms the reset.
-    async fn finish(&mut self) -> Result<(), StreamError> {
+    pub(crate) async fn finish(&mut self) -> Result<(), StreamError> {
         if let Some(s) = self.stream.as_mut() {
             s.finish().await?;
             self.stream = None;

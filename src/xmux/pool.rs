@@ -303,6 +303,12 @@ impl Pool {
         }
     }
 
+    /// Dials a connection of this pool's destination that the pool does not track or
+    /// count (the latency probe's own). The caller closes it.
+    pub async fn dial_unpooled(&self) -> Result<Arc<H3Conn>> {
+        self.connector.connect().await
+    }
+
     /// Moves every open connection to a new UDP socket (network change); tunnels on them
     /// carry on over the new path. A connection that cannot move is retired (closed once
     /// idle) so new tunnels dial afresh. Returns how many moved. Must run on the runtime.

@@ -8,7 +8,7 @@
  * 1. A real transfer in every mode (packet-up, stream-up, stream-one, auto): bytes each
  *    way, SHA-256 of what went up equals SHA-256 of what came back, stats and addresses;
  *    each client's UDP sockets go through a protect callback, and its connection moves
- *    to a new socket (xh_client_network_changed) before the transfer.
+ *    to a new socket (xh_client_network_changed) before the transfer; a latency probe.
  * 2. The misuse suite: bad configs and arguments, NULLs, double close and free, use after
  *    free, handles of the wrong kind and made-up handles, zero-length buffers, huge
  *    timeouts, free racing blocked reads and writes, client free closing its tunnels,
@@ -210,6 +210,11 @@ static void transfer(const char *mode, size_t size, uint64_t seed) {
     uint32_t moved = 0;
     EXPECT_RC(xh_client_network_changed(c, &moved), XH_RESULT_OK);
     CHECK(moved == 1 && atomic_load(&protected_sockets) == 2);
+    /* The latency probe: its own (protected) connection, the pool untouched. */
+    xh_probe probe = {0};
+    EXPECT_RC(xh_client_probe(c, T_MS, &probe), XH_RESULT_OK);
+    CHECK(probe.connect_us > 0 && probe.round_trip_us > 0);
+    CHECK(atomic_load(&protected_sockets) == 3);
 
     char addr[XH_ADDR_BUF_LEN], want_peer[64];
     size_t alen = 0;
