@@ -838,6 +838,21 @@ fn protect_callback_probe_and_network_change_through_the_abi() {
         unsafe { xh_client_set_protect(p(c), Some(on_protect), ctx) },
         OK
     );
+    // The probe dials its own connection: protected too, and the pool stays empty.
+    let mut probe = ProbeOut::default();
+    assert_eq!(
+        unsafe { xh_client_probe(p(c), T_MS, null_mut()) },
+        NULL_ARGUMENT
+    );
+    assert_eq!(unsafe { xh_client_probe(p(c), T_MS, &mut probe) }, OK);
+    assert!(probe.connect_us > 0 && probe.round_trip_us > 0, "{probe:?}");
+    assert_eq!(stats(c).unwrap().live_connections, 0);
+    assert_eq!(
+        log.fds.lock().unwrap().len(),
+        1,
+        "the probe's socket was offered"
+    );
+    log.fds.lock().unwrap().clear();
     let t = open(c, T_MS).unwrap();
     assert_eq!(
         log.fds.lock().unwrap().len(),
@@ -855,7 +870,7 @@ fn protect_callback_probe_and_network_change_through_the_abi() {
     );
     assert_eq!(
         log.reentry.load(Ordering::SeqCst),
-        3,
+        4,
         "re-entry got through"
     );
     // The tunnel still works on its moved connection.
