@@ -20,6 +20,7 @@ pub use probe::Probe;
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -169,6 +170,15 @@ impl TunnelCore {
     /// of EOF too): what arrived is never dropped because another request of the tunnel
     /// failed, and a failed upload never ends in a clean-looking EOF.
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and `read_uninit`
+        // only ever writes initialised bytes into it.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.read_uninit(buf).await
+    }
+
+    /// [`read`](Self::read) into memory that may be uninitialised (a C caller's buffer);
+    /// the first `n` bytes are initialised when it returns `Ok(n)`.
+    pub async fn read_uninit(&self, buf: &mut [MaybeUninit<u8>]) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -226,7 +236,10 @@ impl TunnelCore {
         let mut n = 0;
         loop {
             let take = (buf.len() - n).min(down.pending.len());
-            buf[n..n + take].copy_from_slice(&down.pending.split_to(take));
+            let piece = down.pending.split_to(take);
+            for (d, s) in buf[n..n + take].iter_mut().zip(piece.iter()) {
+                d.write(*s);
+            }
             n += take;
             if n == buf.len() {
                 break;
@@ -285,8 +298,15 @@ impl TunnelCore {
                 _ = token.cancelled() => return Err(self.shared.end_error()),
                 r = tx.send(Bytes::copy_from_slice(piece)) => {
                     if r.is_err() {
-                        // Report what was queued; the next call gets the error.
-                        return if sent > 0 { Ok(sent) } else { Err(self.shared.end_error()) };
+                        // Report what was queued; the next call gets the error. The upload
+                        // task gone from a live tunnel means the server is done reading.
+                        return if sent > 0 {
+                            Ok(sent)
+                        } else if self.shared.cancel.is_cancelled() {
+                            Err(self.shared.end_error())
+                        } else {
+                            Err(Error::WriteShutdown)
+                        };
                     }
                     self.counters.up.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     sent += piece.len();

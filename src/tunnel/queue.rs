@@ -42,8 +42,11 @@ impl QueueTx {
     /// cancelled wait takes no room.
     pub(crate) async fn send(&self, b: Bytes) -> Result<(), ()> {
         let n = u32::try_from(b.len()).map_err(|_| ())?;
-        self.budget.acquire_many(n).await.map_err(|_| ())?.forget();
-        self.tx.send((b, n)).map_err(|_| ())
+        let room = self.budget.acquire_many(n).await.map_err(|_| ())?;
+        self.tx.send((b, n)).map_err(|_| ())?;
+        // Given back by the receiver when it takes the piece.
+        room.forget();
+        Ok(())
     }
 
     /// Queues `b` without waiting for room. Only for bytes already held in memory
@@ -51,6 +54,13 @@ impl QueueTx {
     /// bounded by what that buffer could hold.
     pub(crate) fn push_now(&self, b: Bytes) -> Result<(), ()> {
         self.tx.send((b, 0)).map_err(|_| ())
+    }
+}
+
+impl Drop for QueueRx {
+    /// Wakes every sender waiting for room: nothing will make room any more.
+    fn drop(&mut self) {
+        self.budget.close();
     }
 }
 
@@ -96,6 +106,20 @@ mod tests {
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         drop(rx);
         assert!(tx.send(Bytes::from_static(&[3])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_wakes_when_the_receiver_goes() {
+        let (tx, rx) = queue(10);
+        tx.send(Bytes::from_static(&[1; 10])).await.unwrap();
+        let waiting = tokio::spawn(async move { tx.send(Bytes::from_static(&[2; 5])).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(rx);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiting sender woke")
+            .unwrap();
+        assert!(r.is_err());
     }
 
     #[tokio::test]
