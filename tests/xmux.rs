@@ -187,6 +187,45 @@ fn h_max_request_times_moves_a_long_packet_up_tunnel() {
     });
 }
 
+/// With `downloadSettings` the GET rides the download pool, so a long packet-up tunnel
+/// holds no main-pool connection but the one its next POST goes on: each connection it
+/// used up closes while the tunnel is still open.
+#[test]
+fn packet_up_with_download_settings_lets_used_up_connections_close_mid_tunnel() {
+    let e = env(|_| {});
+    let mut v = e.config_json(x("packet-up", json!({"hMaxRequestTimes": 2})));
+    let mut dl = e.config_json(json!({}));
+    dl["xhttpSettings"] = json!({"path": "/xh/"});
+    v["downloadSettings"] = dl;
+    let c = Client::new(xhttp_mobile::Config::from_json(&v).unwrap()).unwrap();
+    let t = c.open(T).unwrap();
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..8u64 {
+        let d = pattern(i + 40, 3000);
+        t.write(&d, T).unwrap();
+        sent.extend_from_slice(&d);
+        while got.len() < sent.len() {
+            let n = t.read(&mut buf, T).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(sha(&got), sha(&sent));
+    assert!(c.pool_stats().requests_total >= 8);
+    // 8 POSTs at 2 per connection: at least 4 connections, all but the current one
+    // retired, and none of those may linger while the tunnel is open.
+    eventually(
+        "used-up connections closed while the tunnel is open",
+        || {
+            let s = c.pool_stats();
+            s.draining == 0 && s.live_connections <= 1
+        },
+    );
+    assert!(!t.is_closed());
+}
+
 #[test]
 fn h_max_reusable_secs_stops_picking_old_connections() {
     for mode in MODES {

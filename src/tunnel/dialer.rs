@@ -205,7 +205,10 @@ impl Dialer {
         };
         let shared = Shared::new();
         {
-            let held = (slot.clone(), down_slot.clone());
+            // Packet-up's upload manages its own slots (it moves between connections);
+            // the tunnel holds the main slot only where the GET rides on it too.
+            let uploads_move = self.mode == Mode::PacketUp && self.download.is_some();
+            let held = ((!uploads_move).then(|| slot.clone()), down_slot.clone());
             shared.on_end(Box::new(move || drop(held)));
         }
         {
@@ -299,7 +302,9 @@ impl Dialer {
                     max_post,
                     interval: s.sc_min_posts_interval_ms,
                 };
-                keep(Box::pin(streams::packet_upload(
+                // Not `keep`: the task holds the slot it uploads on and lets it go when
+                // XMUX moves it elsewhere.
+                tokio::spawn(streams::packet_upload(
                     main.pool.clone(),
                     slot.clone(),
                     main.shaper.clone(),
@@ -307,7 +312,7 @@ impl Dialer {
                     plan,
                     up_rx,
                     shared.clone(),
-                )));
+                ));
             }
             (mode, session) => {
                 let kind = match mode {
