@@ -247,6 +247,16 @@ impl Tunnel {
         self.rt.block_on(timeout, self.core.read(buf))
     }
 
+    /// [`read`](Self::read) into possibly uninitialised memory (the C ABI's buffers); the
+    /// first `n` bytes are initialised when it returns `Ok(n)`.
+    pub fn read_uninit(
+        &self,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        self.rt.block_on(timeout, self.core.read_uninit(buf))
+    }
+
     /// Queues all of `data` for upload.
     pub fn write(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
         self.rt.block_on(timeout, self.core.write(data))

@@ -18,10 +18,10 @@ static SHARED: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
 /// while the last holder of the previous one is still shutting it down).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// How long shutting the runtime down may take before its threads are abandoned.
 /// Time given to queued close frames when the last client goes.
 const CLOSE_FLUSH: Duration = Duration::from_millis(30);
 
+/// How long shutting the runtime down may take before its threads are abandoned.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 impl Runtime {
@@ -88,7 +88,9 @@ impl Drop for Runtime {
                 // Connections closed just before (by the last client) still have their
                 // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server
                 // would only notice at its idle timeout.
-                rt.block_on(async { tokio::time::sleep(CLOSE_FLUSH).await });
+                // A plain sleep: the runtime's timer runs on its workers, which a stuck app
+                // callback could hold; this must stay bounded regardless.
+                std::thread::sleep(CLOSE_FLUSH);
                 // Joins the worker threads unless they take longer than the bound.
                 rt.shutdown_timeout(SHUTDOWN_BOUND);
             }

@@ -140,11 +140,16 @@ pub(crate) fn set_callback(
     ctx: *mut c_void,
     max_level: xh_log_level,
 ) -> Result<(), Failure> {
-    let filter = to_filter(max_level).ok_or_else(|| {
-        Failure::invalid(format!(
-            "`max_level` {max_level} is not an xh_log_level (0-5)"
-        ))
-    })?;
+    // Removing never fails: `max_level` does not matter then (an app freeing `ctx` after
+    // a removal must be able to rely on it).
+    let filter = match cb {
+        None => log::LevelFilter::Off,
+        Some(_) => to_filter(max_level).ok_or_else(|| {
+            Failure::invalid(format!(
+                "`max_level` {max_level} is not an xh_log_level (0-5)"
+            ))
+        })?,
+    };
     let new = match cb {
         Some(cb) => {
             // The forwarder is installed at most once per process, on first use.

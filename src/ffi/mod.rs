@@ -81,9 +81,9 @@ pub(crate) fn non_null<T>(p: *const T, name: &str) -> Result<(), Failure> {
 /// # Safety
 /// `out` must be non-NULL and valid for a write of `T` (the caller's promise in the header).
 pub(crate) unsafe fn put<T>(out: *mut T, value: T) {
-    // SAFETY: guaranteed by the caller; `write` does not read or drop the old contents,
-    // which C may have left uninitialised.
-    unsafe { out.write(value) }
+    // SAFETY: guaranteed by the caller; `write_unaligned` neither reads nor drops the old
+    // contents (C may have left them uninitialised) nor trusts C's alignment.
+    unsafe { out.write_unaligned(value) }
 }
 
 /// Copies `text` plus a NUL into the caller's buffer if it fits, else

@@ -5,6 +5,7 @@ use super::result::{Failure, xh_result};
 use super::{call, copy_text, non_null, put, timeout};
 use crate::api::Tunnel;
 use std::ffi::c_char;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -110,9 +111,10 @@ pub unsafe extern "C" fn xh_tunnel_read(
         non_null(out_read, "out_read")?;
         let t = entry(tunnel)?.live()?;
         // SAFETY: `buf` is non-NULL, `cap` is in 1..=isize::MAX, and the caller vouches for
-        // `cap` writable bytes used by nothing else during this call.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf, cap) };
-        let n = t.read(dst, timeout(timeout_ms))?;
+        // `cap` writable bytes used by nothing else during this call. They may be
+        // uninitialised (fresh from malloc), hence `MaybeUninit`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.cast::<MaybeUninit<u8>>(), cap) };
+        let n = t.read_uninit(dst, timeout(timeout_ms))?;
         // SAFETY: `out_read` checked non-NULL; the caller vouches it is writable.
         unsafe { put(out_read, n) };
         Ok(())
