@@ -25,9 +25,12 @@
  *   threads at once; close and free may race reads and writes. The library runs its
  *   networking on its own runtime threads, started with the first client and stopped
  *   (joined, with a bound) when the last client is freed; the app never runs an event
- *   loop for it. Blocking calls (open, read, write, shutdown_write) made on a
- *   library thread, inside another tokio runtime, or from the log callback return
- *   XH_RESULT_WRONG_THREAD instead of blocking.
+ *   loop for it. Blocking calls (open, probe, network_changed, read, write,
+ *   shutdown_write) made on a library thread or inside another tokio runtime return
+ *   XH_RESULT_WRONG_THREAD instead of blocking, and every fallible function called from
+ *   inside a library callback (log, socket protect) returns XH_RESULT_WRONG_THREAD: the
+ *   return lists below leave that case out. Callbacks must return quickly: a slow one
+ *   holds up the library's threads, and every timeout with them.
  *
  * Timeouts. timeout_ms is in milliseconds; XH_TIMEOUT_INFINITE waits without limit and 0
  *   does not wait (it takes what is possible at once). Every value is valid.
@@ -84,8 +87,9 @@ enum xh_result
   XH_RESULT_SERVER_STATUS = 9,
   // A request of the tunnel failed below HTTP (stream reset, connection lost).
   XH_RESULT_REQUEST_FAILED = 10,
-  // A call that may block was made where blocking is not allowed: on one of the
-  // library's runtime threads, inside another tokio runtime, or from a log callback.
+  // A call that may block was made where blocking is not allowed (on one of the
+  // library's runtime threads, inside another tokio runtime), or any call was made
+  // from inside a library callback (log, socket protect).
   XH_RESULT_WRONG_THREAD = 11,
   // The caller's buffer is too small for the answer; nothing was written.
   XH_RESULT_BUFFER_TOO_SMALL = 12,
@@ -160,15 +164,19 @@ typedef struct {
 } xh_probe;
 
 // Receives each UDP socket the client creates, before anything is sent on it; returns
-// `true` to let the client use it (e.g. once Android's `VpnService.protect(fd)`
-// succeeded), `false` to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`).
-// `fd` stays owned by the library: do not close it.
+// non-zero to let the client use it (e.g. once Android's `VpnService.protect(fd)`
+// succeeded), 0 to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`). `fd`
+// stays owned by the library: do not close it. (An `int`, not `bool`: bindings such as
+// JNA map a foreign boolean to `int`.)
 //
-// Runs on one of the library's runtime threads while a tunnel is being opened (or a
-// connection moved by `xh_client_network_changed`). It must return quickly, must not
-// unwind, and must not call `xh_` functions: those return `XH_RESULT_WRONG_THREAD`
-// there.
-typedef bool (*xh_protect_callback)(void *ctx, int fd);
+// Runs on the thread that needs the socket: the app's own thread inside
+// `xh_client_open`, `xh_client_probe` or `xh_client_network_changed`, or one of the
+// library's runtime threads when a packet-up tunnel moves to a new connection (XMUX).
+// It must return quickly, must not block on anything another `xh_` call might wait for,
+// must not unwind, and must not call `xh_` functions: those return
+// `XH_RESULT_WRONG_THREAD` there. On Android, a runtime thread calling into the JVM must
+// attach itself and detach before returning.
+typedef int (*xh_protect_callback)(void *ctx, int fd);
 
 // No records (used as `max_level` to silence the callback).
 #define XH_LOG_LEVEL_OFF 0
@@ -292,14 +300,16 @@ xh_result xh_client_probe(const xh_client *client, uint32_t timeout_ms, xh_probe
 // passed back to it. Sockets created from now on go through it; sockets already open are
 // not revisited (call `xh_client_network_changed` to move them to new, protected ones).
 // When this returns, no call of a replaced callback is running any more, so its `ctx`
-// may be freed. Any thread except inside a library callback.
+// may be freed; the same holds once `xh_client_close` or `xh_client_free` returns (they
+// drop the callback, waiting for a call of it in progress). Any thread except inside a
+// library callback.
 //
 // Returns `XH_RESULT_OK`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_NULL_ARGUMENT` (NULL
 // client), `XH_RESULT_WRONG_THREAD` (from inside a callback).
 //
 // # Safety
 // `cb`, if set, must be safe to call with `ctx` from any thread until it is replaced or
-// the client is freed.
+// the client is closed or freed.
 xh_result xh_client_set_protect(const xh_client *client, xh_protect_callback cb, void *ctx);
 
 // Tells the client that the device changed networks (Wi-Fi to cellular, a new VPN
@@ -395,8 +405,10 @@ xh_result xh_tunnel_shutdown_write(const xh_tunnel *tunnel,
                                    uint32_t timeout_ms);
 
 // Writes the tunnel's local address (`"ip:port"`, `"[ipv6]:port"`) into `buf` with a NUL
-// and sets `*out_len` to its length without the NUL. `XH_ADDR_BUF_LEN` bytes always
-// suffice. Never blocks; still answers after the tunnel is closed.
+// and sets `*out_len` to its length without the NUL: the address its connection had when
+// the tunnel opened (a later `xh_client_network_changed` moves the connection but does
+// not change this answer). `XH_ADDR_BUF_LEN` bytes always suffice. Never blocks; still
+// answers after the tunnel is closed.
 //
 // Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`len`
 // is 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_BUFFER_TOO_SMALL` (nothing written).

@@ -42,7 +42,7 @@ struct ProbeOut {
     round_trip_us: u64,
 }
 
-type ProtectCb = Option<unsafe extern "C" fn(*mut c_void, i32) -> bool>;
+type ProtectCb = Option<unsafe extern "C" fn(*mut c_void, i32) -> i32>;
 
 unsafe extern "C" {
     fn xh_version() -> *const c_char;
@@ -809,7 +809,7 @@ struct ProtectLog {
     reentry: AtomicUsize,
 }
 
-unsafe extern "C" fn on_protect(ctx: *mut c_void, fd: i32) -> bool {
+unsafe extern "C" fn on_protect(ctx: *mut c_void, fd: i32) -> i32 {
     // SAFETY: ctx is the &ProtectLog the test installed and keeps alive.
     let log = unsafe { &*(ctx as *const ProtectLog) };
     log.fds.lock().unwrap().push(fd);
@@ -817,7 +817,7 @@ unsafe extern "C" fn on_protect(ctx: *mut c_void, fd: i32) -> bool {
     if unsafe { xh_client_set_protect(null_mut(), None, null_mut()) } == WRONG_THREAD {
         log.reentry.fetch_add(1, Ordering::SeqCst);
     }
-    log.accept.load(Ordering::SeqCst)
+    log.accept.load(Ordering::SeqCst) as i32
 }
 
 #[test]

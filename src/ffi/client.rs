@@ -244,26 +244,30 @@ pub unsafe extern "C" fn xh_client_probe(
 }
 
 /// Receives each UDP socket the client creates, before anything is sent on it; returns
-/// `true` to let the client use it (e.g. once Android's `VpnService.protect(fd)`
-/// succeeded), `false` to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`).
-/// `fd` stays owned by the library: do not close it.
+/// non-zero to let the client use it (e.g. once Android's `VpnService.protect(fd)`
+/// succeeded), 0 to refuse it (that dial fails with `XH_RESULT_CONNECT_FAILED`). `fd`
+/// stays owned by the library: do not close it. (An `int`, not `bool`: bindings such as
+/// JNA map a foreign boolean to `int`.)
 ///
-/// Runs on one of the library's runtime threads while a tunnel is being opened (or a
-/// connection moved by `xh_client_network_changed`). It must return quickly, must not
-/// unwind, and must not call `xh_` functions: those return `XH_RESULT_WRONG_THREAD`
-/// there.
+/// Runs on the thread that needs the socket: the app's own thread inside
+/// `xh_client_open`, `xh_client_probe` or `xh_client_network_changed`, or one of the
+/// library's runtime threads when a packet-up tunnel moves to a new connection (XMUX).
+/// It must return quickly, must not block on anything another `xh_` call might wait for,
+/// must not unwind, and must not call `xh_` functions: those return
+/// `XH_RESULT_WRONG_THREAD` there. On Android, a runtime thread calling into the JVM must
+/// attach itself and detach before returning.
 #[allow(non_camel_case_types)]
-pub type xh_protect_callback = Option<unsafe extern "C" fn(ctx: *mut c_void, fd: c_int) -> bool>;
+pub type xh_protect_callback = Option<unsafe extern "C" fn(ctx: *mut c_void, fd: c_int) -> c_int>;
 
 struct ProtectFn {
-    cb: unsafe extern "C" fn(*mut c_void, c_int) -> bool,
+    cb: unsafe extern "C" fn(*mut c_void, c_int) -> c_int,
     ctx: *mut c_void,
 }
 
 impl ProtectFn {
     fn call(&self, fd: crate::transport::RawSocket) -> bool {
         // SAFETY: the app vouches for `cb` with `ctx` while installed (`xh_client_set_protect`).
-        super::log::in_app_callback(|| unsafe { (self.cb)(self.ctx, fd as c_int) })
+        super::log::in_app_callback(|| unsafe { (self.cb)(self.ctx, fd as c_int) }) != 0
     }
 }
 
@@ -278,14 +282,16 @@ unsafe impl Sync for ProtectFn {}
 /// passed back to it. Sockets created from now on go through it; sockets already open are
 /// not revisited (call `xh_client_network_changed` to move them to new, protected ones).
 /// When this returns, no call of a replaced callback is running any more, so its `ctx`
-/// may be freed. Any thread except inside a library callback.
+/// may be freed; the same holds once `xh_client_close` or `xh_client_free` returns (they
+/// drop the callback, waiting for a call of it in progress). Any thread except inside a
+/// library callback.
 ///
 /// Returns `XH_RESULT_OK`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_NULL_ARGUMENT` (NULL
 /// client), `XH_RESULT_WRONG_THREAD` (from inside a callback).
 ///
 /// # Safety
 /// `cb`, if set, must be safe to call with `ctx` from any thread until it is replaced or
-/// the client is freed.
+/// the client is closed or freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xh_client_set_protect(
     client: *const xh_client,

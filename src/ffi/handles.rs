@@ -14,12 +14,13 @@
 //! copy of it) stops resolving even after the slot is reused; a handle of the other kind,
 //! a forged integer or a real pointer fail the tag, index or generation check.
 //!
-//! A generation never repeats: a slot whose generation space is used up (2^37 uses on
-//! 64-bit targets, 2^17 on 32-bit ones, which have 4096 indices per kind) is retired for
-//! good rather than wrapped, so a stale handle can never name a newer object. Freed slots
-//! are reused oldest first, and only once `QUARANTINE` of them wait, so an app that opens
-//! and frees one tunnel at a time spreads its handles over many slots instead of wearing
-//! out one.
+//! Freed slots are reused oldest first, and only once `QUARANTINE` of them wait, so an
+//! app that opens and frees one tunnel at a time spreads its handles over many slots
+//! instead of wearing out one. A slot's generation wraps after its whole space (2^37 uses
+//! on 64-bit targets, 2^17 on 32-bit ones, which have 4096 indices per kind): a stale
+//! handle could only alias a new one after the app opened and freed some 5×10^8 handles
+//! (32-bit; 10^18 on 64-bit) while holding on to it. Retiring spent slots instead would
+//! make that impossible but would run a 32-bit VPN out of handles after as many.
 //!
 //! Slots hold `Arc`s: a call looks its value up, clones the `Arc` and lets the lock go
 //! before doing anything, so a free on another thread never pulls a value out from under a
@@ -84,8 +85,6 @@ struct Slots<T> {
     slots: Vec<Slot<T>>,
     /// Freed slots, oldest first.
     free: VecDeque<usize>,
-    /// Slots whose generations are used up: never reused.
-    retired: usize,
 }
 
 /// One kind's registry. Lives in a `static`.
@@ -111,7 +110,6 @@ impl<T> Registry<T> {
             inner: Mutex::new(Slots {
                 slots: Vec::new(),
                 free: VecDeque::new(),
-                retired: 0,
             }),
         }
     }
@@ -181,30 +179,30 @@ impl<T> Registry<T> {
         let mut s = self.lock();
         let value = match s.slots.get_mut(index) {
             Some(slot) if slot.generation == generation && slot.value.is_some() => {
-                let value = slot.value.take();
-                let spent = slot.generation >= self.last_generation;
-                slot.generation += 1;
-                Some((value, spent))
+                // Wraps to 1, not 0: 0 is as good as any, but keeping it unissued tells
+                // "never issued" and "wrapped" apart when debugging.
+                slot.generation = if slot.generation >= self.last_generation {
+                    1
+                } else {
+                    slot.generation + 1
+                };
+                slot.value.take()
             }
             _ => None,
         };
         match value {
-            Some((Some(v), spent)) => {
-                if spent {
-                    s.retired += 1;
-                } else {
-                    s.free.push_back(index);
-                }
+            Some(v) => {
+                s.free.push_back(index);
                 Ok(v)
             }
-            _ => Err(BadHandle::Unknown),
+            None => Err(BadHandle::Unknown),
         }
     }
 
     /// How many handles of this kind are live (for tests and leak checks).
     pub(crate) fn len(&self) -> usize {
         let s = self.lock();
-        s.slots.len() - s.free.len() - s.retired
+        s.slots.len() - s.free.len()
     }
 }
 
@@ -279,23 +277,21 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_retired_instead_of_wrapping_its_generation() {
-        // Three generations per slot, no quarantine: slot 0 serves three handles, then
-        // the registry moves on and the first handles can never come back.
+    fn a_slot_wraps_its_generation_only_after_its_whole_space() {
+        // Three generations per slot, no quarantine: slot 0 serves handles with
+        // generations 1, 2, 3, then 1 again, and never runs out.
         let r: Registry<u32> = Registry::with_limits(Kind::Client, 3, 0);
         let mut issued = Vec::new();
-        for i in 0..9 {
+        for i in 0..7 {
             let h = r.insert(Arc::new(i)).unwrap();
-            assert!(!issued.contains(&h), "handle {h:#x} issued twice");
             issued.push(h);
             r.remove(h).unwrap();
         }
         let index = |h: usize| (h >> INDEX_SHIFT) & INDEX_MASK;
-        let indices: Vec<usize> = issued.iter().map(|&h| index(h)).collect();
-        assert_eq!(indices, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+        let generation = |h: usize| h >> GEN_SHIFT;
+        assert!(issued.iter().all(|&h| index(h) == 0));
+        let gens: Vec<usize> = issued.iter().map(|&h| generation(h)).collect();
+        assert_eq!(gens, [1, 2, 3, 1, 2, 3, 1]);
         assert_eq!(r.len(), 0);
-        for h in issued {
-            assert_eq!(r.get(h), Err(BadHandle::Unknown));
-        }
     }
 }

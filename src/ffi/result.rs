@@ -36,8 +36,9 @@ pub enum xh_result {
     ServerStatus = 9,
     /// A request of the tunnel failed below HTTP (stream reset, connection lost).
     RequestFailed = 10,
-    /// A call that may block was made where blocking is not allowed: on one of the
-    /// library's runtime threads, inside another tokio runtime, or from a log callback.
+    /// A call that may block was made where blocking is not allowed (on one of the
+    /// library's runtime threads, inside another tokio runtime), or any call was made
+    /// from inside a library callback (log, socket protect).
     WrongThread = 11,
     /// The caller's buffer is too small for the answer; nothing was written.
     BufferTooSmall = 12,
@@ -72,7 +73,7 @@ impl xh_result {
             xh_result::ConnectFailed => "connecting to the server failed\0",
             xh_result::ServerStatus => "the server answered with an error status\0",
             xh_result::RequestFailed => "a request of the tunnel failed\0",
-            xh_result::WrongThread => "blocking call not allowed on this thread\0",
+            xh_result::WrongThread => "call not allowed on this thread or inside a callback\0",
             xh_result::BufferTooSmall => "buffer too small\0",
             xh_result::LoggerUnavailable => "another logger is already installed\0",
             xh_result::TooManyHandles => "too many live handles\0",

@@ -177,8 +177,10 @@ pub extern "C" fn xh_tunnel_shutdown_write(tunnel: *const xh_tunnel, timeout_ms:
 }
 
 /// Writes the tunnel's local address (`"ip:port"`, `"[ipv6]:port"`) into `buf` with a NUL
-/// and sets `*out_len` to its length without the NUL. `XH_ADDR_BUF_LEN` bytes always
-/// suffice. Never blocks; still answers after the tunnel is closed.
+/// and sets `*out_len` to its length without the NUL: the address its connection had when
+/// the tunnel opened (a later `xh_client_network_changed` moves the connection but does
+/// not change this answer). `XH_ADDR_BUF_LEN` bytes always suffice. Never blocks; still
+/// answers after the tunnel is closed.
 ///
 /// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`len`
 /// is 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_BUFFER_TOO_SMALL` (nothing written).

@@ -170,7 +170,10 @@ impl H3Conn {
     pub fn rebind(&self) -> std::io::Result<SocketAddr> {
         let socket = self.hooks.udp_socket(self.remote)?;
         self.endpoint.rebind_abstract(MobileSocket::wrap(socket)?)?;
-        let local = local_addr(&self.endpoint, &self.quic);
+        // Not quinn's view of the local IP: that is the old path's until a packet arrives.
+        let port = self.endpoint.local_addr()?.port();
+        let ip = route_local_ip(self.remote).unwrap_or_else(|| self.local_addr().ip());
+        let local = SocketAddr::new(ip, port);
         *self.local.lock().unwrap_or_else(|p| p.into_inner()) = local;
         Ok(local)
     }

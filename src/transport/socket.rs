@@ -9,6 +9,7 @@
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,6 +33,17 @@ pub type Protect = Arc<dyn Fn(RawSocket) -> bool + Send + Sync>;
 #[derive(Default)]
 pub struct SocketHooks {
     protect: RwLock<Option<Protect>>,
+    /// Set by `close`: no socket is made (nor protect called) any more.
+    closed: AtomicBool,
+}
+
+thread_local! {
+    /// This thread is inside the protect hook: taking the write lock here would deadlock.
+    static IN_PROTECT: Cell<bool> = const { Cell::new(false) };
+}
+
+fn in_protect() -> bool {
+    IN_PROTECT.try_with(Cell::get).unwrap_or(false)
 }
 
 impl fmt::Debug for SocketHooks {
@@ -44,13 +56,36 @@ impl fmt::Debug for SocketHooks {
 }
 
 impl SocketHooks {
+    /// Replaces the hook. When it returns, no call of the old hook is running (unless
+    /// called from inside the hook itself, where waiting would deadlock: then the change
+    /// is refused with a warning).
     pub fn set_protect(&self, protect: Option<Protect>) {
+        if in_protect() {
+            log::warn!("set_protect called from inside the protect hook: ignored");
+            return;
+        }
         *self.protect.write().unwrap_or_else(|p| p.into_inner()) = protect;
+    }
+
+    /// The client is closing: later sockets are refused and the hook is dropped, after any
+    /// running call of it returns (so what it uses may be freed once this returns).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if !in_protect() {
+            self.protect
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
     }
 
     /// A new UDP socket for talking to `remote`, bound to the wildcard address of its
     /// family and passed through the protect hook.
     pub fn udp_socket(&self, remote: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        let closed = || io::Error::new(io::ErrorKind::NotConnected, "the client is closed");
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         let bind: SocketAddr = if remote.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -60,8 +95,16 @@ impl SocketHooks {
         // Called under the read lock: replacing the hook waits until no call of the old
         // one is running, so an app may free what the old one used once it is replaced.
         let protect = self.protect.read().unwrap_or_else(|p| p.into_inner());
+        // Checked again under the lock: `close` may have run meanwhile, and an unprotected
+        // socket in a VPN app loops its traffic back into the VPN.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         if let Some(protect) = protect.as_ref() {
-            if !protect(raw(&socket)) {
+            let _ = IN_PROTECT.try_with(|c| c.set(true));
+            let ok = protect(raw(&socket));
+            let _ = IN_PROTECT.try_with(|c| c.set(false));
+            if !ok {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     "the socket protect callback refused the UDP socket",
@@ -95,13 +138,20 @@ enum SendFailure {
     Fatal,
 }
 
-fn classify(e: &io::Error, had_ecn: bool) -> SendFailure {
+/// `segmented`: the transmit used segmentation offload (GSO). quinn-udp turns GSO off
+/// after an EIO/EINVAL, but transmits already built with it may still fail the same way.
+fn classify(e: &io::Error, had_ecn: bool, segmented: bool) -> SendFailure {
     #[cfg(unix)]
-    if had_ecn && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
-        return SendFailure::DropEcn;
+    if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+        if had_ecn {
+            return SendFailure::DropEcn;
+        }
+        if segmented {
+            return SendFailure::Lost;
+        }
     }
     #[cfg(not(unix))]
-    let _ = had_ecn;
+    let _ = (had_ecn, segmented);
     match e.kind() {
         io::ErrorKind::NetworkUnreachable
         | io::ErrorKind::HostUnreachable
@@ -142,6 +192,14 @@ impl MobileSocket {
         }))
     }
 
+    /// A send that failed in a way QUIC treats as loss.
+    fn lost(&self, e: &io::Error) -> io::Result<()> {
+        if self.lost.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+            log::debug!("UDP send failed ({e}); counted as loss");
+        }
+        Ok(())
+    }
+
     fn send(&self, transmit: &Transmit) -> io::Result<()> {
         if self.ecn.load(Ordering::Relaxed) || transmit.ecn.is_none() {
             return self.inner.try_send(transmit);
@@ -159,23 +217,26 @@ impl AsyncUdpSocket for MobileSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let had_ecn = transmit.ecn.is_some() && self.ecn.load(Ordering::Relaxed);
         let e = match self.send(transmit) {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => e,
             r => return r,
         };
-        let had_ecn = transmit.ecn.is_some() && self.ecn.load(Ordering::Relaxed);
-        match classify(&e, had_ecn) {
+        match classify(&e, had_ecn, transmit.segment_size.is_some()) {
             SendFailure::DropEcn => {
                 log::info!("UDP send with ECN failed ({e}); sending without ECN from now on");
                 self.ecn.store(false, Ordering::Relaxed);
-                self.send(transmit)
-            }
-            SendFailure::Lost => {
-                if self.lost.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
-                    log::debug!("UDP send failed ({e}); counted as loss");
+                match self.send(transmit) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                        match classify(&e, false, transmit.segment_size.is_some()) {
+                            SendFailure::Fatal => Err(e),
+                            _ => self.lost(&e),
+                        }
+                    }
+                    r => r,
                 }
-                Ok(())
             }
+            SendFailure::Lost => self.lost(&e),
             SendFailure::Fatal => Err(e),
         }
     }
@@ -217,9 +278,13 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn send_errors_are_classified_for_mobile_kernels() {
-        assert_eq!(classify(&os(libc::EIO), true), SendFailure::DropEcn);
-        assert_eq!(classify(&os(libc::EINVAL), true), SendFailure::DropEcn);
-        assert_eq!(classify(&os(libc::EIO), false), SendFailure::Fatal);
+        assert_eq!(classify(&os(libc::EIO), true, false), SendFailure::DropEcn);
+        assert_eq!(
+            classify(&os(libc::EINVAL), true, true),
+            SendFailure::DropEcn
+        );
+        assert_eq!(classify(&os(libc::EIO), false, true), SendFailure::Lost);
+        assert_eq!(classify(&os(libc::EIO), false, false), SendFailure::Fatal);
         for code in [
             libc::ENETUNREACH,
             libc::EHOSTUNREACH,
@@ -228,9 +293,13 @@ mod tests {
             libc::EPERM,
             libc::ENOBUFS,
         ] {
-            assert_eq!(classify(&os(code), false), SendFailure::Lost, "{code}");
+            assert_eq!(
+                classify(&os(code), false, false),
+                SendFailure::Lost,
+                "{code}"
+            );
         }
-        assert_eq!(classify(&os(libc::EBADF), false), SendFailure::Fatal);
+        assert_eq!(classify(&os(libc::EBADF), false, false), SendFailure::Fatal);
     }
 
     #[test]
@@ -249,5 +318,31 @@ mod tests {
         hooks.set_protect(Some(Arc::new(|_| false)));
         let e = hooks.udp_socket(remote).unwrap_err();
         assert!(e.to_string().contains("protect"), "{e}");
+    }
+
+    #[test]
+    fn a_closed_client_makes_no_sockets_and_drops_its_hook() {
+        let hooks = Arc::new(SocketHooks::default());
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = calls.clone();
+        let inner = hooks.clone();
+        hooks.set_protect(Some(Arc::new(move |_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            // Re-entering from the hook neither deadlocks nor takes effect.
+            inner.set_protect(None);
+            inner.close();
+            true
+        })));
+        assert!(hooks.udp_socket(remote).is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // `close` from inside the hook marked it closed without waiting on itself.
+        assert!(hooks.udp_socket(remote).is_err());
+        hooks.close();
+        assert!(
+            hooks.protect.read().unwrap().is_none(),
+            "hook kept after close"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

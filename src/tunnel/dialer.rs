@@ -329,7 +329,7 @@ impl Dialer {
                     None => Box::pin(streams::drain_response(recv, label.clone(), shared.clone())),
                 });
                 keep(Box::pin(streams::stream_upload(
-                    send,
+                    streams::SendGuard::new(send),
                     label,
                     up_rx,
                     shared.clone(),
@@ -342,6 +342,8 @@ impl Dialer {
     /// Closes every tunnel of this dialer and every connection it opened. Idempotent.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // First: no dial in progress may call the app's protect hook after this returns.
+        self.hooks.close();
         let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tunnels.iter().filter_map(Weak::upgrade) {
             t.close();

@@ -14,6 +14,9 @@ use crate::xhttp::request::RequestKind;
 use crate::xhttp::session;
 use std::time::{Duration, Instant};
 
+/// The longest a probe may take.
+pub const PROBE_BOUND: Duration = Duration::from_secs(30);
+
 /// What a probe measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
@@ -25,7 +28,15 @@ pub struct Probe {
 
 impl Dialer {
     /// Connects afresh and times one request; a non-200 answer is an error naming it.
+    /// Bounded by [`PROBE_BOUND`] even when the caller sets no timeout: a server that
+    /// answers keep-alives but never the request would otherwise hold it for ever.
     pub async fn probe(&self) -> Result<Probe> {
+        tokio::time::timeout(PROBE_BOUND, self.probe_unbounded())
+            .await
+            .unwrap_or(Err(Error::Timeout(PROBE_BOUND.as_millis() as u64)))
+    }
+
+    async fn probe_unbounded(&self) -> Result<Probe> {
         let (side, kind) = match self.mode() {
             Mode::StreamOne => (self.main_side(), RequestKind::StreamOne),
             _ => (self.download_side(), RequestKind::StreamDown),

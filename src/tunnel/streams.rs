@@ -192,13 +192,14 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
 
 /// The streaming upload of stream-up and stream-one: queued writes become body data;
 /// the queue closing (shutdown_write) finishes the body; cancellation resets it.
+/// Takes the send half already guarded, so a task dropped before its first poll (the
+/// runtime shutting down) still resets it.
 pub(crate) async fn stream_upload(
-    send: SendHalf,
+    mut guard: SendGuard,
     label: RequestLabel,
     mut rx: QueueRx,
     shared: Arc<Shared>,
 ) {
-    let mut guard = SendGuard::new(send);
     let token = shared.token().clone();
     loop {
         // Biased: a drop closes the queue right after cancelling, and a closed queue must

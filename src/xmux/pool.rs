@@ -81,6 +81,8 @@ pub struct Pool {
     closed: AtomicBool,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
     requests_total: std::sync::atomic::AtomicU64,
+    /// Network changes so far (see `dial`).
+    rebinds: std::sync::atomic::AtomicU64,
 }
 
 /// A running slot on one connection. Dropping it (or `release`) gives the slot back exactly
@@ -130,6 +132,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             sweeper: Mutex::new(None),
             requests_total: Default::default(),
+            rebinds: Default::default(),
         })
     }
 
@@ -165,12 +168,15 @@ impl Pool {
                 tokio::task::yield_now().await;
                 continue;
             };
-            let r = cell.get_or_init(|| self.connector.connect()).await;
+            let r = cell.get_or_init(|| self.dial()).await;
             if self.closed.load(Ordering::Acquire) {
-                // Closed while dialling: this connection must not outlive the close.
+                // Closed while dialling: this connection must not outlive the close, nor
+                // its entry (the close's snapshot may have missed it).
                 if let Ok(c) = r {
                     c.close();
                 }
+                lock(&self.state).mark_broken(id);
+                self.close_ids_with(&[id], false);
                 return Err(Error::Closed);
             }
             match r {
@@ -178,9 +184,16 @@ impl Pool {
                     slot.conn = Some(c.clone());
                     return Ok(slot);
                 }
-                Ok(_) => {
-                    // Broke since it was picked: never again; try another.
+                Ok(c) => {
                     self.mark_broken(id);
+                    if let Choice::Create(_) = choice {
+                        // Dead on arrival: dialling again at once could loop for ever.
+                        return Err(Error::Connect {
+                            addr: c.remote_addr().to_string(),
+                            detail: "the connection closed right after it was set up".into(),
+                        });
+                    }
+                    // Broke since it was picked: never again; try another.
                     continue;
                 }
                 Err(e) => {
@@ -189,6 +202,23 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Dials a connection for the pool. One that finishes dialling after a network change
+    /// began moves to a new socket too, or it would keep the old network's.
+    async fn dial(&self) -> Result<Arc<H3Conn>> {
+        let rebinds = self.rebinds.load(Ordering::Acquire);
+        let c = self.connector.connect().await?;
+        if self.rebinds.load(Ordering::Acquire) != rebinds {
+            if let Err(e) = c.rebind() {
+                c.close();
+                return Err(Error::Connect {
+                    addr: c.remote_addr().to_string(),
+                    detail: format!("moving to the new network: {e}"),
+                });
+            }
+        }
+        Ok(c)
     }
 
     /// Charges one HTTP request to the connection that carries it.
@@ -257,7 +287,8 @@ impl Pool {
     /// Retires connections past their reusable time even when no new tunnel asks.
     fn ensure_sweeper(self: &Arc<Self>) {
         let mut s = lock(&self.sweeper);
-        if s.is_some() {
+        // `close` sets `closed` before taking this lock: no sweeper starts after it.
+        if s.is_some() || self.closed.load(Ordering::Acquire) {
             return;
         }
         let weak: Weak<Pool> = Arc::downgrade(self);
@@ -306,6 +337,9 @@ impl Pool {
     /// Dials a connection of this pool's destination that the pool does not track or
     /// count (the latency probe's own). The caller closes it.
     pub async fn dial_unpooled(&self) -> Result<Arc<H3Conn>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         self.connector.connect().await
     }
 
@@ -313,6 +347,7 @@ impl Pool {
     /// carry on over the new path. A connection that cannot move is retired (closed once
     /// idle) so new tunnels dial afresh. Returns how many moved. Must run on the runtime.
     pub fn rebind_all(&self) -> usize {
+        self.rebinds.fetch_add(1, Ordering::AcqRel);
         let open: Vec<(ConnId, Arc<H3Conn>)> = lock(&self.conns)
             .iter()
             .filter_map(|(id, c)| match c.get() {

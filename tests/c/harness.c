@@ -189,12 +189,12 @@ static void *writer_main(void *p) {
 }
 
 /* The protect callback: counts the UDP sockets it is offered (each must be one). */
-static bool on_protect(void *ctx, int fd) {
+static int on_protect(void *ctx, int fd) {
     int type = 0;
     socklen_t len = sizeof type;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_DGRAM)
         atomic_fetch_add((atomic_int *)ctx, 1);
-    return true;
+    return 1;
 }
 
 static void transfer(const char *mode, size_t size, uint64_t seed) {
@@ -350,6 +350,15 @@ static void handle_misuse(void) {
     EXPECT_RC(xh_tunnel_local_addr(t, NULL, 10, &n), XH_RESULT_NULL_ARGUMENT);
     EXPECT_RC(xh_tunnel_peer_addr(t, addr, sizeof addr, NULL), XH_RESULT_NULL_ARGUMENT);
     CHECK(n == 777);
+    xh_probe probe = {.connect_us = 777, .round_trip_us = 777};
+    uint32_t moved = 777;
+    EXPECT_RC(xh_client_probe(NULL, T_MS, &probe), XH_RESULT_NULL_ARGUMENT);
+    EXPECT_RC(xh_client_probe(c, T_MS, NULL), XH_RESULT_NULL_ARGUMENT);
+    EXPECT_RC(xh_client_set_protect(NULL, on_protect, NULL), XH_RESULT_NULL_ARGUMENT);
+    EXPECT_RC(xh_client_network_changed(NULL, &moved), XH_RESULT_NULL_ARGUMENT);
+    CHECK(probe.connect_us == 777 && probe.round_trip_us == 777 && moved == 777);
+    /* Removing the log callback never fails, whatever max_level says. */
+    EXPECT_RC(xh_set_log_callback(NULL, NULL, 99), XH_RESULT_OK);
 
     /* Zero-length and too-small buffers. */
     EXPECT_RC(xh_tunnel_read(t, buf, 0, 0, &n), XH_RESULT_INVALID_ARGUMENT);
@@ -382,6 +391,10 @@ static void handle_misuse(void) {
     EXPECT_RC(xh_tunnel_free((xh_tunnel *)(uintptr_t)0x1234567), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_client_free((xh_client *)(uintptr_t)UINTPTR_MAX), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_client_free((xh_client *)(void *)&on_stack), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_probe(t_as_c, T_MS, &probe), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_set_protect(t_as_c, NULL, NULL), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_network_changed(t_as_c, &moved), XH_RESULT_INVALID_HANDLE);
+    CHECK(probe.connect_us == 777 && moved == 777);
     /* Both real handles are untouched by all that. */
     EXPECT_RC(xh_client_stats(c, &s), XH_RESULT_OK);
     CHECK(s.open_tunnels == 1);
@@ -400,7 +413,7 @@ static void handle_misuse(void) {
     EXPECT_RC(xh_tunnel_write(t, buf, 10, T_MS, &n), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_tunnel_peer_addr(t, addr, sizeof addr, &n), XH_RESULT_INVALID_HANDLE);
 
-    /* A freed handle stays dead when its registry slot is reused. */
+    /* A freed handle stays dead after new handles are issued. */
     xh_tunnel *t2 = open_tunnel(c);
     CHECK(t2 != t);
     EXPECT_RC(xh_tunnel_read(t, buf, sizeof buf, 0, &n), XH_RESULT_INVALID_HANDLE);
@@ -409,12 +422,19 @@ static void handle_misuse(void) {
     EXPECT_RC(xh_client_close(c), XH_RESULT_OK);
     EXPECT_RC(xh_client_close(c), XH_RESULT_OK);
     EXPECT_RC(xh_client_open(c, T_MS, &t2), XH_RESULT_CLOSED);
+    EXPECT_RC(xh_client_probe(c, T_MS, &probe), XH_RESULT_CLOSED);
+    EXPECT_RC(xh_client_network_changed(c, &moved), XH_RESULT_OK);
+    CHECK(moved == 0); /* a closed client has nothing to move */
     EXPECT_RC(xh_client_stats(c, &s), XH_RESULT_OK);
     EXPECT_RC(xh_client_free(c), XH_RESULT_OK);
     EXPECT_RC(xh_client_free(c), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_client_close(c), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_client_stats(c, &s), XH_RESULT_INVALID_HANDLE);
     EXPECT_RC(xh_client_open(c, T_MS, &t2), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_probe(c, T_MS, &probe), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_set_protect(c, on_protect, NULL), XH_RESULT_INVALID_HANDLE);
+    EXPECT_RC(xh_client_network_changed(c, &moved), XH_RESULT_INVALID_HANDLE);
+    CHECK(probe.connect_us == 777 && moved == 0);
 }
 
 typedef struct {
