@@ -17,7 +17,11 @@ pub fn import(input: &str) -> Result<Config> {
 /// Like [`import`]; with `tag`, a whole Xray config contributes the outbound with that tag.
 pub fn import_tagged(input: &str, tag: Option<&str>) -> Result<Config> {
     let s = input.trim();
-    if s.len() >= 8 && s[..8].eq_ignore_ascii_case("vless://") {
+    // Bytes, not `str` slicing: the 8th byte may fall inside a multi-byte character.
+    if s.as_bytes()
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"vless://"))
+    {
         return outbound(&share_link(s)?);
     }
     let v: Value = serde_json::from_str(&strip_comments(s))
@@ -46,16 +50,18 @@ pub fn import_tagged(input: &str, tag: Option<&str>) -> Result<Config> {
     }
 }
 
-/// Xray accepts `//` and `/* */` comments in JSON; drop them outside strings.
+/// Xray accepts `//` and `/* */` comments in JSON; drop them outside strings. Works on
+/// bytes: every delimiter is ASCII, so removing whole comments keeps the text UTF-8, and
+/// no index can land inside a multi-byte character.
 fn strip_comments(s: &str) -> String {
     let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
+    let mut out = Vec::with_capacity(b.len());
     let (mut i, mut in_str) = (0, false);
     while i < b.len() {
         let c = b[i];
         if in_str {
             if c == b'\\' && i + 1 < b.len() {
-                out.push_str(&s[i..i + 2]);
+                out.extend_from_slice(&b[i..i + 2]);
                 i += 2;
                 continue;
             }
@@ -77,11 +83,10 @@ fn strip_comments(s: &str) -> String {
             i += 2;
             continue;
         }
-        let ch = s[i..].chars().next().unwrap_or(' ');
-        out.push(ch);
-        i += ch.len_utf8();
+        out.push(c);
+        i += 1;
     }
-    out
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn whole_config(v: &Value, tag: Option<&str>) -> Result<Config> {

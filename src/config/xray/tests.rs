@@ -253,3 +253,16 @@ fn library_json_still_works_through_import() {
     assert!(c.vless.is_some());
     assert_eq!(c.download.unwrap().address, "127.0.0.2");
 }
+
+#[test]
+fn multi_byte_text_where_ascii_is_expected_is_an_error_not_a_panic() {
+    // Both panicked once: a `str` index inside a multi-byte character (found by
+    // tests/garbage.rs).
+    for input in [
+        "{\"addr\u{e9}ss\": 1}",
+        "vless:/\u{e9}/x",
+        "{\"p\": \"a\\\u{e9}b\"} // c\u{e9}",
+    ] {
+        assert!(import(input).is_err(), "{input:?}");
+    }
+}
