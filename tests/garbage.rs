@@ -271,7 +271,7 @@ fn udp_frames_split_anywhere_come_out_whole_once_and_in_order() {
     for _ in 0..200 {
         let datagrams: Vec<Vec<u8>> = (0..1 + rng.below(20))
             .map(|_| {
-                let n = [0, 1, 60, 1400, 65535][rng.below(5)];
+                let n = [0, 1, 60, 1400, vless::MAX_UDP_PAYLOAD][rng.below(5)];
                 rng.bytes(n)
             })
             .collect();
@@ -293,5 +293,5 @@ fn udp_frames_split_anywhere_come_out_whole_once_and_in_order() {
         assert_eq!(out, datagrams);
     }
     // Too large to frame: an error, not a truncated datagram.
-    assert!(vless::frame_udp(&vec![0u8; 65536]).is_err());
+    assert!(vless::frame_udp(&vec![0u8; vless::MAX_UDP_PAYLOAD + 1]).is_err());
 }

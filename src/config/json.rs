@@ -13,9 +13,30 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// Refuses an object with two keys that differ only in case: Go's decoder would keep
+    /// the last in document order, which `serde_json` does not preserve, so either choice
+    /// could silently differ from Xray's.
     pub fn new(path: &str, v: &Value) -> Result<Self> {
         match v {
-            Value::Object(m) => Ok(Self::from_map(path, m)),
+            Value::Object(m) => {
+                let keys: Vec<&String> = m.keys().collect();
+                for (i, a) in keys.iter().enumerate() {
+                    if let Some(b) = keys[i + 1..].iter().find(|b| b.eq_ignore_ascii_case(a)) {
+                        let at = |k: &str| {
+                            if path.is_empty() {
+                                k.to_string()
+                            } else {
+                                format!("{path}.{k}")
+                            }
+                        };
+                        return Err(Error::config(
+                            at(b),
+                            format!("`{a}` and `{b}` differ only in case; keep one"),
+                        ));
+                    }
+                }
+                Ok(Self::from_map(path, m))
+            }
             _ => Err(Error::config(
                 path,
                 format!("expected a JSON object, got {v}"),
@@ -51,14 +72,9 @@ impl Fields {
             .iter()
             .position(|(k, _)| k.eq_ignore_ascii_case(name))?;
         let (_, v) = self.entries.remove(i);
-        // Two keys differing only in case: Go keeps the last; we drop the rest the same way.
-        while let Some(j) = self
-            .entries
-            .iter()
-            .position(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            self.entries.remove(j);
-        }
+        // Keys differing only in case were refused by `new` (`from_map` callers merge maps
+        // they built themselves); drop any left so they are not reported as unknown.
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         (!v.is_null()).then_some(v)
     }
 

@@ -227,6 +227,16 @@ impl TlsSettings {
                 "is refused (removed from Xray); pin the certificate with pinnedPeerCertSha256 instead",
             ));
         }
+        // ECH hides the server name; ignoring it would send the name in the clear while the
+        // user believes it hidden.
+        if f.take("echConfigList")
+            .is_some_and(|v| v != Value::Null && v != Value::String(String::new()))
+        {
+            return Err(Error::config(
+                f.path_of("echConfigList"),
+                "Encrypted Client Hello is not supported: the server name would go out in the clear",
+            ));
+        }
         if f.take("fingerprint").is_some() {
             log::debug!(
                 "config: tlsSettings.fingerprint ignored (uTLS fingerprints are not available with rustls)"

@@ -83,6 +83,26 @@ fn bad_input_is_rejected_naming_the_field() {
             "cannot be disabled",
         ),
         (
+            json!({"xPaddingBytes": 2147483647}),
+            "xhttpSettings.xPaddingBytes",
+            "at most 1048576",
+        ),
+        (
+            json!({"sessionIDTable": "ab/cd", "sessionIDLength": 32}),
+            "xhttpSettings.sessionIDTable",
+            "'/' is not allowed",
+        ),
+        (
+            json!({"sessionIDTable": "abab", "sessionIDLength": 16}),
+            "xhttpSettings.sessionIDLength",
+            "too few possible session ids",
+        ),
+        (
+            json!({"sessionIDTable": "Base62", "sessionIDLength": "1-2147483647"}),
+            "xhttpSettings.sessionIDLength",
+            "at most 256",
+        ),
+        (
             json!({"xPaddingBytes": "500-100"}),
             "xhttpSettings.xPaddingBytes",
             "from > to",
@@ -217,4 +237,16 @@ fn root_fields_are_required_and_checked() {
         "port"
     );
     assert_eq!(err_of(Config::from_json_str("{not json")).0, "(root)");
+}
+
+#[test]
+fn keys_differing_only_in_case_are_refused() {
+    let e = Config::from_json(&json!({"address": "a", "port": 1,
+        "xhttpSettings": {"Path": "/b", "path": "/a"}}))
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("xhttpSettings.") && text.contains("differ only in case"),
+        "{text}"
+    );
 }

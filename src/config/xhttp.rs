@@ -8,6 +8,11 @@ use crate::xhttp::range::Range;
 use crate::xmux::XmuxSettings;
 use serde_json::Value;
 
+/// The largest `xPaddingBytes` accepted: padding is built for every request.
+const MAX_PADDING: i64 = 1 << 20;
+/// The longest session id accepted from `sessionIDLength` (a UUID has 36 characters).
+const MAX_SESSION_ID_LENGTH: i64 = 256;
+
 /// `mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -258,6 +263,15 @@ impl XhttpSettings {
                     ),
                 ));
             }
+            if r.to > MAX_PADDING {
+                return Err(Error::config(
+                    f.path_of("xPaddingBytes"),
+                    format!(
+                        "at most {MAX_PADDING} bytes (padding is built per request), got {}",
+                        r.to
+                    ),
+                ));
+            }
             if !r.is_zero() {
                 s.padding.bytes = r;
             }
@@ -346,8 +360,25 @@ impl XhttpSettings {
                 ));
             }
             let table = named_table(&table);
-            if !table.is_ascii() {
-                return Err(Error::config(tp, "must contain ASCII characters only"));
+            // Ids go into paths, queries, headers and cookies as they are: only characters
+            // that need no escaping anywhere (RFC 3986 unreserved).
+            if let Some(c) = table
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+            {
+                return Err(Error::config(
+                    tp,
+                    format!("{c:?} is not allowed: use letters, digits and - . _ ~ only"),
+                ));
+            }
+            if length.to > MAX_SESSION_ID_LENGTH {
+                return Err(Error::config(
+                    lp,
+                    format!(
+                        "at most {MAX_SESSION_ID_LENGTH} characters, got {}",
+                        length.to
+                    ),
+                ));
             }
             if length.from <= 0 || length.to < length.from {
                 return Err(Error::config(
@@ -358,8 +389,13 @@ impl XhttpSettings {
                     ),
                 ));
             }
-            let mut chars: Vec<char> = table.chars().collect();
-            chars.dedup();
+            // Distinct characters only (a repeated one adds no ids), in table order.
+            let mut chars: Vec<char> = Vec::new();
+            for c in table.chars() {
+                if !chars.contains(&c) {
+                    chars.push(c);
+                }
+            }
             // Enough distinct ids to avoid collisions: sum of |table|^k over the range >= 2^31.
             let n = chars.len() as f64;
             let space: f64 = (length.from..=length.to).map(|k| n.powi(k as i32)).sum();

@@ -5,7 +5,7 @@
 use super::json::Fields;
 use super::{Config, TlsSettings, VlessSettings, XhttpSettings, prefix_field};
 use crate::error::{Error, Result};
-use crate::xhttp::request::unescape;
+use crate::xhttp::request::unescape_strict;
 use serde_json::{Map, Value, json};
 
 /// Reads any accepted shape: a `vless://` link, a whole Xray config (first VLESS/XHTTP
@@ -391,7 +391,7 @@ fn share_link(link: &str) -> Result<Value> {
     let mut p: Vec<(String, String)> = Vec::new();
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        p.push((k.to_string(), unescape_link(v)));
+        p.push((k.to_string(), unescape_link(&format!("link.{k}"), v)?));
     }
     let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     for k in ["insecure", "allowInsecure", "allow_insecure"] {
@@ -401,6 +401,12 @@ fn share_link(link: &str) -> Result<Value> {
                 "skipping certificate checks is refused (as current Xray refuses it); use pcs=<sha256 of the certificate>",
             ));
         }
+    }
+    if get("ech").is_some_and(|e| !e.is_empty()) {
+        return Err(Error::config(
+            "link.ech",
+            "Encrypted Client Hello is not supported: the server name would go out in the clear",
+        ));
     }
     let network = get("type").unwrap_or("tcp");
     let mut tls = Map::new();
@@ -437,7 +443,7 @@ fn share_link(link: &str) -> Result<Value> {
         }
         x.insert("extra".into(), e);
     }
-    let id = unescape_link(user);
+    let id = unescape_link("link.id", user)?;
     Ok(json!({
         "protocol": "vless",
         "settings": {
@@ -457,8 +463,13 @@ fn share_link(link: &str) -> Result<Value> {
 /// Percent-decoding for link parts (`+` stays a plus in URL paths, but links written by
 /// GUI clients use query encoding, where it is a space; an `extra` JSON never has either
 /// unencoded).
-fn unescape_link(s: &str) -> String {
-    unescape(&s.replace('+', "%2B"))
+fn unescape_link(field: &str, s: &str) -> Result<String> {
+    unescape_strict(s).ok_or_else(|| {
+        Error::config(
+            field,
+            "bad percent-encoding (a % must be followed by two hex digits, and the text be UTF-8)",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -32,11 +32,15 @@ impl Target {
         let bad = || Error::Other(format!("{s:?} is not host:port"));
         let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = p.parse().map_err(|_| bad())?;
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        let host = match h.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) if !h.is_empty() && h.len() <= 255 => Host::Domain(h.to_string()),
-            Err(_) => return Err(bad()),
+        // An IPv6 address needs brackets: in `2001:db8::1:443` the port is ambiguous.
+        let host = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => Host::Ip(IpAddr::V6(v6.parse().map_err(|_| bad())?)),
+            None if h.contains([':', '[', ']']) => return Err(bad()),
+            None => match h.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) if !h.is_empty() && h.len() <= 255 => Host::Domain(h.to_string()),
+                Err(_) => return Err(bad()),
+            },
         };
         Ok(Target { host, port })
     }
@@ -206,16 +210,21 @@ impl ResponseHeader {
     }
 }
 
+/// The largest UDP payload carried: above any IP datagram's (65507 on IPv4, 65527 on IPv6),
+/// and small enough that a framed datagram fits one tunnel write piece, so a frame is
+/// queued whole or not at all and the stream of frames can never be cut mid-frame.
+pub const MAX_UDP_PAYLOAD: usize = 65534;
+
 /// Frames one UDP datagram (2-byte big-endian length, then the payload).
 pub fn frame_udp(payload: &[u8]) -> Result<Vec<u8>> {
-    let len = u16::try_from(payload.len()).map_err(|_| {
-        Error::Other(format!(
-            "UDP datagram of {} bytes is too large",
+    if payload.len() > MAX_UDP_PAYLOAD {
+        return Err(Error::Other(format!(
+            "UDP datagram of {} bytes is too large (at most {MAX_UDP_PAYLOAD})",
             payload.len()
-        ))
-    })?;
+        )));
+    }
     let mut v = Vec::with_capacity(2 + payload.len());
-    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     v.extend_from_slice(payload);
     Ok(v)
 }
@@ -224,23 +233,29 @@ pub fn frame_udp(payload: &[u8]) -> Result<Vec<u8>> {
 #[derive(Debug, Default)]
 pub struct UdpDeframer {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`: frames are read through a cursor and the
+    /// buffer compacted now and then, so many small frames cost linear time.
+    start: usize,
 }
 
 impl UdpDeframer {
     pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     pub fn next_datagram(&mut self) -> Option<Vec<u8>> {
-        if self.buf.len() < 2 {
-            return None;
+        let rest = &self.buf[self.start..];
+        let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+        let d = rest.get(2..2 + len)?.to_vec();
+        self.start += 2 + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
         }
-        let n = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
-        if self.buf.len() < 2 + n {
-            return None;
-        }
-        let d = self.buf[2..2 + n].to_vec();
-        self.buf.drain(..2 + n);
         Some(d)
     }
 }
@@ -343,7 +358,18 @@ impl UdpTunnel {
     }
 
     pub async fn send(&self, datagram: &[u8]) -> Result<()> {
-        self.inner.write(&frame_udp(datagram)?).await.map(|_| ())
+        let frame = frame_udp(datagram)?;
+        let n = self.inner.write(&frame).await?;
+        if n != frame.len() {
+            // Cannot happen with one-piece frames; if it did, the server would misread
+            // every later datagram: end the flow instead.
+            self.inner.close();
+            return Err(Error::Other(format!(
+                "UDP datagram cut after {n} of {} bytes; tunnel closed",
+                frame.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The next datagram; `Err(Closed)`-style errors when the tunnel ends.
@@ -370,6 +396,29 @@ impl UdpTunnel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_need_brackets_around_ipv6() {
+        assert_eq!(Target::parse("[::1]:53").unwrap().to_string(), "[::1]:53");
+        assert_eq!(
+            Target::parse("1.2.3.4:80").unwrap().to_string(),
+            "1.2.3.4:80"
+        );
+        assert_eq!(
+            Target::parse("a.example:443").unwrap().to_string(),
+            "a.example:443"
+        );
+        for bad in [
+            "2001:db8::1:443",
+            "[::1:53",
+            "::1]:53",
+            "[example]:1",
+            "a.example",
+            ":80",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn header_layout_port_before_address() {

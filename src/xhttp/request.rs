@@ -279,6 +279,26 @@ pub fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Percent-decoding that refuses what Go's URL parser refuses: a `%` not followed by two
+/// hex digits, or bytes that are not UTF-8. `+` stays a plus.
+pub fn unescape_strict(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = hex_val(*b.get(i + 1)?)?;
+            let l = hex_val(*b.get(i + 2)?)?;
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn hex_val(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
@@ -532,5 +552,9 @@ mod tests {
             assert_eq!(unescape(&escape(v)), v);
         }
         assert_eq!(unescape("%zz%4"), "%zz%4");
+        assert_eq!(unescape_strict("a%2Fb+c").as_deref(), Some("a/b+c"));
+        for bad in ["%zz", "%4", "%", "%E4%B8"] {
+            assert_eq!(unescape_strict(bad), None, "{bad}");
+        }
     }
 }

@@ -233,6 +233,10 @@ fn refused_inputs_have_clear_errors() {
         (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&extra=%7Bnope"), "link.extra", "not valid JSON"),
         (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&extra=%5B%5D"), "link.extra", "JSON object"),
         ("vless://nope@e:443?type=xhttp&security=tls&alpn=h3&pcs=zz".to_string(), "streamSettings.tlsSettings.pinnedPeerCertSha256", "not hex"),
+        (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&path=%zz"), "link.path", "percent-encoding"),
+        ("vless://%E4%B8@e:443?type=xhttp&security=tls&alpn=h3".to_string(), "link.id", "percent-encoding"),
+        (format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&ech=AEX%2B"), "link.ech", "Encrypted Client Hello"),
+        (outbound_json(json!({"network": "xhttp", "security": "tls", "tlsSettings": {"alpn": ["h3"], "echConfigList": "AEX+"}})).to_string(), "streamSettings.tlsSettings.echConfigList", "Encrypted Client Hello"),
     ];
     for (input, field, rule) in cases {
         let (f, r) = err(import(&input));
