@@ -103,6 +103,16 @@ fn bad_input_is_rejected_naming_the_field() {
             "at most 256",
         ),
         (
+            json!({"uplinkChunkSize": "5000-100", "mode": "packet-up"}),
+            "xhttpSettings.uplinkChunkSize",
+            "from > to",
+        ),
+        (
+            json!({"scStreamUpServerSecs": "80-20"}),
+            "xhttpSettings.scStreamUpServerSecs",
+            "0 <= from <= to",
+        ),
+        (
             json!({"xPaddingBytes": "500-100"}),
             "xhttpSettings.xPaddingBytes",
             "from > to",

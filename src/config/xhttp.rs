@@ -428,6 +428,12 @@ impl XhttpSettings {
             _ => "X-Data".into(),
         });
         let cs = f.range("uplinkChunkSize")?.unwrap_or_default();
+        if cs.from > cs.to {
+            return Err(Error::config(
+                f.path_of("uplinkChunkSize"),
+                format!("from > to ({}-{})", cs.from, cs.to),
+            ));
+        }
         s.uplink_chunk_size = if cs.is_zero() {
             match s.uplink_data_placement {
                 DataPlacement::Cookie => Range::new(2048, 3072),
@@ -476,6 +482,16 @@ impl XhttpSettings {
             }
         }
         if let Some(r) = f.range("scStreamUpServerSecs")? {
+            // A negative `to` disables the keep-alive padding; otherwise the range must hold.
+            if r.to > 0 && (r.from > r.to || r.from < 0) {
+                return Err(Error::config(
+                    f.path_of("scStreamUpServerSecs"),
+                    format!(
+                        "must have 0 <= from <= to, or a negative to, got {}-{}",
+                        r.from, r.to
+                    ),
+                ));
+            }
             if !r.is_zero() {
                 s.sc_stream_up_server_secs = r;
             }
