@@ -85,15 +85,37 @@ impl Config {
             }),
             None => None,
         };
-        let download = match f.take("downloadSettings") {
-            Some(d) => {
-                let mut dl =
-                    Config::from_json(&d).map_err(|e| prefix_field("downloadSettings", e))?;
-                dl.vless = None;
-                dl.download = None;
+        let mut xhttp = xhttp;
+        let download = match (f.take("downloadSettings"), xhttp.download_settings.take()) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "xhttpSettings.downloadSettings",
+                    "downloadSettings is also set at the top level; set it once",
+                ));
+            }
+            (Some(d), None) => {
+                let dl = Config::from_json(&d).map_err(|e| prefix_field("downloadSettings", e))?;
+                // Refused, not dropped: neither has a meaning for the download side.
+                if dl.vless.is_some() {
+                    return Err(Error::config(
+                        "downloadSettings.vlessId",
+                        "the VLESS header goes with the upload; set vlessId at the top level",
+                    ));
+                }
+                if dl.download.is_some() {
+                    return Err(Error::config(
+                        "downloadSettings.downloadSettings",
+                        "a download destination cannot have its own",
+                    ));
+                }
                 Some(Box::new(dl))
             }
-            None => None,
+            // Xray's shape, inside xhttpSettings (address, port, network, tlsSettings, …).
+            (None, Some(d)) => Some(Box::new(xray::stream_destination(
+                "xhttpSettings.downloadSettings",
+                &d,
+            )?)),
+            (None, None) => None,
         };
         f.finish();
         let cfg = Config {

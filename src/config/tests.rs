@@ -260,3 +260,33 @@ fn keys_differing_only_in_case_are_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn download_settings_are_used_or_refused_never_dropped() {
+    let base =
+        || json!({"address": "a", "port": 1, "vlessId": "b831381d-6324-4d53-ad4f-8cda48b30811"});
+    // Xray's shape inside xhttpSettings, read by the library JSON too.
+    let mut v = base();
+    v["xhttpSettings"] = json!({"path": "/x", "downloadSettings": {"address": "d", "port": 2,
+        "network": "xhttp", "security": "tls", "tlsSettings": {"alpn": ["h3"]}}});
+    let c = Config::from_json(&v).unwrap();
+    assert_eq!(c.download.unwrap().address, "d");
+    // Both places at once, a vlessId or a nested downloadSettings: refused, named.
+    let mut both = v.clone();
+    both["downloadSettings"] = json!({"address": "e", "port": 3});
+    let mut with_id = base();
+    with_id["downloadSettings"] = json!({"address": "e", "port": 3, "vlessId": "x"});
+    let mut nested = base();
+    nested["downloadSettings"] = json!({"address": "e", "port": 3,
+        "downloadSettings": {"address": "f", "port": 4}});
+    for (v, field) in [
+        (both, "xhttpSettings.downloadSettings"),
+        (with_id, "downloadSettings.vlessId"),
+        (nested, "downloadSettings.downloadSettings"),
+    ] {
+        match Config::from_json(&v) {
+            Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -35,18 +35,8 @@ pub fn import_tagged(input: &str, tag: Option<&str>) -> Result<Config> {
     } else if has("protocol") {
         outbound(&v)
     } else {
-        let mut c = Config::from_json(&v)?;
-        // Our own JSON may carry Xray's downloadSettings inside xhttpSettings too.
-        if c.download.is_none() {
-            if let Some(d) = c.xhttp.download_settings.take() {
-                c.download = Some(Box::new(stream_destination(
-                    "xhttpSettings.downloadSettings",
-                    &d,
-                )?));
-                c.validate()?;
-            }
-        }
-        Ok(c)
+        // Our own JSON (which may carry Xray's downloadSettings inside xhttpSettings too).
+        Config::from_json(&v)
     }
 }
 
@@ -334,7 +324,7 @@ fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Conf
 }
 
 /// `downloadSettings`: a stream-settings object that also names `address` and `port`.
-fn stream_destination(path: &str, v: &Value) -> Result<Config> {
+pub(crate) fn stream_destination(path: &str, v: &Value) -> Result<Config> {
     let mut m = v
         .as_object()
         .cloned()
