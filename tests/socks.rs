@@ -134,6 +134,17 @@ fn connect_stream_one_8_mib_each_way() {
 
 /// Sends one datagram through the association until its echo comes back (loopback UDP
 /// rarely drops, but a lost datagram must not fail the test).
+/// Opens the control connection of a UDP ASSOCIATE; returns it and the relay address.
+fn udp_associate(socks: SocketAddr) -> (TcpStream, SocketAddr) {
+    let mut ctrl = tcp(socks);
+    greet(&mut ctrl, None);
+    ctrl.write_all(&request(3, "0.0.0.0:0".parse().unwrap()))
+        .unwrap();
+    let (code, relay) = read_reply(&mut ctrl).unwrap();
+    assert_eq!(code, 0, "UDP ASSOCIATE accepted");
+    (ctrl, relay)
+}
+
 fn udp_roundtrip(app: &UdpSocket, relay: SocketAddr, dest: SocketAddr, payload: &[u8]) {
     app.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = vec![0u8; 65536];
@@ -156,12 +167,7 @@ fn udp_associate_relays_datagrams_per_destination() {
     let (c, socks) = vless_socks(&e, "stream-up");
     let (echo_a, echo_b) = (udp_echo(), udp_echo());
 
-    let mut ctrl = tcp(socks.local_addr());
-    greet(&mut ctrl, None);
-    ctrl.write_all(&request(3, "0.0.0.0:0".parse().unwrap()))
-        .unwrap();
-    let (code, relay) = read_reply(&mut ctrl).unwrap();
-    assert_eq!(code, 0, "UDP ASSOCIATE accepted");
+    let (ctrl, relay) = udp_associate(socks.local_addr());
     assert_eq!(
         relay.ip(),
         socks.local_addr().ip(),
@@ -458,12 +464,7 @@ fn unbounded_timeouts_never_overflow() {
         ..Default::default()
     };
     let socks = c.start_socks_with(local(), opts).unwrap();
-    let mut ctrl = tcp(socks.local_addr());
-    greet(&mut ctrl, None);
-    ctrl.write_all(&request(3, "0.0.0.0:0".parse().unwrap()))
-        .unwrap();
-    let (code, relay) = read_reply(&mut ctrl).unwrap();
-    assert_eq!(code, 0, "UDP ASSOCIATE accepted");
+    let (ctrl, relay) = udp_associate(socks.local_addr());
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
     let echo = udp_echo();
     udp_roundtrip(&app, relay, echo, &pattern(9, 512));

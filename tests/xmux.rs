@@ -139,20 +139,7 @@ fn h_max_request_times_moves_a_long_packet_up_tunnel() {
     );
     let t = c.open(T).unwrap();
     // 12 separate bursts → at least 12 POSTs: the GET and 3 POSTs fill the first connection.
-    let mut sent = Vec::new();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    for i in 0..12u64 {
-        let d = pattern(i + 1, 5000);
-        t.write(&d, T).unwrap();
-        sent.extend_from_slice(&d);
-        while got.len() < sent.len() {
-            let n = t.read(&mut buf, T).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-    assert_eq!(sha(&got), sha(&sent));
+    echo_bursts(&t, 12, 5000, 1);
     let accepted = e.server.stats().connections_accepted;
     assert!(
         accepted >= 4,
@@ -199,20 +186,7 @@ fn packet_up_with_download_settings_lets_used_up_connections_close_mid_tunnel() 
     v["downloadSettings"] = dl;
     let c = Client::new(xhttp_mobile::Config::from_json(&v).unwrap()).unwrap();
     let t = c.open(T).unwrap();
-    let mut sent = Vec::new();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    for i in 0..8u64 {
-        let d = pattern(i + 40, 3000);
-        t.write(&d, T).unwrap();
-        sent.extend_from_slice(&d);
-        while got.len() < sent.len() {
-            let n = t.read(&mut buf, T).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-    assert_eq!(sha(&got), sha(&sent));
+    echo_bursts(&t, 8, 3000, 40);
     assert!(c.pool_stats().requests_total >= 8);
     // 8 POSTs at 2 per connection: at least 4 connections, all but the current one
     // retired, and none of those may linger while the tunnel is open.

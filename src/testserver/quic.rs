@@ -320,6 +320,8 @@ impl quic::RecvStream for Bidi {
 pub(crate) struct SendHalf {
     stream: quinn::SendStream,
     pending: Option<WriteBuf<Bytes>>,
+    /// Nothing (not even response HEADERS) was ever written, and no finish or reset.
+    untouched: bool,
     /// Where this stream's `stopped()` watch was registered, so that dropping removes it.
     watches: Option<StopWatches>,
 }
@@ -329,6 +331,7 @@ impl SendHalf {
         SendHalf {
             stream,
             pending: None,
+            untouched: true,
             watches,
         }
     }
@@ -336,6 +339,13 @@ impl SendHalf {
 
 impl Drop for SendHalf {
     fn drop(&mut self) {
+        // A request abandoned before any response: reset it, as Go's servers (Xray) do.
+        // quinn would finish it instead, and a response stream that ends without HEADERS
+        // is a connection error for the client's h3 (H3_FRAME_UNEXPECTED), which would
+        // take every other tunnel on that connection down with it.
+        if self.untouched {
+            let _ = self.stream.reset(varint(H3_REQUEST_CANCELLED));
+        }
         if let Some(w) = &self.watches {
             w.map().remove(&u64::from(self.stream.id()));
         }
@@ -363,10 +373,12 @@ impl quic::SendStream<Bytes> for SendHalf {
             ));
         }
         self.pending = Some(data.into());
+        self.untouched = false;
         Ok(())
     }
 
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.untouched = false;
         Poll::Ready(
             self.stream
                 .finish()
@@ -375,6 +387,7 @@ impl quic::SendStream<Bytes> for SendHalf {
     }
 
     fn reset(&mut self, reset_code: u64) {
+        self.untouched = false;
         let _ = self.stream.reset(varint(reset_code));
     }
 
@@ -382,6 +395,9 @@ impl quic::SendStream<Bytes> for SendHalf {
         stream_id(self.stream.id())
     }
 }
+
+/// HTTP/3's "request cancelled" (RFC 9114 §8.1).
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
 
 const READ_CHUNK: usize = 32 * 1024;
 

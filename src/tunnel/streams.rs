@@ -84,7 +84,12 @@ pub(crate) async fn open_request(
 /// Waits for the response head and fails the tunnel unless it is 200.
 async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -> bool {
     let token = shared.token().clone();
+    // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
+    // streams are never polled again. A stream the server ends badly after our close (FIN
+    // without HEADERS) is a *connection* error in h3, which would hit every other tunnel
+    // sharing the connection.
     let resp = tokio::select! {
+        biased;
         _ = token.cancelled() => return false,
         r = recv.recv_response() => r,
     };
@@ -119,6 +124,7 @@ pub(crate) async fn download(
     let token = shared.token().clone();
     loop {
         let chunk = tokio::select! {
+            biased;
             _ = token.cancelled() => return drain_received(&mut recv, &tx, &shared),
             c = recv.recv_data() => c,
         };
@@ -175,6 +181,7 @@ pub(crate) async fn drain_response(mut recv: RecvHalf, label: RequestLabel, shar
     let token = shared.token().clone();
     loop {
         let chunk = tokio::select! {
+            biased;
             _ = token.cancelled() => return,
             c = recv.recv_data() => c,
         };

@@ -92,6 +92,25 @@ pub fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// Writes `bursts` separate pieces of `size` bytes, reading each one's echo back before
+/// writing the next (so packet-up sends at least one POST per burst); checks SHA-256.
+pub fn echo_bursts(t: &Tunnel, bursts: u64, size: usize, seed: u64) {
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..bursts {
+        let d = pattern(seed + i, size);
+        t.write(&d, T).expect("write");
+        sent.extend_from_slice(&d);
+        while got.len() < sent.len() {
+            let n = t.read(&mut buf, T).expect("read");
+            assert!(n > 0, "download ended after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(sha(&got), sha(&sent), "echo of {bursts} bursts differs");
+}
+
 /// Writes `size` bytes on one thread while reading the echo on this one; asserts the
 /// SHA-256 of what came back equals what went up. Stream modes half-close after writing
 /// and expect the download to end with EOF right after the echo.
