@@ -54,6 +54,18 @@ impl Flow {
         }
     }
 
+    /// Queues all of `data`, or fails: a short count never passes silently.
+    async fn write_all(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            if n == 0 {
+                return Err(crate::error::Error::Closed);
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
     pub async fn shutdown_write(&self) -> Result<()> {
         match self {
             Flow::Raw(t) => t.shutdown_write().await,
@@ -84,7 +96,7 @@ pub async fn relay(mut tcp: TcpStream, flow: &Flow, first: &[u8]) -> Result<(), 
     let up = async {
         let mut wrote = Some(wrote);
         if !first.is_empty() {
-            flow.write(first)
+            flow.write_all(first)
                 .await
                 .map_err(|e| format!("tunnel write: {e}"))?;
             wrote.take();
@@ -101,7 +113,7 @@ pub async fn relay(mut tcp: TcpStream, flow: &Flow, first: &[u8]) -> Result<(), 
                     .await
                     .map_err(|e| format!("tunnel shutdown_write: {e}"));
             }
-            flow.write(&buf[..n])
+            flow.write_all(&buf[..n])
                 .await
                 .map_err(|e| format!("tunnel write: {e}"))?;
             // Dropping the sender wakes the download.
