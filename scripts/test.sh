@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need (Rust components and crates) and runs
 # formatting, lint, unit and integration tests, the mobile (no test server) build,
-# `xh demo`, and the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
-# under ASan and under valgrind, the README's C example). Builds are cached outside the
-# repo so repeated runs are fast.
+# `xh demo`, the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
+# under ASan and under valgrind, the README's C example), and the uniffi bindings
+# (tests/kotlin/run.sh: freshness, and the generated Kotlin run on the JVM). Builds are
+# cached outside the repo so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ cargo build --lib --no-default-features
 
 step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
 bash tests/c/run.sh
+
+step "uniffi bindings: freshness (Kotlin, Swift), the Kotlin test on the JVM"
+bash tests/kotlin/run.sh
 
 step "cargo test"
 cargo test -- --test-threads=2

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod ffi;
+pub mod mobile;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;
@@ -21,3 +22,5 @@ pub mod testserver;
 pub use api::{Client, Inbound, Tunnel};
 pub use config::Config;
 pub use error::{Error, Result};
+
+uniffi::setup_scaffolding!();

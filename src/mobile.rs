@@ -1,0 +1,199 @@
+//! The Kotlin/Swift surface, exported with uniffi: thin objects over [`crate::api`] that
+//! only convert and delegate, like the C ABI in `ffi/`.
+//!
+//! Names: uniffi-generated Kotlin does not compile with a method named `close` or
+//! `destroy` (uniffi#2955; the generated class already has them for freeing the object),
+//! so ending a client or tunnel is `shutdown()`. Freeing is the binding's own `close()` /
+//! `destroy()` (Kotlin) or deinit (Swift); both are idempotent.
+//!
+//! Timeouts are milliseconds as in the C ABI: `XH_TIMEOUT_INFINITE` (u32::MAX) waits
+//! without limit, 0 does not wait.
+
+use crate::api;
+use crate::error::Error;
+use std::sync::Arc;
+
+/// Every failure, as one exception type with a kind and the library's text in `detail`
+/// (which names the field, the status or the request). Not `message`: Kotlin exceptions
+/// already have one, and a field of that name does not compile.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum XhException {
+    #[error("{detail}")]
+    Config { detail: String },
+    #[error("{detail}")]
+    ServerStatus { status: u16, detail: String },
+    #[error("{detail}")]
+    Request { detail: String },
+    #[error("{detail}")]
+    Connect { detail: String },
+    #[error("{detail}")]
+    Closed { detail: String },
+    #[error("{detail}")]
+    WriteShutdown { detail: String },
+    #[error("{detail}")]
+    Timeout { detail: String },
+    #[error("{detail}")]
+    WrongThread { detail: String },
+    #[error("{detail}")]
+    Other { detail: String },
+}
+
+impl From<Error> for XhException {
+    fn from(e: Error) -> Self {
+        let detail = e.to_string();
+        match e {
+            Error::Config { .. } => XhException::Config { detail },
+            Error::Status { status, .. } => XhException::ServerStatus { status, detail },
+            Error::Request { .. } => XhException::Request { detail },
+            Error::Connect { .. } => XhException::Connect { detail },
+            Error::Closed => XhException::Closed { detail },
+            Error::WriteShutdown => XhException::WriteShutdown { detail },
+            Error::Timeout(_) => XhException::Timeout { detail },
+            Error::WrongThread => XhException::WrongThread { detail },
+            Error::Other(_) => XhException::Other { detail },
+        }
+    }
+}
+
+type R<T> = Result<T, XhException>;
+
+/// The bindings pass the socket as an `i32` file descriptor (what `RawSocket` is on unix).
+#[allow(clippy::unnecessary_cast)]
+fn fd_i32(fd: crate::transport::RawSocket) -> i32 {
+    fd as i32
+}
+
+fn timeout(ms: u32) -> Option<std::time::Duration> {
+    crate::ffi::timeout(ms)
+}
+
+/// What a client has done so far.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct XhStats {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub open_tunnels: u64,
+    pub live_connections: u64,
+}
+
+/// What a latency probe measured, in microseconds.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct XhProbe {
+    pub connect_us: u64,
+    pub round_trip_us: u64,
+}
+
+/// Implemented by the app: called with each UDP socket the client creates, before use
+/// (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+#[uniffi::export(with_foreign)]
+pub trait SocketProtector: Send + Sync {
+    fn protect(&self, fd: i32) -> bool;
+}
+
+/// A client for one server config: the library JSON, an Xray outbound, a whole Xray
+/// config or a `vless://` link.
+#[derive(uniffi::Object)]
+pub struct XhClient {
+    inner: api::Client,
+}
+
+#[uniffi::export]
+impl XhClient {
+    #[uniffi::constructor]
+    pub fn new(config: String) -> R<Arc<Self>> {
+        Ok(Arc::new(XhClient {
+            inner: api::Client::from_json(&config)?,
+        }))
+    }
+
+    /// Opens one tunnel in the configured mode.
+    pub fn open(&self, timeout_ms: u32) -> R<Arc<XhTunnel>> {
+        let t = self.inner.open(timeout(timeout_ms))?;
+        Ok(Arc::new(XhTunnel { inner: t }))
+    }
+
+    pub fn stats(&self) -> XhStats {
+        let s = self.inner.stats();
+        XhStats {
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            open_tunnels: s.open_tunnels,
+            live_connections: s.live_connections,
+        }
+    }
+
+    /// Latency of the config on a connection of its own (the pool is untouched).
+    pub fn probe(&self, timeout_ms: u32) -> R<XhProbe> {
+        let p = self.inner.probe(timeout(timeout_ms))?;
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Ok(XhProbe {
+            connect_us: us(p.connect),
+            round_trip_us: us(p.round_trip),
+        })
+    }
+
+    /// The device changed networks: every connection moves to a new, protected socket.
+    pub fn network_changed(&self) -> R<u32> {
+        let n = self.inner.network_changed()?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Sets (or with `None`, removes) the socket protector.
+    pub fn set_protect(&self, protector: Option<Arc<dyn SocketProtector>>) {
+        self.inner.set_protect(protector.map(|p| {
+            Arc::new(move |fd: crate::transport::RawSocket| p.protect(fd_i32(fd)))
+                as crate::transport::Protect
+        }));
+    }
+
+    /// Closes every tunnel and connection of this client. Idempotent, never blocks.
+    pub fn shutdown(&self) {
+        self.inner.close();
+    }
+}
+
+/// One tunnel: a bidirectional byte stream.
+#[derive(uniffi::Object)]
+pub struct XhTunnel {
+    inner: api::Tunnel,
+}
+
+#[uniffi::export]
+impl XhTunnel {
+    /// Up to `max` downloaded bytes; empty means the server ended the download.
+    pub fn read(&self, max: u32, timeout_ms: u32) -> R<Vec<u8>> {
+        let mut buf = vec![0u8; max.clamp(1, 1 << 20) as usize];
+        let n = self.inner.read(&mut buf, timeout(timeout_ms))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Queues `data` for upload; returns how many bytes were queued (all of them unless
+    /// the timeout ran out part-way).
+    pub fn write(&self, data: Vec<u8>, timeout_ms: u32) -> R<u64> {
+        Ok(self.inner.write_some(&data, timeout(timeout_ms))? as u64)
+    }
+
+    /// Ends the upload cleanly after everything queued is sent.
+    pub fn shutdown_write(&self, timeout_ms: u32) -> R<()> {
+        Ok(self.inner.shutdown_write_within(timeout(timeout_ms))?)
+    }
+
+    /// Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
+    /// blocks, any thread.
+    pub fn shutdown(&self) {
+        self.inner.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    pub fn local_addr(&self) -> String {
+        self.inner.local_addr().to_string()
+    }
+
+    pub fn peer_addr(&self) -> String {
+        self.inner.peer_addr().to_string()
+    }
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The Kotlin/Swift side of the test suite (called by scripts/test.sh; runnable alone):
+#  1. bindings/ is what uniffi-bindgen (the crate's own, same uniffi version) generates from
+#     the built library now, for Kotlin and Swift (Swift cannot be compiled here, so its
+#     check is freshness only);
+#  2. the generated Kotlin compiled with tests/kotlin/src by Maven (Kotlin compiler and JNA
+#     from Maven Central) and run on the JVM against the built library and `xh serve`.
+#
+# Environment: CARGO_TARGET_DIR (where cargo builds; default target/).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TARGET="${CARGO_TARGET_DIR:-target}"
+LIB_DIR="$TARGET/release"
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+step() { printf '\n=== %s\n' "$*"; }
+
+step "build the library, xh and uniffi-bindgen"
+cargo build --release --lib --bin xh
+cargo build --features bindgen --bin uniffi-bindgen
+BINDGEN="$TARGET/debug/uniffi-bindgen"
+
+step "bindings/ is fresh (Kotlin and Swift)"
+for lang in kotlin swift; do
+    "$BINDGEN" generate --library "$LIB_DIR/libxhttp_mobile.so" --language "$lang" \
+        --out-dir "$WORK/$lang" --no-format >/dev/null
+    if ! diff -ru "bindings/$lang" "$WORK/$lang"; then
+        echo "bindings/$lang differs from a fresh generation; regenerate with:"
+        echo "  cargo build --release --lib && cargo run --features bindgen --bin uniffi-bindgen -- \\"
+        echo "    generate --library \$CARGO_TARGET_DIR/release/libxhttp_mobile.so --language $lang --out-dir bindings/$lang --no-format"
+        exit 1
+    fi
+done
+echo "bindings fresh"
+
+step "Kotlin: compile the bindings and the test (Maven)"
+command -v mvn >/dev/null || { echo "Maven (mvn) is required"; exit 1; }
+(cd tests/kotlin && mvn -q -B package -DskipTests dependency:build-classpath \
+    -Dmdep.outputFile=target/cp.txt)
+
+step "start xh serve"
+"$LIB_DIR/xh" serve > "$WORK/server.json" 2> "$WORK/server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    [ -s "$WORK/server.json" ] && break
+    sleep 0.1
+done
+CONFIG="$(head -1 "$WORK/server.json")"
+[ -n "$CONFIG" ] || { echo "xh serve printed no config"; cat "$WORK/server.log"; exit 1; }
+
+step "Kotlin: the bindings against the library on the JVM"
+java -Djna.library.path="$LIB_DIR" \
+    -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
+    BindingsTestKt "$CONFIG"
