@@ -12,16 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CBINDGEN_VERSION=0.29.4
-TARGET="${CARGO_TARGET_DIR:-target}"
-LIB_DIR="$TARGET/release"
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-step() { printf '\n=== %s\n' "$*"; }
+source tests/support/serve.sh
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -pedantic -g -O1 -Iinclude -Itests/c)
 
 step "cbindgen $CBINDGEN_VERSION: include/xhttp.h is fresh"
@@ -49,19 +40,7 @@ step "build the library and xh (release)"
 cargo build --release --lib --bin xh
 test -f "$LIB_DIR/libxhttp_mobile.so"
 
-step "start xh serve"
-"$LIB_DIR/xh" serve > "$WORK/server.json" 2> "$WORK/server.log" &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    [ -s "$WORK/server.json" ] && break
-    sleep 0.1
-done
-XH_SERVER_CONFIG="$(head -1 "$WORK/server.json")"
-if [ -z "$XH_SERVER_CONFIG" ]; then
-    echo "xh serve printed no config"; cat "$WORK/server.log"; exit 1
-fi
-export XH_SERVER_CONFIG
-echo "$XH_SERVER_CONFIG"
+start_xh_serve
 
 step "build the harness (plain and ASan)"
 SRC=(tests/c/harness.c tests/c/sha256.c)

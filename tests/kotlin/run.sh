@@ -10,16 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TARGET="${CARGO_TARGET_DIR:-target}"
-LIB_DIR="$TARGET/release"
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-step() { printf '\n=== %s\n' "$*"; }
+source tests/support/serve.sh
 
 step "build the library, xh and uniffi-bindgen"
 cargo build --release --lib --bin xh
@@ -44,17 +35,9 @@ command -v mvn >/dev/null || { echo "Maven (mvn) is required"; exit 1; }
 (cd tests/kotlin && mvn -q -B package -DskipTests dependency:build-classpath \
     -Dmdep.outputFile=target/cp.txt)
 
-step "start xh serve"
-"$LIB_DIR/xh" serve > "$WORK/server.json" 2> "$WORK/server.log" &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    [ -s "$WORK/server.json" ] && break
-    sleep 0.1
-done
-CONFIG="$(head -1 "$WORK/server.json")"
-[ -n "$CONFIG" ] || { echo "xh serve printed no config"; cat "$WORK/server.log"; exit 1; }
+start_xh_serve
 
 step "Kotlin: the bindings against the library on the JVM"
 java -Djna.library.path="$LIB_DIR" \
     -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
-    BindingsTestKt "$CONFIG"
+    BindingsTestKt "$XH_SERVER_CONFIG"
