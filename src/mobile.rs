@@ -125,10 +125,10 @@ impl XhClient {
     /// Latency of the config on a connection of its own (the pool is untouched).
     pub fn probe(&self, timeout_ms: u32) -> R<XhProbe> {
         let p = self.inner.probe(timeout(timeout_ms))?;
-        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let (connect_us, round_trip_us) = p.micros();
         Ok(XhProbe {
-            connect_us: us(p.connect),
-            round_trip_us: us(p.round_trip),
+            connect_us,
+            round_trip_us,
         })
     }
 

@@ -450,9 +450,9 @@ fn share_link(link: &str) -> Result<Value> {
     }))
 }
 
-/// Percent-decoding for link parts (`+` stays a plus in URL paths, but links written by
-/// GUI clients use query encoding, where it is a space; an `extra` JSON never has either
-/// unencoded).
+/// Strict percent-decoding for link parts, like Go's URL parser: a malformed `%` or
+/// non-UTF-8 bytes are an error naming the part. `+` stays a plus (paths and ids keep it;
+/// an `extra` JSON never has one unencoded).
 fn unescape_link(field: &str, s: &str) -> Result<String> {
     unescape_strict(s).ok_or_else(|| {
         Error::config(

@@ -228,14 +228,14 @@ pub unsafe extern "C" fn xh_client_probe(
     call("xh_client_probe", || {
         non_null(out, "out")?;
         let p = entry(client)?.client.probe(timeout(timeout_ms))?;
-        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let (connect_us, round_trip_us) = p.micros();
         // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
         unsafe {
             put(
                 out,
                 xh_probe {
-                    connect_us: micros(p.connect),
-                    round_trip_us: micros(p.round_trip),
+                    connect_us,
+                    round_trip_us,
                 },
             )
         };

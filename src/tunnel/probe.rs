@@ -26,6 +26,14 @@ pub struct Probe {
     pub round_trip: Duration,
 }
 
+impl Probe {
+    /// `(connect, round_trip)` in whole microseconds, as the C ABI and the bindings give them.
+    pub fn micros(&self) -> (u64, u64) {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        (us(self.connect), us(self.round_trip))
+    }
+}
+
 impl Dialer {
     /// Connects afresh and times one request; a non-200 answer is an error naming it.
     /// Bounded by [`PROBE_BOUND`] even when the caller sets no timeout: a server that
