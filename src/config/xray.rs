@@ -5,7 +5,7 @@
 use super::json::Fields;
 use super::{Config, TlsSettings, VlessSettings, XhttpSettings, prefix_field};
 use crate::error::{Error, Result};
-use crate::xhttp::request::unescape_strict;
+use crate::xhttp::escape::unescape_strict;
 use serde_json::{Map, Value, json};
 
 /// Reads any accepted shape: a `vless://` link, a whole Xray config (first VLESS/XHTTP

@@ -2,6 +2,7 @@
 //! batching. Nothing here touches a socket.
 
 pub mod browser;
+pub mod escape;
 pub mod padding;
 pub mod range;
 pub mod request;
