@@ -11,7 +11,8 @@ if [ ! -x "$XRAY_BIN" ]; then
   mkdir -p "$XRAY_DIR"
   GOBIN="$XRAY_DIR" GOFLAGS=-mod=mod go install "github.com/xtls/xray-core/main@$XRAY_VERSION"
 fi
-cargo build --release --bin xh --example bench
+cargo build --release -p xh
+cargo build --release --example bench
 export XH_BIN="$CARGO_TARGET_DIR/release/xh"
 "$XRAY_BIN" version | sed -n 1p
 "$CARGO_TARGET_DIR/release/examples/bench" "${1:-256}" "${2:-stream-up}"

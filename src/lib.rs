@@ -16,9 +16,6 @@ pub mod tunnel;
 pub mod xhttp;
 pub mod xmux;
 
-#[cfg(feature = "testserver")]
-pub mod testserver;
-
 pub use api::{Client, Inbound, Tunnel};
 pub use config::Config;
 pub use error::{Error, Result};

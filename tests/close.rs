@@ -7,7 +7,7 @@ use serde_json::json;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use xhttp_mobile::Error;
-use xhttp_mobile::testserver::{Event, Fault, Outcome, RequestKind, Target};
+use xhttp_testserver::{Event, Fault, Outcome, RequestKind, Target};
 
 const MODES: [&str; 3] = ["packet-up", "stream-up", "stream-one"];
 

@@ -402,7 +402,7 @@ fn curl_through_xh_socks_downloads_64_mib_intact() {
     let web = http_file_server(file.clone());
     let cfg = outbound(port, json!({"path": "/xh/", "mode": "stream-up"})).to_string();
     // The real CLI, as a user runs it.
-    let mut xh = Command::new(env!("CARGO_BIN_EXE_xh"))
+    let mut xh = Command::new(common::xh_bin())
         .args(["socks", "--config", &cfg, "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -495,7 +495,7 @@ fn xray_client_through_our_test_server() {
     // server stays faithful. Xray: dokodemo-door (TCP) → VLESS over XHTTP/H3 → our server
     // (VLESS target) → TCP echo.
     use std::io::{Read, Write};
-    use xhttp_mobile::testserver::{ServerOptions, Target, TestServer};
+    use xhttp_testserver::{ServerOptions, Target, TestServer};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
     for mode in MODES {

@@ -6,7 +6,7 @@ use common::netsim::{Impairment, Relay, unit};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::{Event, RequestKind};
+use xhttp_testserver::{Event, RequestKind};
 
 fn lossy() -> Impairment {
     Impairment {

@@ -148,7 +148,7 @@ fn read_exact(t: &xhttp_mobile::Tunnel, len: usize) -> Vec<u8> {
 /// complete (empty) upload.
 #[test]
 fn probe_times_connect_and_first_request_without_touching_the_pool() {
-    use xhttp_mobile::testserver::{Event, Outcome, RequestKind};
+    use xhttp_testserver::{Event, Outcome, RequestKind};
     let e = env(|_| {});
     for (mode, kind) in [
         ("packet-up", RequestKind::StreamDown),

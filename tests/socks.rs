@@ -10,8 +10,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::{Event, Target};
 use xhttp_mobile::{Client, Inbound};
+use xhttp_testserver::{Event, Target};
 
 const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const SIZE: usize = 8 * 1024 * 1024;

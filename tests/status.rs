@@ -5,7 +5,7 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 use xhttp_mobile::Error;
-use xhttp_mobile::testserver::{Fault, RequestKind};
+use xhttp_testserver::{Fault, RequestKind};
 
 /// Reads until the tunnel fails; returns the error.
 fn failure_of(t: &xhttp_mobile::Tunnel) -> Error {
@@ -172,10 +172,10 @@ fn data_already_downloaded_is_read_before_a_later_failure() {
         .unwrap();
     let first = pattern(7, 600_000);
     t.write(&first, T).unwrap();
-    let posted = |ev: &xhttp_mobile::testserver::Event| {
+    let posted = |ev: &xhttp_testserver::Event| {
         matches!(
             ev,
-            xhttp_mobile::testserver::Event::Request {
+            xhttp_testserver::Event::Request {
                 kind: Some(RequestKind::PacketUp),
                 status: 200,
                 ..

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::Event;
 use xhttp_mobile::{Client, Tunnel};
+use xhttp_testserver::Event;
 
 const MODES: [&str; 3] = ["packet-up", "stream-up", "stream-one"];
 

@@ -150,7 +150,7 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-#[cfg(all(test, feature = "testserver"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};

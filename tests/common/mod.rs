@@ -9,10 +9,32 @@ pub mod xray;
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use xhttp_mobile::testserver::{Event, ServerOptions, TestServer};
 use xhttp_mobile::{Client, Config, Tunnel};
+use xhttp_testserver::{Event, ServerOptions, TestServer};
 
 pub const T: Option<Duration> = Some(Duration::from_secs(30));
+
+/// The `xh` binary (package `xh`, a workspace member, so cargo does not hand its path to
+/// this package's tests): `XH_BIN`, else the one beside this test's build directory
+/// (`cargo build -p xh` or `cargo test --workspace` puts it there).
+pub fn xh_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("XH_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test> → target/<profile>/xh
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("xh"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p xh` or set XH_BIN",
+        bin.display()
+    );
+    bin
+}
 
 /// A test server running on a runtime of its own (the client uses the library's).
 pub struct Env {

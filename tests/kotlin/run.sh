@@ -13,8 +13,9 @@ cd "$(dirname "$0")/../.."
 source tests/support/serve.sh
 
 step "build the library, xh and uniffi-bindgen"
-cargo build --release --lib --bin xh
-cargo build --features bindgen --bin uniffi-bindgen
+cargo build --release --lib
+cargo build --release -p xh
+cargo build -p uniffi-bindgen
 BINDGEN="$TARGET/debug/uniffi-bindgen"
 
 step "bindings/ is fresh (Kotlin and Swift)"
@@ -23,7 +24,7 @@ for lang in kotlin swift; do
         --out-dir "$WORK/$lang" --no-format >/dev/null
     if ! diff -ru "bindings/$lang" "$WORK/$lang"; then
         echo "bindings/$lang differs from a fresh generation; regenerate with:"
-        echo "  cargo build --release --lib && cargo run --features bindgen --bin uniffi-bindgen -- \\"
+        echo "  cargo build --release --lib && cargo run -p uniffi-bindgen -- \\"
         echo "    generate --library \$CARGO_TARGET_DIR/release/libxhttp_mobile.so --language $lang --out-dir bindings/$lang --no-format"
         exit 1
     fi

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use xhttp_mobile::testserver::{ServerOptions, TestServer};
+//! use xhttp_testserver::{ServerOptions, TestServer};
 //! let server = TestServer::start(ServerOptions::default()).await?;
 //! let (addr, pin) = (server.addr(), server.cert_sha256_hex());
 //! // … point a client at `addr` with pinnedPeerCertSha256 = pin …
@@ -15,9 +15,11 @@
 //! ```
 
 mod events;
+mod exchange;
 mod handler;
 mod quic;
 mod request;
+mod run_end;
 mod session;
 mod signal;
 mod streams;
@@ -29,7 +31,6 @@ mod vless;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
 
-use crate::config::XhttpSettings;
 use bytes::Bytes;
 use events::Recorder;
 use request::Keys;
@@ -40,6 +41,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use xhttp_mobile::config::XhttpSettings;
 
 /// What the server does with a session's bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -483,3 +483,6 @@ pub(crate) fn write_outcome(e: &h3::error::StreamError) -> super::Outcome {
         e => super::Outcome::Error(e.to_string()),
     }
 }
+
+/// The send side of a response stream: what a target writes the download into.
+pub(crate) type ResponseSend = h3::server::RequestStream<SendHalf, Bytes>;

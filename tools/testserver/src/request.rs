@@ -3,10 +3,10 @@
 //! packet-up payloads in headers or cookies. Pure functions, no I/O.
 
 use super::events::RequestKind;
-use crate::config::{DataPlacement, Mode, Placement, XhttpSettings};
-use crate::xhttp::padding::{Padding, PaddingPlacement};
 use base64::Engine;
 use http::{HeaderMap, Method};
+use xhttp_mobile::config::{DataPlacement, Mode, Placement, XhttpSettings};
+use xhttp_mobile::xhttp::padding::{Padding, PaddingPlacement};
 
 /// The keys the server looks for, with Xray's defaults where the settings leave them empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,8 +279,8 @@ pub(crate) fn cookie_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xhttp::padding::PaddingMethod;
     use http::HeaderValue;
+    use xhttp_mobile::xhttp::padding::PaddingMethod;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

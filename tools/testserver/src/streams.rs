@@ -4,17 +4,19 @@
 
 use super::Shared;
 use super::events::{Event, Outcome, RequestKind};
-use super::handler::Exchange;
+use super::exchange::Exchange;
+use super::quic::ResponseSend;
 use super::quic::{self, Stop, StopWatch, read_outcome, write_outcome};
+use super::run_end::RunEnd;
 use super::session::{Attach, Session, StreamMsg, Upload, UploadError};
-use super::target::{ResponseSend, RunEnd, Runner};
-use crate::config::XhttpSettings;
+use super::target::Runner;
 use bytes::{Buf, Bytes};
 use h3::error::Code;
 use h3::server::RequestStream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use xhttp_mobile::config::XhttpSettings;
 
 type RequestRecv = RequestStream<quic::RecvHalf, Bytes>;
 

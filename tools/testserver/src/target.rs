@@ -2,28 +2,12 @@
 //! byte back on the download; `Sink` counts and hashes the upload and sends nothing; `Vless`
 //! relays to the destination its request header names (see `vless`).
 
-use super::Outcome;
 use super::Target;
 use super::events::{Event, Recorder};
-use super::quic::{self, write_outcome};
-use super::session::{Upload, UploadError};
-use bytes::Bytes;
+use super::quic::{ResponseSend, write_outcome};
+use super::run_end::RunEnd;
+use super::session::Upload;
 use sha2::{Digest, Sha256};
-
-pub(crate) type ResponseSend = h3::server::RequestStream<quic::SendHalf, Bytes>;
-
-/// Why a target stopped on its own.
-pub(crate) enum RunEnd {
-    /// The upload ended cleanly (everything was echoed / consumed).
-    UploadDone,
-    UploadFailed(UploadError),
-    /// Writing the download failed.
-    WriteFailed(Outcome),
-    /// The destination closed: finish the download.
-    TargetDone,
-    /// The target refused the session or its destination failed; the text says why.
-    TargetFailed(String),
-}
 
 pub(crate) struct Runner {
     target: Target,

@@ -2,13 +2,13 @@
 //! server.
 
 use super::*;
-use crate::config::Mode;
-use crate::xhttp::range::Range;
 use bytes::Buf;
 use h3::error::Code;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use std::future::Future;
+use xhttp_mobile::config::Mode;
+use xhttp_mobile::xhttp::range::Range;
 
 type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 

@@ -6,14 +6,15 @@
 //! destinations are served, so a test server can never be used as an open proxy.
 
 use super::events::Recorder;
+use super::quic::ResponseSend;
 use super::quic::write_outcome;
+use super::run_end::RunEnd;
 use super::session::Upload;
-use super::target::{ResponseSend, RunEnd};
-use crate::proxy::vless::{self, Command, Host, Target, UdpDeframer};
 use bytes::{Bytes, BytesMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use xhttp_mobile::proxy::vless::{self, Command, Host, Target, UdpDeframer};
 
 const RESPONSE_HEADER: [u8; 2] = [0, 0];
 const READ_BUF: usize = 64 * 1024;

@@ -19,8 +19,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::{ServerOptions, Target, TestServer};
 use xhttp_mobile::{Client, Config, Error, Inbound};
+use xhttp_testserver::{ServerOptions, Target, TestServer};
 
 const USAGE: &str = "usage:
   xh demo [--mib N]

@@ -1,5 +1,6 @@
 //! `xh socks` and `xh forward` as processes: ready line, traffic, clean exit on a signal.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::socks::*;
 use common::*;
@@ -8,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::Target;
+use xhttp_testserver::Target;
 
 const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 
