@@ -46,11 +46,13 @@ fn in_protect() -> bool {
     IN_PROTECT.try_with(Cell::get).unwrap_or(false)
 }
 
+/// Never waits (it may end up in a log record): a hook being replaced shows as unknown.
 impl fmt::Debug for SocketHooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = self.protect.read().map(|p| p.is_some()).unwrap_or(false);
+        let set = self.protect.try_read().ok().map(|p| p.is_some());
         f.debug_struct("SocketHooks")
             .field("protect", &set)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
     }
 }

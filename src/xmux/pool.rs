@@ -268,13 +268,15 @@ impl Pool {
         if ids.is_empty() {
             return;
         }
-        let cells: Vec<Cell> = {
+        let cells: Vec<(ConnId, Cell)> = {
             let mut conns = lock(&self.conns);
-            ids.iter().filter_map(|id| conns.remove(id)).collect()
+            ids.iter()
+                .filter_map(|id| conns.remove(id).map(|c| (*id, c)))
+                .collect()
         };
-        for cell in cells {
+        for (id, cell) in cells {
             if let Some(Ok(c)) = cell.get() {
-                log::debug!("xmux: closing connection {c:?}");
+                log::debug!("xmux: closing connection {id} to {}", c.remote_addr());
                 if graceful {
                     c.close_gracefully();
                 } else {
