@@ -49,6 +49,19 @@ pub enum Error {
     /// A blocking call was made from the library's own runtime thread.
     #[error("blocking call made from inside the xhttp runtime; use the async API there")]
     WrongThread,
+    /// A blocking call made while the calling thread is exiting (from a thread-local or
+    /// `pthread_key` destructor, or an `atexit` handler), after the thread-local state the
+    /// runtime needs on it was destroyed.
+    #[error(
+        "blocking call made while this thread is exiting (a thread-local or pthread_key destructor, or an atexit handler): the runtime's thread-local state on it is gone"
+    )]
+    ThreadExiting,
+    /// A call in a child process made by `fork()` while the library's runtime ran in the
+    /// parent: the runtime (threads, epoll instance) belongs to the parent.
+    #[error(
+        "the library cannot be used in a child made by fork() while its runtime ran in the parent; exec first, or fork before the first client"
+    )]
+    Forked,
     /// Anything else worth a message (I/O setup, TLS material).
     #[error("{0}")]
     Other(String),

@@ -49,7 +49,9 @@ impl From<Error> for XhException {
             Error::Closed => XhException::Closed { detail },
             Error::WriteShutdown => XhException::WriteShutdown { detail },
             Error::Timeout(_) => XhException::Timeout { detail },
-            Error::WrongThread => XhException::WrongThread { detail },
+            Error::WrongThread | Error::ThreadExiting | Error::Forked => {
+                XhException::WrongThread { detail }
+            }
             Error::Other(_) => XhException::Other { detail },
         }
     }

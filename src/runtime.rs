@@ -1,10 +1,24 @@
 //! The library's own runtime: a tokio runtime on threads we own, shared by every client in
 //! the process, started with the first client and shut down (bounded) with the last.
 //! The app never needs an async executor of its own.
+//!
+//! What it guarantees about the calling process and thread:
+//! - **fork**: the runtime belongs to the process that started it. In a child made by
+//!   `fork()` while it ran, [`forked`] is true: nothing may touch it there (its epoll
+//!   instance is shared with the parent, its threads do not exist, its locks may be held
+//!   by threads that vanished), so blocking calls fail with [`Error::Forked`] and a
+//!   runtime dropped in the child is forgotten instead of shut down.
+//! - **thread exit**: a blocking call made while the calling thread is exiting (from a
+//!   thread-local or `pthread_key` destructor, or an `atexit` handler) after tokio's
+//!   thread-locals on it are gone fails with [`Error::ThreadExiting`] instead of
+//!   panicking inside tokio.
+//! - **idle means empty**: once the last runtime is shut down, no static of this module
+//!   holds heap memory (so a library unloaded then leaves nothing behind).
 
 use crate::error::{Error, Result};
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,8 +29,12 @@ pub struct Runtime {
 static SHARED: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
 
 /// Runtimes started and not yet shut down (0 or 1, briefly 2 when a new client starts one
-/// while the last holder of the previous one is still shutting it down).
+/// while the last holder of the previous one is still shutting it down). Changed under
+/// `SHARED`'s lock, with `OWNER`.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The process id of the process whose runtime is running, 0 when none runs.
+static OWNER: AtomicU32 = AtomicU32::new(0);
 
 /// Time given to queued close frames when the last client goes.
 const CLOSE_FLUSH: Duration = Duration::from_millis(30);
@@ -24,20 +42,60 @@ const CLOSE_FLUSH: Duration = Duration::from_millis(30);
 /// How long shutting the runtime down may take before its threads are abandoned.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
+thread_local! {
+    /// True on the runtime's own threads. `const` and `Copy`: reading it registers no
+    /// destructor, so it works on any thread at any stage of its life.
+    static ON_RUNTIME: Cell<bool> = const { Cell::new(false) };
+    /// Touched by a thread's blocking calls before tokio's thread-locals are, so it is
+    /// destroyed after them when the thread exits (thread-local destructors run in
+    /// reverse order of registration): once it is gone, tokio's are too.
+    static CALLER: Caller = const { Caller };
+}
+
+struct Caller;
+
+impl Drop for Caller {
+    // Having a destructor is the point: it makes the slot's destruction observable.
+    fn drop(&mut self) {}
+}
+
+/// True in a child process made by `fork()` while a runtime ran in the parent: nothing
+/// of the parent's runtime may be used or released there.
+pub fn forked() -> bool {
+    let owner = OWNER.load(Ordering::Acquire);
+    owner != 0 && owner != std::process::id()
+}
+
+/// True on one of the runtime's own threads.
+pub fn on_runtime_thread() -> bool {
+    ON_RUNTIME.try_with(Cell::get).unwrap_or(false)
+}
+
+fn lock_shared() -> std::sync::MutexGuard<'static, Weak<Runtime>> {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Runtime {
     /// The process's runtime, started if no client holds it.
     pub fn shared() -> Result<Arc<Runtime>> {
-        let mut w = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if forked() {
+            return Err(Error::Forked);
+        }
+        let mut w = lock_shared();
         if let Some(rt) = w.upgrade() {
             return Ok(rt);
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("xhttp-rt")
+            .on_thread_start(|| {
+                let _ = ON_RUNTIME.try_with(|c| c.set(true));
+            })
             .enable_all()
             .build()
             .map_err(|e| Error::Other(format!("cannot start the runtime: {e}")))?;
         LIVE.fetch_add(1, Ordering::SeqCst);
+        OWNER.store(std::process::id(), Ordering::Release);
         let rt = Arc::new(Runtime { rt: Some(rt) });
         *w = Arc::downgrade(&rt);
         Ok(rt)
@@ -58,12 +116,14 @@ impl Runtime {
     }
 
     /// Runs `fut` to completion from an app thread, giving up after `timeout` (`None` =
-    /// no limit). Refuses to block a runtime thread (that would deadlock or panic).
+    /// no limit). Refuses to block a runtime thread (that would deadlock or panic), a
+    /// thread that is exiting, and a forked child.
     pub fn block_on<T>(
         &self,
         timeout: Option<Duration>,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        check_caller()?;
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::WrongThread);
         }
@@ -78,23 +138,48 @@ impl Runtime {
     }
 }
 
+/// Whether this thread may block on the runtime now (see the module comment).
+pub fn check_caller() -> Result<()> {
+    if forked() {
+        return Err(Error::Forked);
+    }
+    if on_runtime_thread() {
+        return Err(Error::WrongThread);
+    }
+    // Registers `CALLER` on a thread's first call, before tokio registers its own.
+    CALLER.try_with(|_| ()).map_err(|_| Error::ThreadExiting)
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // Dropped from a runtime thread (never ours by design): cannot wait here.
-                rt.shutdown_background();
-            } else {
-                // Connections closed just before (by the last client) still have their
-                // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server
-                // would only notice at its idle timeout.
-                // A plain sleep: the runtime's timer runs on its workers, which a stuck app
-                // callback could hold; this must stay bounded regardless.
-                std::thread::sleep(CLOSE_FLUSH);
-                // Joins the worker threads unless they take longer than the bound.
-                rt.shutdown_timeout(SHUTDOWN_BOUND);
-            }
-            LIVE.fetch_sub(1, Ordering::SeqCst);
+        let Some(rt) = self.rt.take() else { return };
+        if forked() {
+            // The parent's runtime: shutting it down here would deregister the parent's
+            // sockets from the epoll instance both processes share, and wait for threads
+            // that do not exist in this process.
+            std::mem::forget(rt);
+            return;
+        }
+        if on_runtime_thread() || tokio::runtime::Handle::try_current().is_ok() {
+            // Dropped on a runtime thread (ours or another's): cannot wait here.
+            rt.shutdown_background();
+        } else {
+            // Connections closed just before (by the last client) still have their
+            // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server
+            // would only notice at its idle timeout.
+            // A plain sleep: the runtime's timer runs on its workers, which a stuck app
+            // callback could hold; this must stay bounded regardless.
+            std::thread::sleep(CLOSE_FLUSH);
+            // Joins the worker threads unless they take longer than the bound.
+            rt.shutdown_timeout(SHUTDOWN_BOUND);
+        }
+        let mut w = lock_shared();
+        if LIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
+            OWNER.store(0, Ordering::Release);
+        }
+        if w.strong_count() == 0 {
+            // The dangling `Weak` would keep this runtime's allocation alive.
+            *w = Weak::new();
         }
     }
 }

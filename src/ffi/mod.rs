@@ -60,11 +60,27 @@ pub(crate) fn call(name: &str, f: impl FnOnce() -> Result<(), Failure>) -> xh_re
             format!("{name} called from inside a library callback (log or protect)"),
         ));
     }
+    if crate::runtime::forked() {
+        return record(Failure::new(
+            xh_result::Forked,
+            format!("{name}: {}", crate::Error::Forked),
+        ));
+    }
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => xh_result::Ok,
         Ok(Err(failure)) => record(failure),
         Err(payload) => record(Failure::new(xh_result::Panic, panic_text(payload))),
     }
+}
+
+/// [`call`] for `*_close` and `*_free`: in a child made by `fork()` they succeed at once
+/// and do nothing, because the objects belong to the parent (closing them would reset
+/// the parent's connections, releasing them would touch its runtime).
+pub(crate) fn call_release(name: &str, f: impl FnOnce() -> Result<(), Failure>) -> xh_result {
+    if crate::runtime::forked() && !log::in_callback() {
+        return xh_result::Ok;
+    }
+    call(name, f)
 }
 
 /// Fails with `XH_RESULT_NULL_ARGUMENT` naming `name` when `p` is NULL.
@@ -189,9 +205,14 @@ pub unsafe extern "C" fn xh_set_log_callback(
     ctx: *mut c_void,
     max_level: xh_log_level,
 ) -> xh_result {
-    call("xh_set_log_callback", || {
-        log::set_callback(cb, ctx, max_level)
-    })
+    // Removal in a forked child: nothing of the library runs there, so nothing can call
+    // the callback; it succeeds like `*_free`.
+    let run = || log::set_callback(cb, ctx, max_level);
+    if cb.is_none() {
+        call_release("xh_set_log_callback", run)
+    } else {
+        call("xh_set_log_callback", run)
+    }
 }
 
 /// Live handles of each kind `(clients, tunnels)`: for tests and leak checks (Rust only).

@@ -52,6 +52,9 @@ pub enum xh_result {
     /// The library caught a panic (a bug). The call did nothing further; the process and
     /// every other handle are unaffected.
     Panic = 16,
+    /// Called in a child process made by `fork()` while the library was running in the
+    /// parent (see "fork" at the top of this header). Nothing was done.
+    Forked = 17,
 }
 
 impl xh_result {
@@ -79,12 +82,13 @@ impl xh_result {
             xh_result::TooManyHandles => "too many live handles\0",
             xh_result::Other => "error\0",
             xh_result::Panic => "internal panic caught\0",
+            xh_result::Forked => "not usable in a child made by fork()\0",
         }
     }
 
     pub(crate) fn from_code(code: u32) -> Option<xh_result> {
         use xh_result::*;
-        const ALL: [xh_result; 17] = [
+        const ALL: [xh_result; 18] = [
             Ok,
             NullArgument,
             InvalidArgument,
@@ -102,6 +106,7 @@ impl xh_result {
             TooManyHandles,
             Other,
             Panic,
+            Forked,
         ];
         ALL.into_iter().find(|r| *r as u32 == code)
     }
@@ -171,31 +176,70 @@ impl From<Error> for Failure {
             Error::Closed => xh_result::Closed,
             Error::WriteShutdown => xh_result::WriteShutdown,
             Error::Timeout(_) => xh_result::Timeout,
-            Error::WrongThread => xh_result::WrongThread,
+            Error::WrongThread | Error::ThreadExiting => xh_result::WrongThread,
+            Error::Forked => xh_result::Forked,
             Error::Other(_) => xh_result::Other,
         };
         Failure::new(code, e.to_string())
     }
 }
 
+/// The longest last error kept, in bytes, with room for the NUL `xh_last_error` adds.
+pub(crate) const LAST_ERROR_CAP: usize = 1024;
+
+/// A thread's last error, inline: no heap and no destructor, so recording one never
+/// allocates thread state that would outlive the thread (or keep the library loaded),
+/// even from a thread-exit destructor.
+struct LastError {
+    len: usize,
+    text: [u8; LAST_ERROR_CAP],
+}
+
 thread_local! {
-    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    static LAST_ERROR: RefCell<LastError> = const {
+        RefCell::new(LastError { len: 0, text: [0; LAST_ERROR_CAP] })
+    };
+}
+
+/// `text` cut at a character boundary to at most `cap` bytes, ending in "..." when cut.
+fn cut(text: &str, cap: usize) -> (&str, &'static str) {
+    if text.len() <= cap {
+        return (text, "");
+    }
+    let mut n = cap - 3;
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    (&text[..n], "...")
 }
 
 /// Records `f` as this thread's last error and returns its code.
 pub(crate) fn record(f: Failure) -> xh_result {
     let text = format!("{}: {}", f.code.message(), f.detail);
+    let (head, tail) = cut(&text, LAST_ERROR_CAP - 1);
     // `try_with`: during thread teardown the slot may be gone; the code still goes back.
-    let _ = LAST_ERROR.try_with(|l| *l.borrow_mut() = text);
+    let _ = LAST_ERROR.try_with(|l| {
+        let mut l = l.borrow_mut();
+        l.text[..head.len()].copy_from_slice(head.as_bytes());
+        l.text[head.len()..head.len() + tail.len()].copy_from_slice(tail.as_bytes());
+        l.len = head.len() + tail.len();
+    });
     f.code
 }
 
 /// Runs `f` with this thread's last error (empty if none).
 pub(crate) fn with_last_error<R>(f: impl FnOnce(&str) -> R) -> R {
-    let text = LAST_ERROR
-        .try_with(|l| l.borrow().clone())
-        .unwrap_or_default();
-    f(&text)
+    let mut f = Some(f);
+    let r = LAST_ERROR.try_with(|l| {
+        let l = l.borrow();
+        // Only whole characters are ever stored (see `cut`).
+        let text = std::str::from_utf8(&l.text[..l.len]).unwrap_or("");
+        (f.take().expect("called once"))(text)
+    });
+    match r {
+        Ok(r) => r,
+        Err(_) => (f.take().expect("not called"))(""),
+    }
 }
 
 #[cfg(test)]
@@ -204,13 +248,13 @@ mod tests {
 
     #[test]
     fn every_code_has_a_message_and_round_trips() {
-        for code in 0..17u32 {
+        for code in 0..18u32 {
             let r = xh_result::from_code(code).expect("dense codes");
             assert_eq!(r as u32, code);
             assert!(r.message_nul().ends_with('\0'));
             assert!(!r.message().contains('\0'));
         }
-        assert!(xh_result::from_code(17).is_none());
+        assert!(xh_result::from_code(18).is_none());
         assert!(xh_result::from_code(u32::MAX).is_none());
     }
 
@@ -221,5 +265,19 @@ mod tests {
             .join()
             .unwrap();
         with_last_error(|e| assert_eq!(e, "invalid argument: here"));
+    }
+
+    #[test]
+    fn a_long_last_error_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(LAST_ERROR_CAP);
+        record(Failure::invalid(long));
+        with_last_error(|e| {
+            assert!(
+                e.len() < LAST_ERROR_CAP && e.len() > LAST_ERROR_CAP - 8,
+                "{}",
+                e.len()
+            );
+            assert!(e.starts_with("invalid argument: éé") && e.ends_with("é..."));
+        });
     }
 }
