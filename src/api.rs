@@ -1,5 +1,10 @@
 //! The blocking Rust API: what the C ABI and the bindings wrap. Every call runs its work on
 //! the library's runtime and returns; `close` never blocks.
+//!
+//! A client's close wakes every call blocked on it, whatever it waits for (a dial against
+//! a server that never answers included), and every call on it or its tunnels that ends
+//! after the close began reports [`Error::Closed`]: what the close did to connections
+//! and sockets (a dial refused, a stream reset) never shows through as another error.
 
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
@@ -18,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Client {
     dialer: Arc<Dialer>,
+    /// Cancelled first thing by `close`, shared with the client's tunnels.
+    closed: CancellationToken,
     rt: Arc<Runtime>,
 }
 
@@ -25,7 +32,24 @@ impl Client {
     pub fn new(cfg: Config) -> Result<Client> {
         let rt = Runtime::shared()?;
         let dialer = Arc::new(Dialer::new(cfg)?);
-        Ok(Client { dialer, rt })
+        Ok(Client {
+            dialer,
+            closed: CancellationToken::new(),
+            rt,
+        })
+    }
+
+    /// Runs `fut` on the runtime until it ends, `timeout` runs out or the client is closed.
+    fn run<T>(&self, timeout: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let closed = self.closed.clone();
+        let r = self.rt.block_on(timeout, async move {
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => Err(Error::Closed),
+                r = fut => r,
+            }
+        });
+        settle(&self.closed, r)
     }
 
     /// Accepts the library JSON, an Xray outbound, a whole Xray config or a `vless://` link.
@@ -41,9 +65,10 @@ impl Client {
     /// Opens one tunnel; `timeout` bounds connecting and sending the request heads.
     pub fn open(&self, timeout: Option<Duration>) -> Result<Tunnel> {
         let d = self.dialer.clone();
-        let core = self.rt.block_on(timeout, async move { d.open().await })?;
+        let core = self.run(timeout, async move { d.open().await })?;
         Ok(Tunnel {
             core: Arc::new(core),
+            client_closed: self.closed.clone(),
             _dialer: self.dialer.clone(),
             rt: self.rt.clone(),
         })
@@ -63,7 +88,7 @@ impl Client {
     pub fn open_vless(&self, target: &str, timeout: Option<Duration>) -> Result<VlessStream> {
         let target = Target::parse(target)?;
         let d = self.dialer.clone();
-        let t = self.rt.block_on(timeout, async move {
+        let t = self.run(timeout, async move {
             vless::open(&d, vless::Command::Tcp, &target).await
         })?;
         Ok(VlessStream {
@@ -77,7 +102,7 @@ impl Client {
     pub fn open_vless_udp(&self, target: &str, timeout: Option<Duration>) -> Result<VlessUdp> {
         let target = Target::parse(target)?;
         let d = self.dialer.clone();
-        let t = self.rt.block_on(timeout, async move {
+        let t = self.run(timeout, async move {
             vless::open(&d, vless::Command::Udp, &target).await
         })?;
         Ok(VlessUdp {
@@ -87,8 +112,12 @@ impl Client {
         })
     }
 
-    /// Closes every tunnel and connection of this client. Idempotent.
+    /// Closes every tunnel and connection of this client and wakes every call blocked on
+    /// it. Idempotent.
     pub fn close(&self) {
+        // First: whatever the dialer's close does to a call in progress, that call must
+        // already see the client closed.
+        self.closed.cancel();
         self.dialer.close();
     }
 
@@ -97,7 +126,7 @@ impl Client {
     /// answer or a failed connect is the error a tunnel would have got.
     pub fn probe(&self, timeout: Option<Duration>) -> Result<crate::tunnel::Probe> {
         let d = self.dialer.clone();
-        self.rt.block_on(timeout, async move { d.probe().await })
+        self.run(timeout, async move { d.probe().await })
     }
 
     /// Sets (or clears) the hook each new UDP socket of this client passes through before
@@ -112,8 +141,11 @@ impl Client {
     /// Returns how many connections moved.
     pub fn network_changed(&self) -> Result<usize> {
         let d = self.dialer.clone();
-        self.rt
-            .block_on(None, async move { Ok(d.network_changed()) })
+        // Not `run`: it does not wait on the network, and a closed client answers 0.
+        let r = self
+            .rt
+            .block_on(None, async move { Ok(d.network_changed()) });
+        settle(&self.closed, r)
     }
 
     /// The async dialer, for callers already on a tokio runtime.
@@ -237,14 +269,19 @@ impl Drop for Inbound {
 #[derive(Clone)]
 pub struct Tunnel {
     core: Arc<TunnelCore>,
+    client_closed: CancellationToken,
     _dialer: Arc<Dialer>,
     rt: Arc<Runtime>,
 }
 
 impl Tunnel {
+    fn run<T>(&self, timeout: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        settle(&self.client_closed, self.rt.block_on(timeout, fut))
+    }
+
     /// Reads downloaded bytes; `Ok(0)` is the end of the download.
     pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize> {
-        self.rt.block_on(timeout, self.core.read(buf))
+        self.run(timeout, self.core.read(buf))
     }
 
     /// [`read`](Self::read) into possibly uninitialised memory (the C ABI's buffers); the
@@ -254,12 +291,12 @@ impl Tunnel {
         buf: &mut [std::mem::MaybeUninit<u8>],
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        self.rt.block_on(timeout, self.core.read_uninit(buf))
+        self.run(timeout, self.core.read_uninit(buf))
     }
 
     /// Queues all of `data` for upload.
     pub fn write(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
-        self.rt.block_on(timeout, self.core.write(data))
+        self.run(timeout, self.core.write(data))
     }
 
     /// Queues as much of `data` as `timeout` allows and says how much: `Ok(n)` with
@@ -267,8 +304,7 @@ impl Tunnel {
     /// [`Error::Timeout`](crate::Error::Timeout) when nothing was queued. Unlike
     /// [`write`](Self::write), a timeout never leaves an unknown part of `data` queued.
     pub fn write_some(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
-        self.rt
-            .block_on(None, self.core.write_within(data, timeout))
+        self.run(None, self.core.write_within(data, timeout))
     }
 
     /// Ends the upload cleanly once everything queued is sent.
@@ -279,7 +315,7 @@ impl Tunnel {
     /// [`shutdown_write`](Self::shutdown_write) that waits at most `timeout` for a write in
     /// progress on another thread to finish queueing.
     pub fn shutdown_write_within(&self, timeout: Option<Duration>) -> Result<()> {
-        self.rt.block_on(timeout, self.core.shutdown_write())
+        self.run(timeout, self.core.shutdown_write())
     }
 
     /// Closes the tunnel; see [`TunnelCore::close`]. Idempotent, never blocks.
@@ -297,6 +333,16 @@ impl Tunnel {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer_addr()
+    }
+}
+
+/// A call that failed after its client's close began reports the close: the failure was
+/// (or may have been) caused by it. Refusals of the calling thread or process stand.
+fn settle<T>(closed: &CancellationToken, r: Result<T>) -> Result<T> {
+    match r {
+        Err(Error::WrongThread | Error::ThreadExiting | Error::Forked) => r,
+        Err(_) if closed.is_cancelled() => Err(Error::Closed),
+        r => r,
     }
 }
 

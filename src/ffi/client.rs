@@ -3,7 +3,7 @@
 use super::handles::{Kind, Registry};
 use super::result::{Failure, xh_result};
 use super::tunnel::{TUNNELS, TunnelEntry, xh_tunnel};
-use super::{call, non_null, put, timeout};
+use super::{call, call_release, non_null, put, timeout};
 use crate::api::Client;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Weak};
@@ -142,10 +142,11 @@ pub unsafe extern "C" fn xh_client_new(
 /// tunnel's requests are sent (connecting first if needed) or `timeout_ms` runs out
 /// (`XH_TIMEOUT_INFINITE`: no limit; 0 fails with `XH_RESULT_TIMEOUT` unless it can be
 /// done without waiting, which opening practically never can). Any thread except the
-/// library's own; several opens may run at once.
+/// library's own; several opens may run at once. A close or free of the client on another
+/// thread wakes it at once with `XH_RESULT_CLOSED`, also while it is still connecting.
 ///
 /// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
-/// `XH_RESULT_CLOSED` (the client was closed), `XH_RESULT_TIMEOUT`,
+/// `XH_RESULT_CLOSED` (the client is or was meanwhile closed), `XH_RESULT_TIMEOUT`,
 /// `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_REQUEST_FAILED`, `XH_RESULT_WRONG_THREAD`,
 /// `XH_RESULT_TOO_MANY_HANDLES`.
 ///
@@ -213,9 +214,10 @@ pub unsafe extern "C" fn xh_client_stats(
 /// library's own.
 ///
 /// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
-/// `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_SERVER_STATUS` (the server
-/// answered non-200: the last error names the status), `XH_RESULT_REQUEST_FAILED`,
-/// `XH_RESULT_WRONG_THREAD`.
+/// `XH_RESULT_CLOSED` (the client is or was meanwhile closed: a close or free on another
+/// thread wakes the probe at once), `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`,
+/// `XH_RESULT_SERVER_STATUS` (the server answered non-200: the last error names the
+/// status), `XH_RESULT_REQUEST_FAILED`, `XH_RESULT_WRONG_THREAD`.
 ///
 /// # Safety
 /// `out` must be NULL or valid for a write.
@@ -349,7 +351,7 @@ pub unsafe extern "C" fn xh_client_network_changed(
 /// closed) or `XH_RESULT_INVALID_HANDLE` (freed or not a client: nothing was done).
 #[unsafe(no_mangle)]
 pub extern "C" fn xh_client_close(client: *mut xh_client) -> xh_result {
-    call("xh_client_close", || {
+    call_release("xh_client_close", || {
         if client.is_null() {
             return Ok(());
         }
@@ -369,7 +371,7 @@ pub extern "C" fn xh_client_close(client: *mut xh_client) -> xh_result {
 /// (already freed or not a client: nothing was done, so a double free is harmless).
 #[unsafe(no_mangle)]
 pub extern "C" fn xh_client_free(client: *mut xh_client) -> xh_result {
-    call("xh_client_free", || {
+    call_release("xh_client_free", || {
         if client.is_null() {
             return Ok(());
         }

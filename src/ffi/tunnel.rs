@@ -2,7 +2,7 @@
 
 use super::handles::{Kind, Registry};
 use super::result::{Failure, xh_result};
-use super::{call, copy_text, non_null, put, timeout};
+use super::{call, call_release, copy_text, non_null, put, timeout};
 use crate::api::Tunnel;
 use std::ffi::c_char;
 use std::mem::MaybeUninit;
@@ -164,9 +164,10 @@ pub unsafe extern "C" fn xh_tunnel_write(
 /// are flushed). Waits only for a write running on another thread to finish queueing, at
 /// most `timeout_ms` (`XH_TIMEOUT_INFINITE`: no limit). Idempotent.
 ///
-/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED`,
-/// `XH_RESULT_TIMEOUT`, `XH_RESULT_SERVER_STATUS` / `XH_RESULT_REQUEST_FAILED` (the tunnel
-/// failed before), `XH_RESULT_WRONG_THREAD`.
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+/// `XH_RESULT_CLOSED`, `XH_RESULT_TIMEOUT`, `XH_RESULT_SERVER_STATUS` /
+/// `XH_RESULT_REQUEST_FAILED` / `XH_RESULT_CONNECT_FAILED` (the tunnel failed before),
+/// `XH_RESULT_WRONG_THREAD`.
 #[unsafe(no_mangle)]
 pub extern "C" fn xh_tunnel_shutdown_write(tunnel: *const xh_tunnel, timeout_ms: u32) -> xh_result {
     call("xh_tunnel_shutdown_write", || {
@@ -203,6 +204,9 @@ pub unsafe extern "C" fn xh_tunnel_local_addr(
 
 /// Like `xh_tunnel_local_addr`, for the server's address (the one the QUIC connection
 /// carrying the tunnel talks to), in every mode.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`len`
+/// is 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_BUFFER_TOO_SMALL` (nothing written).
 ///
 /// # Safety
 /// As `xh_tunnel_local_addr`.
@@ -247,7 +251,7 @@ unsafe fn addr_into(
 /// closed) or `XH_RESULT_INVALID_HANDLE` (freed or not a tunnel: nothing was done).
 #[unsafe(no_mangle)]
 pub extern "C" fn xh_tunnel_close(tunnel: *mut xh_tunnel) -> xh_result {
-    call("xh_tunnel_close", || {
+    call_release("xh_tunnel_close", || {
         if tunnel.is_null() {
             return Ok(());
         }
@@ -266,7 +270,7 @@ pub extern "C" fn xh_tunnel_close(tunnel: *mut xh_tunnel) -> xh_result {
 /// (already freed or not a tunnel: nothing was done, so a double free is harmless).
 #[unsafe(no_mangle)]
 pub extern "C" fn xh_tunnel_free(tunnel: *mut xh_tunnel) -> xh_result {
-    call("xh_tunnel_free", || {
+    call_release("xh_tunnel_free", || {
         if tunnel.is_null() {
             return Ok(());
         }
