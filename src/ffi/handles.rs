@@ -22,6 +22,10 @@
 //! (32-bit; 10^18 on 64-bit) while holding on to it. Retiring spent slots instead would
 //! make that impossible but would run a 32-bit VPN out of handles after as many.
 //!
+//! When the last live handle of a kind is freed, its registry lets go of all its memory
+//! (an idle library holds no heap, so unloading it leaves none behind); slots made later
+//! start at a generation no handle of their index ever had, so old handles stay dead.
+//!
 //! Slots hold `Arc`s: a call looks its value up, clones the `Arc` and lets the lock go
 //! before doing anything, so a free on another thread never pulls a value out from under a
 //! running call (that call keeps its own reference and sees the closed state instead).
@@ -85,6 +89,8 @@ struct Slots<T> {
     slots: Vec<Slot<T>>,
     /// Freed slots, oldest first.
     free: VecDeque<usize>,
+    /// The generation a new slot starts at (above every one issued before an emptying).
+    first_generation: usize,
 }
 
 /// One kind's registry. Lives in a `static`.
@@ -110,6 +116,7 @@ impl<T> Registry<T> {
             inner: Mutex::new(Slots {
                 slots: Vec::new(),
                 free: VecDeque::new(),
+                first_generation: 1,
             }),
         }
     }
@@ -146,8 +153,9 @@ impl<T> Registry<T> {
         let mut s = self.lock();
         let room = s.slots.len() <= INDEX_MASK;
         let index = if room && s.free.len() <= self.quarantine {
+            let generation = s.first_generation;
             s.slots.push(Slot {
-                generation: 1,
+                generation,
                 value: None,
             });
             s.slots.len() - 1
@@ -193,6 +201,12 @@ impl<T> Registry<T> {
         match value {
             Some(v) => {
                 s.free.push_back(index);
+                if s.free.len() == s.slots.len() {
+                    // Each slot's generation is already past the last one it issued.
+                    s.first_generation = s.slots.iter().map(|x| x.generation).max().unwrap_or(1);
+                    s.slots = Vec::new();
+                    s.free = VecDeque::new();
+                }
                 Ok(v)
             }
             None => Err(BadHandle::Unknown),
@@ -265,6 +279,8 @@ mod tests {
     fn freed_slots_wait_in_quarantine_and_are_reused_oldest_first() {
         let r: Registry<u32> = Registry::with_limits(Kind::Tunnel, GEN_MASK, 2);
         let index = |h: usize| (h >> INDEX_SHIFT) & INDEX_MASK;
+        // One handle stays live throughout, so the registry never empties.
+        let _keep = r.insert(Arc::new(100)).unwrap();
         let hs: Vec<usize> = (0..4).map(|i| r.insert(Arc::new(i)).unwrap()).collect();
         for &h in &hs {
             r.remove(h).unwrap();
@@ -273,7 +289,28 @@ mod tests {
         assert_eq!(index(r.insert(Arc::new(9)).unwrap()), index(hs[0]));
         assert_eq!(index(r.insert(Arc::new(9)).unwrap()), index(hs[1]));
         // Now only two wait: a new slot is cheaper than shortening the quarantine.
-        assert_eq!(index(r.insert(Arc::new(9)).unwrap()), 4);
+        assert_eq!(index(r.insert(Arc::new(9)).unwrap()), 5);
+    }
+
+    #[test]
+    fn an_emptied_registry_holds_no_memory_and_old_handles_stay_dead() {
+        let r: Registry<u32> = Registry::new(Kind::Client);
+        let old: Vec<usize> = (0..3000).map(|i| r.insert(Arc::new(i)).unwrap()).collect();
+        for &h in &old[1..] {
+            r.remove(h).unwrap();
+        }
+        assert!(r.lock().slots.capacity() >= 3000);
+        r.remove(old[0]).unwrap();
+        {
+            let s = r.lock();
+            assert_eq!((s.slots.capacity(), s.free.capacity()), (0, 0));
+        }
+        let new: Vec<usize> = (0..3000).map(|i| r.insert(Arc::new(i)).unwrap()).collect();
+        for &h in &old {
+            assert_eq!(r.get(h), Err(BadHandle::Unknown));
+            assert!(!new.contains(&h), "handle {h:#x} issued again");
+        }
+        assert_eq!(r.len(), 3000);
     }
 
     #[test]
