@@ -29,8 +29,38 @@
  *   shutdown_write) made on a library thread or inside another tokio runtime return
  *   XH_RESULT_WRONG_THREAD instead of blocking, and every fallible function called from
  *   inside a library callback (log, socket protect) returns XH_RESULT_WRONG_THREAD: the
- *   return lists below leave that case out. Callbacks must return quickly: a slow one
- *   holds up the library's threads, and every timeout with them.
+ *   return lists below leave that case out, as they leave out XH_RESULT_FORKED (see
+ *   fork) and XH_RESULT_PANIC. Callbacks must return quickly: a slow one holds up the
+ *   library's threads, and every timeout with them. A close or free wakes every call
+ *   blocked on that client or tunnel at once (an open or probe still connecting
+ *   included), and every call ending after the close began returns XH_RESULT_CLOSED.
+ *
+ * Thread exit. Close and free work on any thread at any time, also from a thread-local
+ *   or pthread_key destructor and from an atexit handler. A blocking call made there, on
+ *   a thread whose per-thread state the library already saw destroyed, returns
+ *   XH_RESULT_WRONG_THREAD at once instead of crashing or blocking. The library keeps no
+ *   heap per thread (the last error is stored inline), so no call leaves memory behind on
+ *   a thread that exits.
+ *
+ * fork. The library's runtime belongs to the process that started it (with its first
+ *   client). In a child made by fork() while a client or tunnel was live, every function
+ *   returns XH_RESULT_FORKED and does nothing, except: xh_client_close, xh_client_free,
+ *   xh_tunnel_close, xh_tunnel_free and removing the log callback return XH_RESULT_OK at
+ *   once and do nothing (the objects behind inherited handles belong to the parent:
+ *   closing them would reset the parent's connections, and their memory stays allocated
+ *   in the child); xh_version, xh_result_message and xh_last_error work. The child never
+ *   touches the parent's runtime, sockets or epoll instance, so the parent carries on
+ *   unaffected. Call exec() or _exit() in the child. A child forked while nothing was live
+ *   may use the library like any process.
+ *
+ * Unloading. dlclose() is safe once every handle is freed (the last free has returned),
+ *   the log callback is removed and no call is running: the last free joins the runtime
+ *   threads, and an idle library holds no thread, file descriptor or heap memory, so a
+ *   dlopen/dlclose cycle leaves nothing behind. The C library may keep the code mapped
+ *   while a thread that called it is alive (glibc does until that thread's thread-local
+ *   destructors ran, for the main thread at exit); a later dlopen then reuses it. Never
+ *   dlclose while a handle is live or a call runs: the library's threads would be left
+ *   running unmapped code.
  *
  * Timeouts. timeout_ms is in milliseconds; XH_TIMEOUT_INFINITE waits without limit and 0
  *   does not wait (it takes what is possible at once). Every value is valid.
@@ -103,6 +133,9 @@ enum xh_result
   // The library caught a panic (a bug). The call did nothing further; the process and
   // every other handle are unaffected.
   XH_RESULT_PANIC = 16,
+  // Called in a child process made by `fork()` while the library was running in the
+  // parent (see "fork" at the top of this header). Nothing was done.
+  XH_RESULT_FORKED = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -133,7 +166,8 @@ typedef uint32_t xh_log_level;
 // the call (copy them to keep them).
 //
 // Runs on whichever thread logged: one of the library's runtime threads or an app thread
-// inside an `xh_` call. It must return quickly, must not block on anything another
+// inside an `xh_` call, possibly on several threads at once. The library holds none of
+// its locks while calling it. It must return quickly, must not block on anything another
 // `xh_` call might be waiting for, must not unwind (no C++ exceptions or Swift errors
 // through it), and must not call `xh_` functions: those return `XH_RESULT_WRONG_THREAD`
 // there (except `xh_version`, `xh_result_message` and `xh_last_error`). Records logged
@@ -260,10 +294,11 @@ xh_result xh_client_new(const char *config, xh_client **out);
 // tunnel's requests are sent (connecting first if needed) or `timeout_ms` runs out
 // (`XH_TIMEOUT_INFINITE`: no limit; 0 fails with `XH_RESULT_TIMEOUT` unless it can be
 // done without waiting, which opening practically never can). Any thread except the
-// library's own; several opens may run at once.
+// library's own; several opens may run at once. A close or free of the client on another
+// thread wakes it at once with `XH_RESULT_CLOSED`, also while it is still connecting.
 //
 // Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
-// `XH_RESULT_CLOSED` (the client was closed), `XH_RESULT_TIMEOUT`,
+// `XH_RESULT_CLOSED` (the client is or was meanwhile closed), `XH_RESULT_TIMEOUT`,
 // `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_REQUEST_FAILED`, `XH_RESULT_WRONG_THREAD`,
 // `XH_RESULT_TOO_MANY_HANDLES`.
 //
@@ -288,9 +323,10 @@ xh_result xh_client_stats(const xh_client *client, xh_stats *out);
 // library's own.
 //
 // Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
-// `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`, `XH_RESULT_SERVER_STATUS` (the server
-// answered non-200: the last error names the status), `XH_RESULT_REQUEST_FAILED`,
-// `XH_RESULT_WRONG_THREAD`.
+// `XH_RESULT_CLOSED` (the client is or was meanwhile closed: a close or free on another
+// thread wakes the probe at once), `XH_RESULT_TIMEOUT`, `XH_RESULT_CONNECT_FAILED`,
+// `XH_RESULT_SERVER_STATUS` (the server answered non-200: the last error names the
+// status), `XH_RESULT_REQUEST_FAILED`, `XH_RESULT_WRONG_THREAD`.
 //
 // # Safety
 // `out` must be NULL or valid for a write.
@@ -398,11 +434,11 @@ xh_result xh_tunnel_write(const xh_tunnel *tunnel,
 // are flushed). Waits only for a write running on another thread to finish queueing, at
 // most `timeout_ms` (`XH_TIMEOUT_INFINITE`: no limit). Idempotent.
 //
-// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED`,
-// `XH_RESULT_TIMEOUT`, `XH_RESULT_SERVER_STATUS` / `XH_RESULT_REQUEST_FAILED` (the tunnel
-// failed before), `XH_RESULT_WRONG_THREAD`.
-xh_result xh_tunnel_shutdown_write(const xh_tunnel *tunnel,
-                                   uint32_t timeout_ms);
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+// `XH_RESULT_CLOSED`, `XH_RESULT_TIMEOUT`, `XH_RESULT_SERVER_STATUS` /
+// `XH_RESULT_REQUEST_FAILED` / `XH_RESULT_CONNECT_FAILED` (the tunnel failed before),
+// `XH_RESULT_WRONG_THREAD`.
+xh_result xh_tunnel_shutdown_write(const xh_tunnel *tunnel, uint32_t timeout_ms);
 
 // Writes the tunnel's local address (`"ip:port"`, `"[ipv6]:port"`) into `buf` with a NUL
 // and sets `*out_len` to its length without the NUL: the address its connection had when
@@ -420,6 +456,9 @@ xh_result xh_tunnel_local_addr(const xh_tunnel *tunnel, char *buf, size_t len, s
 
 // Like `xh_tunnel_local_addr`, for the server's address (the one the QUIC connection
 // carrying the tunnel talks to), in every mode.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`len`
+// is 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_BUFFER_TOO_SMALL` (nothing written).
 //
 // # Safety
 // As `xh_tunnel_local_addr`.
