@@ -939,3 +939,142 @@ fn a_transfer_through_the_abi_matches_by_sha256() {
     }
     f.assert_all_released();
 }
+
+/// A log callback's `ctx`: counts records and says whether it is installed now, so a call
+/// arriving after its removal returned is caught.
+struct SwapSink {
+    installed: std::sync::atomic::AtomicBool,
+    records: AtomicUsize,
+    after_removal: AtomicUsize,
+}
+
+impl SwapSink {
+    const fn new() -> SwapSink {
+        SwapSink {
+            installed: std::sync::atomic::AtomicBool::new(false),
+            records: AtomicUsize::new(0),
+            after_removal: AtomicUsize::new(0),
+        }
+    }
+}
+
+unsafe extern "C" fn on_swap_log(
+    ctx: *mut c_void,
+    _level: u32,
+    _target: *const c_char,
+    _message: *const c_char,
+) {
+    // SAFETY: ctx is one of the test's `static` SwapSinks.
+    let s = unsafe { &*(ctx as *const SwapSink) };
+    s.records.fetch_add(1, Ordering::Relaxed);
+    if !s.installed.load(Ordering::SeqCst) {
+        s.after_removal.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Issue 9's lock cycle: a log callback at TRACE, clients freed while their connections
+/// send, and the callback swapped and removed in a loop. Before the fix, a thread freeing
+/// a client formatted a connection (which waited for quinn's connection mutex) under the
+/// sink's read lock, a runtime thread holding that mutex logged, and a queued swap (write
+/// lock) made its read wait: every thread stopped within seconds. A stall is reported by
+/// a watchdog that ends the process (the stuck threads cannot be unwound).
+#[test]
+fn log_swaps_during_client_free_under_traffic_never_deadlock() {
+    static SINKS: [SwapSink; 2] = [SwapSink::new(), SwapSink::new()];
+    const RUN: Duration = Duration::from_secs(6);
+    const STALL: Duration = Duration::from_secs(20);
+    let f = fixture();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let (mut seen, mut since) = (usize::MAX, Instant::now());
+            while !stop.load(Ordering::SeqCst) {
+                let now = progress.load(Ordering::SeqCst);
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                } else if since.elapsed() > STALL {
+                    eprintln!(
+                        "deadlock: no client freed and no log callback swapped for {STALL:?} \
+                         (log callback at TRACE, client free under traffic, swaps in a loop)"
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    let ctx = |i: usize| &SINKS[i] as *const SwapSink as *mut c_void;
+    let swapper = {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let (next, prev) = (n % 2, (n + 1) % 2);
+                let rc = if n % 5 == 4 {
+                    // A removal; the next round installs afresh.
+                    unsafe { xh_set_log_callback(None, null_mut(), 0) }
+                } else {
+                    // Marked first: its calls may begin before the swap returns.
+                    SINKS[next].installed.store(true, Ordering::SeqCst);
+                    unsafe { xh_set_log_callback(Some(on_swap_log), ctx(next), 5) }
+                };
+                assert_eq!(rc, OK);
+                // The one replaced (or removed) is never called again from here on.
+                SINKS[prev].installed.store(false, Ordering::SeqCst);
+                n += 1;
+                progress.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let churn: Vec<_> = ["packet-up", "stream-up", "stream-one"]
+        .into_iter()
+        .map(|mode| {
+            let json = f.json(mode);
+            let (stop, progress) = (stop.clone(), progress.clone());
+            std::thread::spawn(move || {
+                let mut frees = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let c = new_client(&json).expect("client");
+                    let t = open(c, T_MS).expect("open");
+                    // Both directions busy, so the connection is sending when freed.
+                    let writer = std::thread::spawn(move || {
+                        let data = [7u8; 16 * 1024];
+                        while write(t, &data, T_MS).is_ok() {}
+                    });
+                    let reader = std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while matches!(read(t, &mut buf, T_MS), Ok(n) if n > 0) {}
+                    });
+                    std::thread::sleep(Duration::from_millis(2 + frees % 10));
+                    // Freed while its connection sends: closing logs the connection.
+                    assert_eq!(free_c(c), OK);
+                    writer.join().unwrap();
+                    reader.join().unwrap();
+                    assert_eq!(free_t(t), OK);
+                    frees += 1;
+                    progress.fetch_add(1, Ordering::SeqCst);
+                }
+                frees
+            })
+        })
+        .collect();
+    std::thread::sleep(RUN);
+    stop.store(true, Ordering::SeqCst);
+    let frees: u64 = churn.into_iter().map(|t| t.join().unwrap()).sum();
+    swapper.join().unwrap();
+    assert_eq!(unsafe { xh_set_log_callback(None, null_mut(), 0) }, OK);
+    for s in &SINKS {
+        s.installed.store(false, Ordering::SeqCst);
+    }
+    let records: usize = SINKS.iter().map(|s| s.records.load(Ordering::SeqCst)).sum();
+    let late: usize = SINKS
+        .iter()
+        .map(|s| s.after_removal.load(Ordering::SeqCst))
+        .sum();
+    assert!(frees >= 4, "only {frees} clients freed");
+    assert!(records > 1000, "only {records} records at TRACE");
+    assert_eq!(late, 0, "a callback ran after its removal returned");
+    f.assert_all_released();
+}
