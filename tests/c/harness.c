@@ -15,6 +15,13 @@
  *    calls from inside the log callback.
  * 3. 8 threads closing, freeing, reading, writing and reopening the same tunnels at
  *    random, then a check that every handle is gone and the runtime threads are joined.
+ * 4. Issue 9: a client close or free wakes an open and a probe still connecting to a
+ *    silent server; every call raced against a client close or free returns only codes
+ *    its comment in xhttp.h lists (documented.h is generated from the header); fork (the
+ *    child gets FORKED at once, the parent carries on); calls from a pthread_key
+ *    destructor and from an atexit handler.
+ *
+ *   XH_RACE_ROUNDS     rounds of the close/free races (default 24)
  *
  * Prints one line per failed check and ends with "N passed, N failed"; exits non-zero on
  * any failure.
@@ -23,6 +30,8 @@
 
 #include "sha256.h"
 #include "xhttp.h"
+#define XH_DOC_BIT(code) (1u << (code))
+#include "documented.h" /* generated from xhttp.h by documented.awk */
 
 #include <dirent.h>
 #include <pthread.h>
@@ -31,8 +40,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #define T_MS 60000u /* a generous bound for one blocking call, valgrind included */
 
@@ -701,6 +714,345 @@ static void stress(void) {
            now_s() - start);
 }
 
+/* ---------------------------------------------------------------- issue 9: wake-ups */
+
+/* The server's config with another port (caller frees). */
+static char *config_with_port(const char *mode, int port) {
+    char *cfg = config_for(mode);
+    const char *key = "\"port\":";
+    char *at = strstr(cfg, key);
+    if (!at) abort();
+    char *end = at + strlen(key);
+    while (*end >= '0' && *end <= '9') end++;
+    size_t len = strlen(cfg) + 16;
+    char *out = malloc(len);
+    if (!out) abort();
+    snprintf(out, len, "%.*s%s%d%s", (int)(at - cfg), cfg, key, port, end);
+    free(cfg);
+    return out;
+}
+
+typedef struct {
+    xh_client *c;
+    int probe; /* 0: open, 1: probe */
+    xh_result rc;
+    double returned_at;
+} connect_job;
+
+static void *connect_main(void *p) {
+    connect_job *j = p;
+    if (j->probe) {
+        xh_probe pr;
+        j->rc = xh_client_probe(j->c, XH_TIMEOUT_INFINITE, &pr);
+    } else {
+        xh_tunnel *t = NULL;
+        j->rc = xh_client_open(j->c, XH_TIMEOUT_INFINITE, &t);
+        if (j->rc == XH_RESULT_OK) xh_tunnel_free(t);
+    }
+    j->returned_at = now_s();
+    return NULL;
+}
+
+/* An open and a probe with no timeout against a server that never answers (a UDP port
+ * nobody reads): a close or free of the client wakes both at once with CLOSED, instead of
+ * after QUIC's idle timeout. */
+static void close_wakes_connecting_calls(int use_free) {
+    int silent = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    CHECK(silent >= 0 && bind(silent, (struct sockaddr *)&a, sizeof a) == 0 &&
+          getsockname(silent, (struct sockaddr *)&a, &alen) == 0);
+    char *cfg = config_with_port("stream-up", ntohs(a.sin_port));
+    xh_client *c = NULL;
+    EXPECT_RC(xh_client_new(cfg, &c), XH_RESULT_OK);
+    free(cfg);
+    connect_job jobs[2] = {{.c = c, .probe = 0}, {.c = c, .probe = 1}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&th[i], NULL, connect_main, &jobs[i]) == 0);
+    sleep_ms(500); /* both are waiting for the handshake now */
+    double at = now_s();
+    EXPECT_RC(use_free ? xh_client_free(c) : xh_client_close(c), XH_RESULT_OK);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        EXPECT_RC(jobs[i].rc, XH_RESULT_CLOSED);
+        CHECK(jobs[i].returned_at - at < 3.0);
+    }
+    if (!use_free) EXPECT_RC(xh_client_free(c), XH_RESULT_OK);
+    close(silent);
+    printf("%s wakes a connecting open and probe: %.3f s, %.3f s\n", use_free ? "client_free" : "client_close",
+           jobs[0].returned_at - at, jobs[1].returned_at - at);
+}
+
+/* ---------------------------------------------------------------- issue 9: documented codes */
+
+/* Every call raced against a client close or free returns only codes its comment in
+ * xhttp.h lists (documented.h is generated from the header by documented.awk). */
+enum { R_OPEN, R_PROBE, R_STATS, R_PROTECT, R_NETWORK, R_READ, R_WRITE, R_SHUTDOWN, R_LOCAL, R_PEER, R_OPS };
+static const char *const race_names[R_OPS] = {"xh_client_open",  "xh_client_probe",   "xh_client_stats",
+                                              "xh_client_set_protect", "xh_client_network_changed",
+                                              "xh_tunnel_read",  "xh_tunnel_write",   "xh_tunnel_shutdown_write",
+                                              "xh_tunnel_local_addr", "xh_tunnel_peer_addr"};
+static const unsigned race_doc[R_OPS] = {DOC_xh_client_open,       DOC_xh_client_probe,   DOC_xh_client_stats,
+                                         DOC_xh_client_set_protect, DOC_xh_client_network_changed,
+                                         DOC_xh_tunnel_read,        DOC_xh_tunnel_write,   DOC_xh_tunnel_shutdown_write,
+                                         DOC_xh_tunnel_local_addr,  DOC_xh_tunnel_peer_addr};
+static atomic_long race_seen[R_OPS][32];
+static atomic_long race_undocumented;
+static atomic_int race_protected;
+
+typedef struct {
+    int op;
+    xh_client *c;
+    xh_tunnel *t;
+    atomic_int *stop;
+} race_job;
+
+static void *race_main(void *p) {
+    race_job *j = p;
+    uint8_t buf[4096];
+    char addr[XH_ADDR_BUF_LEN];
+    memset(buf, 'r', sizeof buf);
+    for (unsigned i = 0, after = 0; after < 3; i++) {
+        if (atomic_load(j->stop)) after++;
+        size_t n = 0;
+        xh_result rc;
+        switch (j->op) {
+        case R_OPEN: {
+            xh_tunnel *t = NULL;
+            rc = xh_client_open(j->c, T_MS, &t);
+            if (rc == XH_RESULT_OK) xh_tunnel_free(t);
+            break;
+        }
+        case R_PROBE: {
+            xh_probe pr;
+            rc = xh_client_probe(j->c, T_MS, &pr);
+            break;
+        }
+        case R_STATS: {
+            xh_stats s;
+            rc = xh_client_stats(j->c, &s);
+            break;
+        }
+        case R_PROTECT:
+            rc = xh_client_set_protect(j->c, i % 2 ? NULL : on_protect, &race_protected);
+            break;
+        case R_NETWORK: {
+            uint32_t moved;
+            rc = xh_client_network_changed(j->c, &moved);
+            break;
+        }
+        case R_READ:
+            rc = xh_tunnel_read(j->t, buf, sizeof buf, 20, &n);
+            break;
+        case R_WRITE:
+            rc = xh_tunnel_write(j->t, buf, sizeof buf, 20, &n);
+            break;
+        case R_SHUTDOWN:
+            rc = xh_tunnel_shutdown_write(j->t, 20);
+            break;
+        case R_LOCAL:
+            rc = xh_tunnel_local_addr(j->t, addr, sizeof addr, &n);
+            break;
+        default:
+            rc = xh_tunnel_peer_addr(j->t, addr, sizeof addr, &n);
+            break;
+        }
+        atomic_fetch_add(&race_seen[j->op][rc < 32 ? rc : 31], 1);
+        if (!(rc < 32 && ((race_doc[j->op] >> rc) & 1u))) {
+            char err[512];
+            last_error(err, sizeof err);
+            if (atomic_fetch_add(&race_undocumented, 1) < 10)
+                fprintf(stderr, "FAIL %s returned %u (%s), not in its documented list: %s\n",
+                        race_names[j->op], (unsigned)rc, xh_result_message(rc), err);
+        }
+        if (j->op == R_SHUTDOWN) sleep_ms(1);
+    }
+    return NULL;
+}
+
+static void documented_codes_under_close_races(int rounds) {
+    double start = now_s();
+    const char *modes[] = {"packet-up", "stream-up", "stream-one"};
+    uint64_t rng = 0x51ce;
+    for (int r = 0; r < rounds; r++) {
+        xh_client *c = new_client(modes[r % 3]);
+        /* Two tunnels: the shutdown races use one, the rest the other. */
+        xh_tunnel *t = open_tunnel(c), *ts = open_tunnel(c);
+        atomic_int stop = 0;
+        race_job jobs[R_OPS];
+        pthread_t th[R_OPS];
+        for (int op = 0; op < R_OPS; op++) {
+            jobs[op] = (race_job){.op = op, .c = c, .t = op == R_SHUTDOWN ? ts : t, .stop = &stop};
+            CHECK(pthread_create(&th[op], NULL, race_main, &jobs[op]) == 0);
+        }
+        sleep_ms(20 + (long)(next_rand(&rng) % 80));
+        int use_free = r % 2;
+        EXPECT_RC(use_free ? xh_client_free(c) : xh_client_close(c), XH_RESULT_OK);
+        sleep_ms(30);
+        atomic_store(&stop, 1);
+        for (int op = 0; op < R_OPS; op++) pthread_join(th[op], NULL);
+        EXPECT_RC(xh_tunnel_free(t), XH_RESULT_OK);
+        EXPECT_RC(xh_tunnel_free(ts), XH_RESULT_OK);
+        EXPECT_RC(xh_client_free(c), use_free ? XH_RESULT_INVALID_HANDLE : XH_RESULT_OK);
+    }
+    CHECK(atomic_load(&race_undocumented) == 0);
+    printf("documented codes under close/free races, %d rounds, %.2f s:\n", rounds, now_s() - start);
+    for (int op = 0; op < R_OPS; op++) {
+        printf("  %-26s", race_names[op]);
+        for (int rc = 0; rc < 32; rc++)
+            if (atomic_load(&race_seen[op][rc])) printf(" %s=%ld", xh_result_message((uint32_t)rc), atomic_load(&race_seen[op][rc]));
+        printf("\n");
+    }
+}
+
+/* ---------------------------------------------------------------- issue 9: fork */
+
+/* Echoes `len` bytes through t and checks them. */
+static int echo_ok(xh_tunnel *t, size_t len, uint8_t seed) {
+    uint8_t out[4096], in[4096];
+    size_t n = 0, got = 0;
+    if (len > sizeof out) return 0;
+    memset(out, seed, len);
+    if (xh_tunnel_write(t, out, len, T_MS, &n) != XH_RESULT_OK || n != len) return 0;
+    while (got < len) {
+        if (xh_tunnel_read(t, in + got, len - got, T_MS, &n) != XH_RESULT_OK || n == 0) return 0;
+        got += n;
+    }
+    return memcmp(in, out, len) == 0;
+}
+
+/* A child made by fork() while the parent has a client and a tunnel gets XH_RESULT_FORKED
+ * at once from every call that needs the runtime, frees inherited handles at once without
+ * touching them, and the parent's tunnel and client carry on. */
+static void fork_rule(void) {
+    xh_client *c = new_client("stream-up");
+    xh_tunnel *t = open_tunnel(c);
+    CHECK(echo_ok(t, 1000, 'a'));
+    char *cfg = config_for("stream-up");
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        double t0 = now_s();
+        xh_client *c2 = NULL;
+        xh_tunnel *t2 = NULL;
+        uint8_t buf[16] = {0};
+        size_t n = 0;
+        xh_stats s;
+        xh_probe pr;
+        char err[512];
+        bad |= (xh_client_new(cfg, &c2) != XH_RESULT_FORKED || c2 != NULL) << 0;
+        last_error(err, sizeof err);
+        bad |= (strstr(err, "fork") == NULL) << 1;
+        bad |= (xh_client_open(c, T_MS, &t2) != XH_RESULT_FORKED || t2 != NULL) << 2;
+        bad |= (xh_client_probe(c, T_MS, &pr) != XH_RESULT_FORKED) << 3;
+        bad |= (xh_client_stats(c, &s) != XH_RESULT_FORKED) << 4;
+        bad |= (xh_tunnel_write(t, buf, sizeof buf, T_MS, &n) != XH_RESULT_FORKED) << 5;
+        bad |= (xh_tunnel_read(t, buf, sizeof buf, T_MS, &n) != XH_RESULT_FORKED) << 6;
+        bad |= (xh_set_log_callback(on_log, &g_log_records, XH_LOG_LEVEL_DEBUG) != XH_RESULT_FORKED) << 7;
+        bad |= (xh_set_log_callback(NULL, NULL, 0) != XH_RESULT_OK) << 8;
+        bad |= (xh_tunnel_close(t) != XH_RESULT_OK || xh_tunnel_free(t) != XH_RESULT_OK) << 9;
+        bad |= (xh_client_close(c) != XH_RESULT_OK || xh_client_free(c) != XH_RESULT_OK) << 10;
+        bad |= (now_s() - t0 > 1.0) << 11; /* no waits: nothing of the parent's is touched */
+        if (bad) fprintf(stderr, "fork child: checks failed, mask %#x (%s)\n", (unsigned)bad, err);
+        free(cfg);
+        _exit(bad ? 1 : 0);
+    }
+    free(cfg);
+    CHECK(pid > 0);
+    int status = -1;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* The parent carries on: its tunnel, a new tunnel, a new client. */
+    CHECK(echo_ok(t, 3000, 'b'));
+    xh_tunnel *t2 = open_tunnel(c);
+    CHECK(t2 && echo_ok(t2, 2000, 'c'));
+    xh_client *c3 = new_client("packet-up");
+    xh_tunnel *t3 = open_tunnel(c3);
+    CHECK(t3 && echo_ok(t3, 2000, 'd'));
+    EXPECT_RC(xh_tunnel_free(t3), XH_RESULT_OK);
+    EXPECT_RC(xh_client_free(c3), XH_RESULT_OK);
+    EXPECT_RC(xh_tunnel_free(t2), XH_RESULT_OK);
+    EXPECT_RC(xh_tunnel_free(t), XH_RESULT_OK);
+    EXPECT_RC(xh_client_free(c), XH_RESULT_OK);
+    printf("fork: the child got FORKED and freed its inherited handles at once; the parent carried on\n");
+}
+
+/* ---------------------------------------------------------------- issue 9: thread exit */
+
+typedef struct {
+    xh_tunnel *t;
+    int used_before; /* the thread called the library before it began to exit */
+    xh_result rc_read, rc_write, rc_close;
+} exit_job;
+
+static pthread_key_t g_exit_key;
+
+static void exit_destructor(void *p) {
+    exit_job *j = p;
+    uint8_t buf[64] = {0};
+    size_t n = 0;
+    j->rc_read = xh_tunnel_read(j->t, buf, sizeof buf, 0, &n);
+    j->rc_write = xh_tunnel_write(j->t, buf, sizeof buf, 0, &n);
+    j->rc_close = xh_tunnel_close(j->t);
+}
+
+static void *exit_main(void *p) {
+    exit_job *j = p;
+    if (j->used_before) {
+        uint8_t buf[64];
+        size_t n = 0;
+        EXPECT_RC(xh_tunnel_read(j->t, buf, sizeof buf, 0, &n), XH_RESULT_TIMEOUT);
+    }
+    pthread_setspecific(g_exit_key, j);
+    return NULL;
+}
+
+/* Calls from a pthread_key destructor: on a thread that used the library, blocking calls
+ * return WRONG_THREAD (its thread-local state is gone) and close still works; on a thread
+ * that did not, they work. Valgrind checks that nothing is left behind either way. */
+static void thread_exit_calls(void) {
+    CHECK(pthread_key_create(&g_exit_key, exit_destructor) == 0);
+    xh_client *c = new_client("stream-up");
+    for (int used = 1; used >= 0; used--) {
+        exit_job j = {.t = open_tunnel(c), .used_before = used};
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, exit_main, &j) == 0);
+        pthread_join(th, NULL);
+        if (used) {
+            EXPECT_RC(j.rc_read, XH_RESULT_WRONG_THREAD);
+            EXPECT_RC(j.rc_write, XH_RESULT_WRONG_THREAD);
+        } else {
+            EXPECT_RC(j.rc_read, XH_RESULT_TIMEOUT);
+            EXPECT_RC(j.rc_write, XH_RESULT_OK);
+        }
+        EXPECT_RC(j.rc_close, XH_RESULT_OK);
+        EXPECT_RC(xh_tunnel_free(j.t), XH_RESULT_OK);
+    }
+    EXPECT_RC(xh_client_free(c), XH_RESULT_OK);
+    pthread_key_delete(g_exit_key);
+    printf("thread exit: calls from a pthread_key destructor give WRONG_THREAD or work, never PANIC\n");
+}
+
+/* An atexit handler runs after main's thread-local destructors: the blocking call is
+ * refused, close and free work (the last free joins the runtime threads). */
+static xh_client *g_atexit_client;
+static xh_tunnel *g_atexit_tunnel;
+
+static void at_exit(void) {
+    uint8_t buf[64];
+    size_t n = 0;
+    xh_result read = xh_tunnel_read(g_atexit_tunnel, buf, sizeof buf, 0, &n);
+    xh_result tfree = xh_tunnel_free(g_atexit_tunnel), cfree = xh_client_free(g_atexit_client);
+    if (read != XH_RESULT_WRONG_THREAD || tfree != XH_RESULT_OK || cfree != XH_RESULT_OK) {
+        fprintf(stderr, "FAIL atexit: read %u, tunnel free %u, client free %u\n", (unsigned)read,
+                (unsigned)tfree, (unsigned)cfree);
+        _exit(1);
+    }
+    printf("atexit: read gave WRONG_THREAD, both frees worked\n");
+}
+
 /* ---------------------------------------------------------------- the runtime stops */
 
 static int thread_count(void) {
@@ -741,6 +1093,12 @@ int main(void) {
     client_free_closes_its_tunnels();
     partial_writes();
     stress();
+    close_wakes_connecting_calls(0);
+    close_wakes_connecting_calls(1);
+    const char *rounds = getenv("XH_RACE_ROUNDS");
+    documented_codes_under_close_races(rounds ? atoi(rounds) : 24);
+    fork_rule();
+    thread_exit_calls();
 
     EXPECT_RC(xh_set_log_callback(NULL, NULL, 0), XH_RESULT_OK);
     CHECK(atomic_load(&g_log_records) > 0);
@@ -759,6 +1117,11 @@ int main(void) {
         fprintf(stderr, "threads: %d at start, %d at the end\n", threads_at_start, threads);
     CHECK(threads == threads_at_start);
     printf("log records received: %ld\n", atomic_load(&g_log_records));
+
+    /* Left for the atexit handler, which frees them after main's thread-locals are gone. */
+    g_atexit_client = new_client("stream-up");
+    g_atexit_tunnel = open_tunnel(g_atexit_client);
+    CHECK(atexit(at_exit) == 0);
 
     int passed = atomic_load(&g_passed), failed = atomic_load(&g_failed);
     printf("%d passed, %d failed\n", passed, failed);

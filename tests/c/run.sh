@@ -2,12 +2,16 @@
 # The C side of the test suite (called by scripts/test.sh; runnable alone):
 #  1. include/xhttp.h is what cbindgen (pinned) generates now, and compiles in strict C11;
 #  2. the C harness (tests/c/harness.c) against the built libxhttp_mobile.so and a running
-#     `xh serve`: plain, under AddressSanitizer, and under valgrind;
-#  3. the README's "Use from C" example, compiled and run against the same server.
+#     `xh serve`: plain, under AddressSanitizer, ThreadSanitizer and valgrind; its return
+#     code checks use the header's own lists (tests/c/documented.awk);
+#  3. unloading (tests/c/dlopen.c): dlopen/use/dlclose cycles of the mobile build (no
+#     default features) keep no fd and no heap, plain and under valgrind;
+#  4. the README's "Use from C" example, compiled and run against the same server.
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds; default target/),
 # XH_VALGRIND_ITERS (iterations per thread of the misuse run under valgrind; default
 # 10000 like the other runs: it takes about 2 minutes there).
+# XH_RACE_ROUNDS (rounds of the close/free races; default 24, 8 under valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,6 +40,11 @@ fi
 cc --version | sed -n 1p  # sed reads everything: no SIGPIPE under pipefail
 valgrind --version
 
+step "build the mobile library (no default features) for the unloading test"
+cargo build --release --lib --no-default-features
+mkdir -p "$WORK/mobile"
+cp "$LIB_DIR/libxhttp_mobile.so" "$WORK/mobile/"
+
 step "build the library and xh (release)"
 # Separately: built together, cargo would unify xh's features (tokio signals) into the
 # library, and the harness would not test what apps link.
@@ -45,12 +54,16 @@ test -f "$LIB_DIR/libxhttp_mobile.so"
 
 start_xh_serve
 
-step "build the harness (plain and ASan)"
+step "build the harness (plain, ASan, TSan) and the unloading test"
+awk -f tests/c/documented.awk include/xhttp.h > "$WORK/documented.h"
+CFLAGS+=(-I"$WORK")
 SRC=(tests/c/harness.c tests/c/sha256.c)
 LINK=(-L"$LIB_DIR" -lxhttp_mobile -lpthread)
 cc "${CFLAGS[@]}" "${SRC[@]}" "${LINK[@]}" -o "$WORK/harness"
 cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer "${SRC[@]}" "${LINK[@]}" \
     -o "$WORK/harness-asan"
+cc "${CFLAGS[@]}" -fsanitize=thread "${SRC[@]}" "${LINK[@]}" -o "$WORK/harness-tsan"
+cc "${CFLAGS[@]}" tests/c/dlopen.c -ldl -lpthread -o "$WORK/dlopen"
 export LD_LIBRARY_PATH="$LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 step "C harness: plain"
@@ -62,10 +75,22 @@ step "C harness: AddressSanitizer (leak detection on)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 XH_HARNESS_ITERS=10000 \
     "$WORK/harness-asan"
 
+step "C harness: ThreadSanitizer"
+# The library is not instrumented: TSan sees the harness's own accesses and every
+# pthread/malloc call, so it checks the C side's use of the ABI (buffers handed to calls
+# on other threads, handles shared between threads), not the library's insides.
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 XH_HARNESS_ITERS=2000 "$WORK/harness-tsan"
+
 step "C harness: valgrind (memcheck, errors and definite leaks fail the run)"
-XH_HARNESS_ITERS="${XH_VALGRIND_ITERS:-10000}" valgrind --error-exitcode=99 \
-    --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
-    --fair-sched=yes --suppressions=tests/c/valgrind.supp "$WORK/harness"
+VALGRIND=(valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
+    --show-leak-kinds=definite --fair-sched=yes --suppressions=tests/c/valgrind.supp)
+XH_HARNESS_ITERS="${XH_VALGRIND_ITERS:-10000}" XH_RACE_ROUNDS="${XH_RACE_ROUNDS:-8}" \
+    "${VALGRIND[@]}" "$WORK/harness"
+
+step "unloading: dlopen/use/dlclose cycles of the mobile build keep no fd or heap"
+"$WORK/dlopen" "$WORK/mobile/libxhttp_mobile.so" 40 worker
+"$WORK/dlopen" "$WORK/mobile/libxhttp_mobile.so" 40 main
+XH_DLOPEN_VALGRIND=1 "${VALGRIND[@]}" "$WORK/dlopen" "$WORK/mobile/libxhttp_mobile.so" 6 worker
 
 step "README 'Use from C' example"
 awk '/^## Use from C/ {s=1} s && /^```c$/ {p=1; next} p && /^```$/ {exit} p' README.md \
