@@ -4,8 +4,8 @@
 #  2. the C harness (tests/c/harness.c) against the built libxhttp_mobile.so and a running
 #     `xh serve`: plain, under AddressSanitizer, ThreadSanitizer and valgrind; its return
 #     code checks use the header's own lists (tests/c/documented.awk);
-#  3. unloading (tests/c/dlopen.c): dlopen/use/dlclose cycles of the mobile build (no
-#     default features) keep no fd and no heap, plain and under valgrind;
+#  3. unloading (tests/c/dlopen.c): dlopen/use/dlclose cycles of the library as apps link
+#     it (no default features) keep no fd and no heap, plain and under valgrind;
 #  4. the README's "Use from C" example, compiled and run against the same server.
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds; default target/),
@@ -40,17 +40,15 @@ fi
 cc --version | sed -n 1p  # sed reads everything: no SIGPIPE under pipefail
 valgrind --version
 
-step "build the mobile library (no default features) for the unloading test"
-cargo build --release --lib --no-default-features
-mkdir -p "$WORK/mobile"
-cp "$LIB_DIR/libxhttp_mobile.so" "$WORK/mobile/"
-
 step "build the library and xh (release)"
 # Separately: built together, cargo would unify xh's features (tokio signals) into the
 # library, and the harness would not test what apps link.
 cargo build --release --lib
-cargo build --release -p xh
 test -f "$LIB_DIR/libxhttp_mobile.so"
+# What the unloading test loads, kept aside in case a later build touches it.
+mkdir -p "$WORK/mobile"
+cp "$LIB_DIR/libxhttp_mobile.so" "$WORK/mobile/"
+cargo build --release -p xh
 
 start_xh_serve
 
