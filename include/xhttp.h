@@ -55,8 +55,8 @@
  *
  * Unloading. dlclose() is safe once every handle is freed (the last free has returned),
  *   the log callback is removed and no call is running: the last free joins the runtime
- *   threads, and an idle library holds no thread, file descriptor or heap memory, so a
- *   dlopen/dlclose cycle leaves nothing behind. The C library may keep the code mapped
+ *   threads, and an idle library holds no thread and no file descriptor (its handle
+ *   registries also free their memory). The C library may keep the code mapped
  *   while a thread that called it is alive (glibc does until that thread's thread-local
  *   destructors ran, for the main thread at exit); a later dlopen then reuses it. Never
  *   dlclose while a handle is live or a call runs: the library's threads would be left
