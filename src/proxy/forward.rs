@@ -2,7 +2,7 @@
 //! tunnel is raw and the server's inbound (Xray `tunnel`/`dokodemo-door`) decides where the
 //! bytes go; with `vlessId` it is a VLESS TCP tunnel to a fixed destination.
 
-use super::relay::{Flow, relay};
+use super::relay::{Flow, IdleTimeouts, relay};
 use super::vless::{self, Target};
 use crate::error::{Error, Result};
 use crate::tunnel::Dialer;
@@ -49,7 +49,7 @@ pub async fn serve(
                 Ok(Err(e)) => return log::debug!("forward: {peer}: opening the tunnel: {e}"),
                 Err(_) => return log::debug!("forward: {peer}: opening the tunnel timed out"),
             };
-            if let Err(e) = relay(tcp, &flow, &[]).await {
+            if let Err(e) = relay(tcp, &flow, &[], IdleTimeouts::XRAY).await {
                 log::debug!("forward: {peer}: {e}");
             }
             flow.close();

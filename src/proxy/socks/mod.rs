@@ -13,7 +13,7 @@
 mod udp;
 pub mod wire;
 
-use super::relay::{Flow, relay};
+use super::relay::{Flow, IdleTimeouts, relay};
 use super::vless::{self, Target};
 use crate::error::Error;
 use crate::tunnel::Dialer;
@@ -217,7 +217,7 @@ async fn connect(
     };
     let bound = h.tcp.local_addr().unwrap_or(UNSPECIFIED);
     let result = match h.reply(Reply::Succeeded, bound).await {
-        Ok(()) => relay(h.tcp, &flow, &h.buf).await,
+        Ok(()) => relay(h.tcp, &flow, &h.buf, IdleTimeouts::XRAY).await,
         Err(e) => Err(e),
     };
     flow.close();
