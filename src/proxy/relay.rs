@@ -6,8 +6,9 @@
 //! That matters most for packet-up, where the server never learns that the app's upload
 //! ended, so it never ends the download of a flow the app has closed.
 
+pub use super::policy::IdleTimeouts;
 use super::vless::{Command, Target, VlessTunnel};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tunnel::{Dialer, TunnelCore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,33 +24,6 @@ const BUF: usize = 32 * 1024;
 /// request header travels with the first payload (Xray's client waits up to 500 ms too);
 /// protocols where the server speaks first pay this once.
 const HEADER_HOLD: Duration = Duration::from_millis(200);
-
-/// When the pipe gives up on a quiet flow. Names and defaults are Xray's session policy
-/// (`policy.levels.0`), which its client applies to every outbound connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdleTimeouts {
-    /// Neither direction moved a byte for this long: the flow is closed.
-    pub conn_idle: Duration,
-    /// After the download ended, the app's upload may go quiet this long.
-    pub uplink_only: Duration,
-    /// After the app's upload ended (its FIN), the download may go quiet this long.
-    pub downlink_only: Duration,
-}
-
-impl IdleTimeouts {
-    /// Xray's defaults: connIdle 300 s, uplinkOnly 1 s, downlinkOnly 1 s.
-    pub const XRAY: IdleTimeouts = IdleTimeouts {
-        conn_idle: Duration::from_secs(300),
-        uplink_only: Duration::from_secs(1),
-        downlink_only: Duration::from_secs(1),
-    };
-}
-
-impl Default for IdleTimeouts {
-    fn default() -> Self {
-        IdleTimeouts::XRAY
-    }
-}
 
 /// A tunnel as a local inbound uses it.
 pub enum Flow {
@@ -93,7 +67,7 @@ impl Flow {
         while !data.is_empty() {
             let n = self.write(data).await?;
             if n == 0 {
-                return Err(crate::error::Error::Closed);
+                return Err(Error::Closed);
             }
             data = &data[n..];
         }
@@ -177,6 +151,56 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Opens a flow within an inbound's deadline (`policy.openTimeout`); a late open is
+/// [`Error::Timeout`] and leaves nothing behind (an open dropped part-way closes its tunnel).
+pub async fn open_within(
+    limit: Duration,
+    open: impl std::future::Future<Output = Result<Flow>>,
+) -> Result<Flow> {
+    match tokio::time::timeout(limit, open).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(millis(limit))),
+    }
+}
+
+/// Logs a failed open from an inbound, once, at warn: the app itself only sees a refusal
+/// or a close, so this line is where a user learns the cause (status, timeout, reset,
+/// handshake).
+pub fn log_open_failure(who: &str, e: &Error) {
+    match e {
+        Error::Timeout(_) => log::warn!("{who}: opening a tunnel failed: {e} (policy.openTimeout)"),
+        _ => log::warn!("{who}: opening a tunnel failed: {e}"),
+    }
+}
+
+/// Logs how a relay ended: a tunnel failure at warn (the app saw only a close), the app's
+/// own socket errors at debug.
+pub fn log_relay_end(who: &str, r: &Result<(), RelayError>) {
+    match r {
+        Ok(()) => {}
+        Err(e @ RelayError::Tunnel(_)) => log::warn!("{who}: {e}"),
+        Err(e @ RelayError::App(_)) => log::debug!("{who}: {e}"),
+    }
+}
+
+/// Why a relay ended before both directions did: which side failed, and how.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayError {
+    /// The app's socket failed (reset, broken pipe): the app's own doing.
+    App(String),
+    /// The tunnel failed: a status from the server, a reset, a lost connection.
+    Tunnel(String),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::App(e) => write!(f, "app {e}"),
+            RelayError::Tunnel(e) => write!(f, "tunnel {e}"),
+        }
+    }
+}
+
 /// Pipes `tcp` and `flow` both ways until both directions ended or the flow went quiet
 /// past `idle`; `first` is app data that arrived with the handshake. App EOF →
 /// `shutdown_write` on the tunnel; tunnel EOF → shutdown(write) on the socket. The first
@@ -187,7 +211,7 @@ pub async fn relay(
     flow: &Flow,
     first: &[u8],
     idle: IdleTimeouts,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     let (mut rd, mut wr) = tcp.split();
     let (wrote, first_write) = oneshot::channel::<()>();
     let activity = Activity::new(idle.conn_idle);
@@ -196,7 +220,7 @@ pub async fn relay(
         if !first.is_empty() {
             flow.write_all(first)
                 .await
-                .map_err(|e| format!("tunnel write: {e}"))?;
+                .map_err(|e| RelayError::Tunnel(format!("write: {e}")))?;
             wrote.take();
         }
         let mut buf = vec![0u8; BUF];
@@ -204,18 +228,18 @@ pub async fn relay(
             let n = rd
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("app read: {e}"))?;
+                .map_err(|e| RelayError::App(format!("read: {e}")))?;
             if n == 0 {
                 flow.shutdown_write()
                     .await
-                    .map_err(|e| format!("tunnel shutdown_write: {e}"))?;
+                    .map_err(|e| RelayError::Tunnel(format!("shutdown_write: {e}")))?;
                 activity.allow(idle.downlink_only);
                 return Ok(());
             }
             activity.touch();
             flow.write_all(&buf[..n])
                 .await
-                .map_err(|e| format!("tunnel write: {e}"))?;
+                .map_err(|e| RelayError::Tunnel(format!("write: {e}")))?;
             // Dropping the sender wakes the download.
             wrote.take();
         }
@@ -229,7 +253,7 @@ pub async fn relay(
             let n = flow
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("tunnel read: {e}"))?;
+                .map_err(|e| RelayError::Tunnel(format!("read: {e}")))?;
             if n == 0 {
                 // The peer may already be gone; the download is complete either way.
                 let _ = wr.shutdown().await;
@@ -239,7 +263,7 @@ pub async fn relay(
             activity.touch();
             wr.write_all(&buf[..n])
                 .await
-                .map_err(|e| format!("app write: {e}"))?;
+                .map_err(|e| RelayError::App(format!("write: {e}")))?;
         }
     };
     tokio::select! {
