@@ -84,6 +84,9 @@ pub struct ServerOptions {
     pub session_timeout: Duration,
     /// QUIC idle timeout (Xray's server: quic-go's 30 s default).
     pub idle_timeout: Duration,
+    /// Concurrent request streams a client may open (QUIC MAX_STREAMS); quinn's and
+    /// quic-go's (Xray's) default is 100. Lower it to test clients at the limit.
+    pub max_streams: u32,
     pub bind: SocketAddr,
 }
 
@@ -94,6 +97,7 @@ impl Default for ServerOptions {
             target: Target::Echo,
             session_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
+            max_streams: 100,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -131,7 +135,7 @@ impl TestServer {
     /// Binds and starts serving. Call inside a tokio runtime.
     pub async fn start(opts: ServerOptions) -> io::Result<TestServer> {
         let identity = tls::Identity::self_signed()?;
-        let config = identity.quinn_config(opts.idle_timeout)?;
+        let config = identity.quinn_config(opts.idle_timeout, opts.max_streams)?;
         let endpoint = quinn::Endpoint::server(config, opts.bind)?;
         let addr = endpoint.local_addr()?;
         let rec = Arc::new(Recorder::default());
