@@ -283,6 +283,18 @@ pub(crate) async fn stream_upload(
     }
 }
 
+/// The slot XMUX picks now for a packet-up upload moving connections; `None` if the
+/// tunnel ended meanwhile.
+async fn next_slot(
+    pool: &Arc<Pool>,
+    token: &tokio_util::sync::CancellationToken,
+) -> Option<Result<Arc<Slot>, Error>> {
+    tokio::select! {
+        _ = token.cancelled() => None,
+        r = pool.acquire() => Some(r.map(Arc::new)),
+    }
+}
+
 /// Packet-up parameters drawn once per tunnel.
 pub(crate) struct PacketPlan {
     pub max_post: usize,
@@ -351,13 +363,10 @@ pub(crate) async fn packet_upload(
         // XMUX: move to another connection once this one's budget or time is used up;
         // the old slot is released when its in-flight POSTs are done.
         if pool.needs_switch(upload.id()) {
-            let next = tokio::select! {
-                _ = token.cancelled() => return,
-                r = pool.acquire() => r,
-            };
-            match next {
-                Ok(s) => upload = Arc::new(s),
-                Err(e) => return shared.fail(e),
+            match next_slot(&pool, &token).await {
+                None => return,
+                Some(Ok(s)) => upload = s,
+                Some(Err(e)) => return shared.fail(e),
             }
         }
         // A connection out of request streams (the GETs of long tunnels can take them all)
@@ -384,16 +393,11 @@ pub(crate) async fn packet_upload(
             };
             match opened {
                 Ok(Some(s)) => break s,
-                Ok(None) => {
-                    let next = tokio::select! {
-                        _ = token.cancelled() => return,
-                        r = pool.acquire() => r,
-                    };
-                    match next {
-                        Ok(s) => upload = Arc::new(s),
-                        Err(e) => return shared.fail(e),
-                    }
-                }
+                Ok(None) => match next_slot(&pool, &token).await {
+                    None => return,
+                    Some(Ok(s)) => upload = s,
+                    Some(Err(e)) => return shared.fail(e),
+                },
                 Err(e) => return shared.fail(e),
             }
         };
