@@ -164,12 +164,12 @@ impl Client {
             listen,
             SocksOptions {
                 auth,
-                ..SocksOptions::default()
+                ..SocksOptions::from_policy(&self.dialer.config().policy)
             },
         )
     }
 
-    /// [`Client::start_socks`] with every option.
+    /// [`Client::start_socks`] with every option (the config's `policy` is not consulted).
     pub fn start_socks_with(&self, listen: SocketAddr, opts: SocksOptions) -> Result<Inbound> {
         let dialer = self.dialer.clone();
         Inbound::start(self, listen, "SOCKS", move |l, stop| {

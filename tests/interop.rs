@@ -547,3 +547,92 @@ fn xray_client_through_our_test_server() {
         server.shutdown();
     }
 }
+
+/// One SOCKS5 CONNECT flow as issue 8 tried it: greet, CONNECT to `dest`, send 1 byte, read
+/// the 1-byte echo, close. Errors name the step.
+fn socks_short_flow(socks: std::net::SocketAddr, dest: u16, i: usize) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(socks).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let step = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    s.write_all(&[5, 1, 0]).map_err(|e| step("greeting", e))?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).map_err(|e| step("method reply", e))?;
+    let mut req = vec![5, 1, 0, 1, 127, 0, 0, 1];
+    req.extend_from_slice(&dest.to_be_bytes());
+    s.write_all(&req).map_err(|e| step("request", e))?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).map_err(|e| step("reply", e))?;
+    if reply[1] != 0 {
+        return Err(format!("SOCKS reply {}", reply[1]));
+    }
+    let b = [i as u8];
+    s.write_all(&b).map_err(|e| step("write", e))?;
+    let mut got = [0u8; 1];
+    s.read_exact(&mut got).map_err(|e| step("echo", e))?;
+    if got != b {
+        return Err(format!("echo {got:?} for {b:?}"));
+    }
+    Ok(())
+}
+
+/// Issue 8's sequence against Xray, in every mode: 300 sequential then 2 × 256 concurrent
+/// short VLESS flows through our SOCKS inbound, default XMUX, none may fail; afterwards the
+/// client holds no tunnel and no slot.
+#[test]
+fn short_flow_churn_through_socks_in_every_mode() {
+    let port = free_udp_port();
+    let _x = start_xray(
+        vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom"})],
+    );
+    let echo = tcp_echo();
+    for mode in MODES {
+        let c = client(&outbound(port, json!({"path": "/xh/", "mode": mode})), true);
+        let socks = c.start_socks("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let to = socks.local_addr();
+        let start = Instant::now();
+        let failed: Vec<String> = (0..300)
+            .filter_map(|i| socks_short_flow(to, echo, i).err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{mode}: sequential flows failed: {failed:?}"
+        );
+        let sequential = start.elapsed();
+        for round in 1..=2 {
+            let t = Instant::now();
+            let hs: Vec<_> = (0..256)
+                .map(|i| std::thread::spawn(move || socks_short_flow(to, echo, i)))
+                .collect();
+            let failed: Vec<String> = hs
+                .into_iter()
+                .filter_map(|h| h.join().unwrap().err())
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{mode}: {} of 256 concurrent flows (round {round}) failed: {:?}",
+                failed.len(),
+                &failed[..failed.len().min(5)]
+            );
+            eprintln!(
+                "{mode}: 256 concurrent (round {round}) in {:?}",
+                t.elapsed()
+            );
+        }
+        eprintln!("{mode}: 300 sequential in {sequential:?}");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(90), "{mode}: took {took:?}");
+        let until = Instant::now() + Duration::from_secs(10);
+        while c.stats().open_tunnels > 0 || c.pool_stats().running > 0 {
+            assert!(
+                Instant::now() < until,
+                "{mode}: still held {:?} {:?}",
+                c.stats(),
+                c.pool_stats()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        socks.stop();
+    }
+}

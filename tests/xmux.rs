@@ -346,3 +346,95 @@ fn stress_2000_tunnels_on_8_threads_with_random_close_timing() {
         });
     }
 }
+
+/// Opens `n` long-lived tunnels from `n` threads at once (each `timeout`); the results in
+/// order.
+fn open_many(c: &Client, n: usize, timeout: Duration) -> Vec<xhttp_mobile::Result<Tunnel>> {
+    let hs: Vec<_> = (0..n)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || c.open(Some(timeout)))
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// A server allowing 4 request streams per connection, and 12 stream-up tunnels (2 streams
+/// each) opened at once and kept open: XMUX without a connection cap dials the connections
+/// the stream limit needs, and no tunnel sits holding its GET while waiting for its POST.
+#[test]
+fn connections_out_of_streams_get_siblings_when_xmux_allows() {
+    for mode in MODES {
+        let e = env(|o| {
+            o.max_streams = 4;
+            o.session_timeout = Duration::from_secs(1);
+        });
+        let c = e.client(x(mode, json!({"maxConcurrency": 64})));
+        let tunnels: Vec<Tunnel> = open_many(&c, 12, Duration::from_secs(10))
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|err| panic!("{mode}: open: {err}")))
+            .collect();
+        for (i, t) in tunnels.iter().enumerate() {
+            echo_bursts(t, 1, 200, i as u64);
+        }
+        let live = c.pool_stats().live_connections;
+        // Long-lived streams per tunnel: the GET and the POST in stream-up, one otherwise.
+        let per_tunnel = if mode == "stream-up" { 2 } else { 1 };
+        assert!(
+            live >= 12 * per_tunnel / 4,
+            "{mode}: {live} connections for {} streams at 4 per connection",
+            12 * per_tunnel
+        );
+        drop(tunnels);
+        if let Err(h) =
+            e.rt.block_on(e.server.wait_released(Duration::from_secs(10)))
+        {
+            panic!("{mode}: server still holds {h:#?}");
+        }
+    }
+}
+
+/// With the default XMUX (3 connections) and 4 streams each, what does not fit waits
+/// within its deadline and fails with a timeout, never hangs; once tunnels end, opens
+/// succeed again.
+#[test]
+fn opens_past_the_stream_limit_wait_within_their_deadline() {
+    let e = env(|o| {
+        o.max_streams = 4;
+        o.session_timeout = Duration::from_secs(1);
+    });
+    let c = e.client(json!({"path": "/xh", "mode": "stream-up"}));
+    // 3 connections × 4 streams = 6 stream-up tunnels.
+    let started = Instant::now();
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for r in open_many(&c, 8, Duration::from_secs(3)) {
+        match r {
+            Ok(t) => ok.push(t),
+            Err(e) => failed.push(e),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "opens were bounded"
+    );
+    assert_eq!(
+        ok.len(),
+        6,
+        "tunnels that fit; failures: {failed:?} {:#?} {:#?}",
+        c.pool_stats(),
+        e.server.held()
+    );
+    for f in &failed {
+        assert!(
+            matches!(f, xhttp_mobile::Error::Timeout(_)),
+            "a stalled open ends with its deadline: {f:?}"
+        );
+    }
+    for t in &ok {
+        echo_bursts(t, 1, 100, 1);
+    }
+    drop(ok);
+    let t = c.open(T).expect("an open after tunnels ended");
+    echo_bursts(&t, 1, 100, 2);
+}

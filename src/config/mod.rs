@@ -51,6 +51,8 @@ pub struct Config {
     pub vless: Option<VlessSettings>,
     /// `downloadSettings`: the GET goes here, with its own settings and XMUX pool.
     pub download: Option<Box<Config>>,
+    /// `policy`: the local inbounds' time limits (open deadline, idle flows).
+    pub policy: crate::proxy::policy::Policy,
 }
 
 impl Config {
@@ -85,6 +87,7 @@ impl Config {
             }),
             None => None,
         };
+        let policy = crate::proxy::policy::Policy::from_json("policy", f.take("policy").as_ref())?;
         let mut xhttp = xhttp;
         let download = match (f.take("downloadSettings"), xhttp.download_settings.take()) {
             (Some(_), Some(_)) => {
@@ -100,6 +103,12 @@ impl Config {
                     return Err(Error::config(
                         "downloadSettings.vlessId",
                         "the VLESS header goes with the upload; set vlessId at the top level",
+                    ));
+                }
+                if dl.policy != crate::proxy::policy::Policy::default() {
+                    return Err(Error::config(
+                        "downloadSettings.policy",
+                        "the inbounds' time limits belong to the client; set policy at the top level",
                     ));
                 }
                 if dl.download.is_some() {
@@ -125,6 +134,7 @@ impl Config {
             xhttp,
             vless,
             download,
+            policy,
         };
         cfg.validate()?;
         Ok(cfg)

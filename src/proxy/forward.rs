@@ -2,16 +2,13 @@
 //! tunnel is raw and the server's inbound (Xray `tunnel`/`dokodemo-door`) decides where the
 //! bytes go; with `vlessId` it is a VLESS TCP tunnel to a fixed destination.
 
-use super::relay::{Flow, relay};
+use super::relay::{Flow, log_open_failure, log_relay_end, open_within, relay};
 use super::vless::{self, Target};
 use crate::error::{Error, Result};
 use crate::tunnel::Dialer;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Checks that `to` fits the config: VLESS needs a destination, a raw tunnel cannot carry one.
 pub fn check_destination(dialer: &Dialer, to: Option<&Target>) -> Result<()> {
@@ -35,6 +32,7 @@ pub async fn serve(
     to: Option<Target>,
     shutdown: CancellationToken,
 ) {
+    let policy = dialer.config().policy;
     super::accept::run(listener, shutdown, "forward", move |tcp, peer, _token| {
         let (dialer, to) = (dialer.clone(), to.clone());
         async move {
@@ -44,14 +42,12 @@ pub async fn serve(
                     None => Flow::open_raw(&dialer).await,
                 }
             };
-            let flow = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => return log::debug!("forward: {peer}: opening the tunnel: {e}"),
-                Err(_) => return log::debug!("forward: {peer}: opening the tunnel timed out"),
+            let who = format!("forward: {peer}");
+            let flow = match open_within(policy.open_timeout, open).await {
+                Ok(f) => f,
+                Err(e) => return log_open_failure(&who, &e),
             };
-            if let Err(e) = relay(tcp, &flow, &[]).await {
-                log::debug!("forward: {peer}: {e}");
-            }
+            log_relay_end(&who, &relay(tcp, &flow, &[], policy.idle).await);
             flow.close();
         }
     })

@@ -3,6 +3,7 @@
 
 mod accept;
 pub mod forward;
+pub mod policy;
 pub mod relay;
 pub mod socks;
 pub mod vless;

@@ -2,7 +2,7 @@
 //! requests through the one [`Shaper`], charges each request to the connection carrying
 //! it, and starts the tasks.
 
-use super::streams::{self, PacketPlan, RecvHalf, SendHalf};
+use super::streams::{self, PacketPlan, RecvHalf, SendHalf, StreamWait};
 use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, Mode};
 use crate::error::{Error, RequestLabel, Result};
@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex, Weak};
 /// Downloaded bytes buffered between the download task and the reader. QUIC flow control
 /// (bounded windows) does the rest of the back-pressure.
 const DOWN_QUEUE_BYTES: usize = 256 * 1024;
+
+/// When XMUX can offer only connections out of streams, how long a tunnel's first request
+/// waits on the one it landed on before the tunnel tries another.
+const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct Dialer {
     cfg: Config,
@@ -63,19 +67,22 @@ impl Side {
 
     /// Builds one of the tunnel's streaming requests, charges it to the connection of `slot`
     /// and sends its head. (Packet-up POSTs are sent by the upload task.)
+    /// `None`: no stream came free within `wait` (nothing was sent).
     async fn request(
         &self,
         slot: &Slot,
         kind: RequestKind,
         session: Option<&str>,
-    ) -> Result<(SendHalf, RecvHalf, RequestLabel)> {
+        wait: StreamWait,
+    ) -> Result<Option<(SendHalf, RecvHalf, RequestLabel)>> {
         let label = self.shaper.label(kind, session);
         let req = self.shaper.build(kind, session, None, &mut rand::rng())?;
+        let Some(stream) = streams::open_on_slot(&self.pool, slot, req, &label, wait).await? else {
+            return Ok(None);
+        };
         self.pool.charge(slot.id());
-        let (send, recv) = streams::open_request(slot.conn(), req, &label)
-            .await?
-            .split();
-        Ok((send, recv, label))
+        let (send, recv) = stream.split();
+        Ok(Some((send, recv, label)))
     }
 }
 
@@ -187,7 +194,35 @@ impl Dialer {
 
     /// Opens one tunnel in the configured mode. Returns once the requests are sent (not
     /// when responses arrive: a bad status fails the tunnel's reads and writes later).
+    ///
+    /// A tunnel's requests must all find a stream on their connection: one that would have
+    /// to wait for the server's stream credit (MAX_STREAMS) gives up what it sent and tries
+    /// again where XMUX now points (another connection, or a new one if its rules allow).
+    /// Where XMUX has nothing better, the first request waits a little for a stream on the
+    /// connection it landed on, then the tunnel tries again (elsewhere, at random among
+    /// those the rules allow). A tunnel never holds some streams while waiting for more,
+    /// which could leave every stream held by half-open tunnels. The caller's deadline
+    /// bounds it all.
     pub async fn open(&self) -> Result<TunnelCore> {
+        // Each try either lands on a connection with streams free or makes XMUX skip the
+        // one it landed on; past this many, tries are paced.
+        const TRIES: u32 = 16;
+        for attempt in 1u32.. {
+            if let Some(t) = self.open_once(attempt >= TRIES).await? {
+                return Ok(t);
+            }
+            log::debug!("open: no request stream free on the picked connection; trying again");
+            if attempt >= TRIES {
+                let pause = 10u64 << (attempt - TRIES).min(3);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+        }
+        unreachable!("tries are unbounded; the caller's deadline ends them")
+    }
+
+    /// One try of [`open`](Self::open); `None` when a request found no stream (within
+    /// [`FIRST_WAIT`] when `patient`): the partial tunnel is closed.
+    async fn open_once(&self, patient: bool) -> Result<Option<TunnelCore>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -195,6 +230,9 @@ impl Dialer {
             Ok(slot) => Arc::new(slot),
             Err(e) => return Err(self.closed_or(e)),
         };
+        // XMUX had nothing better than a connection out of streams: wait on it.
+        let patient = patient || slot.out_of_streams();
+        let slot_id = slot.id();
         // The GET's slot, on the download pool when `downloadSettings` is set.
         let down_slot = match (&self.download, self.mode) {
             (Some(d), Mode::PacketUp | Mode::StreamUp) => match d.pool.acquire().await {
@@ -203,13 +241,28 @@ impl Dialer {
             },
             _ => slot.clone(),
         };
+        let down_id = down_slot.id();
         let shared = Shared::new();
+        // Set once every request of the tunnel has its stream.
+        let opened = Arc::new(AtomicBool::new(false));
         {
             // Packet-up's upload manages its own slots (it moves between connections);
             // the tunnel holds the main slot only where the GET rides on it too.
             let uploads_move = self.mode == Mode::PacketUp && self.download.is_some();
             let held = ((!uploads_move).then(|| slot.clone()), down_slot.clone());
-            shared.on_end(Box::new(move || drop(held)));
+            let (main, down, opened) = (
+                self.main.pool.clone(),
+                self.download_side().pool.clone(),
+                opened.clone(),
+            );
+            shared.on_end(Box::new(move || {
+                // A tunnel that had its streams frees them: its connections have room again.
+                if opened.load(Ordering::Acquire) {
+                    main.set_saturated(slot_id, false);
+                    down.set_saturated(down_id, false);
+                }
+                drop(held)
+            }));
         }
         {
             let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,17 +277,24 @@ impl Dialer {
         // If this future is dropped part-way (an open timeout), the tasks already started
         // must not live on holding slots and a GET.
         let guard = CloseOnDrop(Some(shared.clone()));
-        let started = self.start(slot.clone(), down_slot, &shared).await;
+        let started = self.start(slot.clone(), down_slot, &shared, patient).await;
         guard.disarm();
         match started {
-            Ok((down_rx, up_tx)) => Ok(TunnelCore::new(
-                shared,
-                self.counters.clone(),
-                down_rx,
-                up_tx,
-                slot.conn().local_addr(),
-                slot.conn().remote_addr(),
-            )),
+            Ok(Some((down_rx, up_tx))) => {
+                opened.store(true, Ordering::Release);
+                Ok(Some(TunnelCore::new(
+                    shared,
+                    self.counters.clone(),
+                    down_rx,
+                    up_tx,
+                    slot.conn().local_addr(),
+                    slot.conn().remote_addr(),
+                )))
+            }
+            Ok(None) => {
+                shared.close();
+                Ok(None)
+            }
             Err(e) => {
                 shared.fail(e.clone());
                 Err(self.closed_or(e))
@@ -257,7 +317,16 @@ impl Dialer {
         slot: Arc<Slot>,
         down_slot: Arc<Slot>,
         shared: &Arc<Shared>,
-    ) -> Result<(super::queue::QueueRx, super::queue::QueueTx)> {
+        patient: bool,
+    ) -> Result<Option<(super::queue::QueueRx, super::queue::QueueTx)>> {
+        let patient_down = patient || down_slot.out_of_streams();
+        let first_wait = |patient: bool| {
+            if patient {
+                StreamWait::UpTo(FIRST_WAIT)
+            } else {
+                StreamWait::No
+            }
+        };
         let main = &self.main;
         let down = self.download.as_ref().unwrap_or(main);
         let s = &self.cfg.xhttp;
@@ -281,9 +350,17 @@ impl Dialer {
             _ => Some(session::generate(&s.session_id, &mut rand::rng())),
         };
         if let Some(id) = &session {
-            let (mut send, recv, label) = down
-                .request(&down_slot, RequestKind::StreamDown, Some(id))
-                .await?;
+            let Some((mut send, recv, label)) = down
+                .request(
+                    &down_slot,
+                    RequestKind::StreamDown,
+                    Some(id),
+                    first_wait(patient_down),
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
             // A GET has no body: end our side now.
             send.finish().await.map_err(|e| Error::Request {
                 request: label.clone(),
@@ -319,7 +396,13 @@ impl Dialer {
                     Mode::StreamOne => RequestKind::StreamOne,
                     _ => RequestKind::StreamUp,
                 };
-                let (send, recv, label) = main.request(&slot, kind, session.as_deref()).await?;
+                // Stream-up's POST never waits while the tunnel holds its GET.
+                let wait = first_wait(patient && kind == RequestKind::StreamOne);
+                let Some((send, recv, label)) =
+                    main.request(&slot, kind, session.as_deref(), wait).await?
+                else {
+                    return Ok(None);
+                };
                 // Stream-one: the response is the download. Stream-up: the server writes
                 // keep-alive padding into it, read and discarded.
                 keep(match down_tx.take() {
@@ -336,7 +419,7 @@ impl Dialer {
                 )));
             }
         }
-        Ok((down_rx, up_tx))
+        Ok(Some((down_rx, up_tx)))
     }
 
     /// Closes every tunnel of this dialer and every connection it opened. Idempotent.

@@ -81,6 +81,45 @@ pub(crate) async fn open_request(
         .map_err(|e| request_error(label, e))
 }
 
+/// How long a request head may wait for a free stream on its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamWait {
+    /// Not at all: `None` at once if no stream is free.
+    No,
+    /// Up to this long, then `None`.
+    UpTo(Duration),
+    /// Until a stream is free (the caller's deadline bounds it).
+    Always,
+}
+
+/// Sends a request head on the connection of `slot`, telling XMUX whether it had to wait for
+/// a stream: a head that cannot go out at once is waiting for the server's stream credit
+/// (MAX_STREAMS), and later tunnels are steered elsewhere where the XMUX rules allow.
+/// `None`: no stream came within `wait`, and nothing was sent.
+pub(crate) async fn open_on_slot(
+    pool: &Pool,
+    slot: &Slot,
+    req: http::Request<()>,
+    label: &RequestLabel,
+    wait: StreamWait,
+) -> Result<Option<RequestStream>, Error> {
+    let open = open_request(slot.conn(), req, label);
+    tokio::pin!(open);
+    if let Some(r) = futures_util::FutureExt::now_or_never(&mut open) {
+        pool.set_saturated(slot.id(), false);
+        return r.map(Some);
+    }
+    pool.set_saturated(slot.id(), true);
+    match wait {
+        StreamWait::No => Ok(None),
+        StreamWait::UpTo(d) => match tokio::time::timeout(d, open).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        },
+        StreamWait::Always => open.await.map(Some),
+    }
+}
+
 /// Waits for the response head and fails the tunnel unless it is 200.
 async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -> bool {
     let token = shared.token().clone();
@@ -244,6 +283,18 @@ pub(crate) async fn stream_upload(
     }
 }
 
+/// The slot XMUX picks now for a packet-up upload moving connections; `None` if the
+/// tunnel ended meanwhile.
+async fn next_slot(
+    pool: &Arc<Pool>,
+    token: &tokio_util::sync::CancellationToken,
+) -> Option<Result<Arc<Slot>, Error>> {
+    tokio::select! {
+        _ = token.cancelled() => None,
+        r = pool.acquire() => Some(r.map(Arc::new)),
+    }
+}
+
 /// Packet-up parameters drawn once per tunnel.
 pub(crate) struct PacketPlan {
     pub max_post: usize,
@@ -309,37 +360,48 @@ pub(crate) async fn packet_upload(
         let kind = RequestKind::PacketUp { seq };
         let label = shaper.label(kind, Some(&session));
         let in_body = shaper.data_in_body();
-        let req = match shaper.build(
-            kind,
-            Some(&session),
-            (!in_body).then_some(&chunk[..]),
-            &mut rand::rng(),
-        ) {
-            Ok(r) => r,
-            Err(e) => return shared.fail(e),
-        };
         // XMUX: move to another connection once this one's budget or time is used up;
         // the old slot is released when its in-flight POSTs are done.
         if pool.needs_switch(upload.id()) {
-            let next = tokio::select! {
-                _ = token.cancelled() => return,
-                r = pool.acquire() => r,
-            };
-            match next {
-                Ok(s) => upload = Arc::new(s),
-                Err(e) => return shared.fail(e),
+            match next_slot(&pool, &token).await {
+                None => return,
+                Some(Ok(s)) => upload = s,
+                Some(Err(e)) => return shared.fail(e),
             }
         }
+        // A connection out of request streams (the GETs of long tunnels can take them all)
+        // is left for one XMUX offers, as long as it offers one with streams free; only
+        // then does the POST wait for a stream.
+        let stream = loop {
+            let req = match shaper.build(
+                kind,
+                Some(&session),
+                (!in_body).then_some(&chunk[..]),
+                &mut rand::rng(),
+            ) {
+                Ok(r) => r,
+                Err(e) => return shared.fail(e),
+            };
+            let wait = if upload.out_of_streams() {
+                StreamWait::Always
+            } else {
+                StreamWait::No
+            };
+            let opened = tokio::select! {
+                _ = token.cancelled() => return,
+                r = open_on_slot(&pool, &upload, req, &label, wait) => r,
+            };
+            match opened {
+                Ok(Some(s)) => break s,
+                Ok(None) => match next_slot(&pool, &token).await {
+                    None => return,
+                    Some(Ok(s)) => upload = s,
+                    Some(Err(e)) => return shared.fail(e),
+                },
+                Err(e) => return shared.fail(e),
+            }
+        };
         pool.charge(upload.id());
-        let conn = upload.conn().clone();
-        let stream = tokio::select! {
-            _ = token.cancelled() => return,
-            r = open_request(&conn, req, &label) => r,
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => return shared.fail(e),
-        };
         let (send, recv) = stream.split();
         let mut guard = SendGuard::new(send);
         let sent = tokio::select! {

@@ -92,9 +92,17 @@ pub struct Slot {
     id: ConnId,
     conn: Option<Arc<H3Conn>>,
     released: AtomicBool,
+    /// XMUX had only connections out of request streams to offer.
+    out_of_streams: bool,
 }
 
 impl Slot {
+    /// Picked though its connection is out of request streams (no other was allowed): a
+    /// tunnel here waits for a stream.
+    pub fn out_of_streams(&self) -> bool {
+        self.out_of_streams
+    }
+
     pub fn id(&self) -> ConnId {
         self.id
     }
@@ -144,7 +152,11 @@ impl Pool {
             }
             self.ensure_sweeper();
             self.retire_broken();
-            let (choice, to_close) = lock(&self.state).acquire(Instant::now(), &mut rand::rng());
+            let (choice, to_close, out_of_streams) = {
+                let mut st = lock(&self.state);
+                let (choice, to_close) = st.acquire(Instant::now(), &mut rand::rng());
+                (choice, to_close, st.picked_saturated())
+            };
             self.close_ids(&to_close);
             let id = choice.id();
             // From here the slot is owned by a guard, so a cancelled acquire still releases.
@@ -153,6 +165,7 @@ impl Pool {
                 id,
                 conn: None,
                 released: AtomicBool::new(false),
+                out_of_streams,
             };
             let cell = {
                 let mut conns = lock(&self.conns);
@@ -219,6 +232,15 @@ impl Pool {
             }
         }
         Ok(c)
+    }
+
+    /// Tells XMUX whether a request on `id` had to wait for a stream (the server's
+    /// MAX_STREAMS reached): new tunnels then go elsewhere where the rules allow.
+    pub fn set_saturated(&self, id: ConnId, saturated: bool) {
+        if saturated {
+            log::debug!("xmux: connection {id} is out of request streams");
+        }
+        lock(&self.state).set_saturated(id, saturated);
     }
 
     /// Charges one HTTP request to the connection that carries it.

@@ -24,6 +24,10 @@ struct Entry {
     charged: u64,
     broken: bool,
     retired: bool,
+    /// A request had to wait for a stream: the server's stream limit (MAX_STREAMS) is
+    /// reached. Cleared when a request gets a stream at once or a tunnel that had its
+    /// streams ends (not when an open that found none gives up: that frees nothing).
+    saturated: bool,
 }
 
 impl Entry {
@@ -68,6 +72,8 @@ pub struct XmuxState {
     max_connections: i64,
     entries: Vec<Entry>,
     next_id: ConnId,
+    /// The last `acquire` could only pick a connection out of streams.
+    picked_saturated: bool,
 }
 
 impl XmuxState {
@@ -79,6 +85,7 @@ impl XmuxState {
             settings,
             entries: Vec::new(),
             next_id: 1,
+            picked_saturated: false,
         }
     }
 
@@ -99,10 +106,25 @@ impl XmuxState {
         } else {
             active
         };
-        let choice = if create || candidates.is_empty() {
+        // Connections out of streams are skipped; if all are, a new one is dialled unless
+        // `maxConnections` caps the count, and then the tunnel waits on one of them.
+        let fresh: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| !self.entries[i].saturated)
+            .collect();
+        let may_add = self.max_connections <= 0;
+        self.picked_saturated = false;
+        let choice = if create || candidates.is_empty() || (fresh.is_empty() && may_add) {
             Choice::Create(self.create(now, rng))
         } else {
-            let i = candidates[rng.random_range(0..candidates.len())];
+            let pool = if fresh.is_empty() {
+                &candidates
+            } else {
+                &fresh
+            };
+            let i = pool[rng.random_range(0..pool.len())];
+            self.picked_saturated = fresh.is_empty();
             let e = &mut self.entries[i];
             if e.left_usage > 0 {
                 e.left_usage -= 1;
@@ -132,6 +154,7 @@ impl XmuxState {
             charged: 0,
             broken: false,
             retired: false,
+            saturated: false,
         });
         id
     }
@@ -160,6 +183,19 @@ impl XmuxState {
             return Some(id);
         }
         None
+    }
+
+    /// Whether a request on `id` had to wait for a stream (`true`) or got one at once.
+    pub fn set_saturated(&mut self, id: ConnId, saturated: bool) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.id == id) {
+            e.saturated = saturated;
+        }
+    }
+
+    /// Whether the last [`acquire`](Self::acquire) had only connections out of streams to
+    /// pick from (and no rule allowing another): the tunnel must wait for a stream there.
+    pub fn picked_saturated(&self) -> bool {
+        self.picked_saturated
     }
 
     /// Charges one HTTP request to the connection that carries it.
@@ -378,6 +414,48 @@ mod tests {
         assert_eq!(st.running(), 0);
         // Connections picked 3 times are spent and closed on release; others stay idle.
         assert!(st.stats().iter().all(|s| !s.retired));
+    }
+
+    #[test]
+    fn connections_out_of_streams_are_skipped_while_the_rules_allow_another() {
+        let now = Instant::now();
+        // No count cap (maxConcurrency only): a saturated connection gets a sibling.
+        let mut st = state(XmuxSettings {
+            max_concurrency: Range::fixed(50),
+            ..Default::default()
+        });
+        let a = pick(&mut st, now).id();
+        assert_eq!(pick(&mut st, now), Choice::Reuse(a));
+        st.set_saturated(a, true);
+        let b = pick(&mut st, now);
+        assert!(matches!(b, Choice::Create(id) if id != a), "{b:?}");
+        // New tunnels go to the one with streams left.
+        for _ in 0..10 {
+            assert_eq!(pick(&mut st, now), Choice::Reuse(b.id()));
+        }
+        // A tunnel on `a` ended: its streams came back, it is picked again.
+        st.release(a, now);
+        st.set_saturated(a, false);
+        let picks: Vec<ConnId> = (0..40).map(|_| pick(&mut st, now).id()).collect();
+        assert!(picks.contains(&a) && picks.contains(&b.id()));
+
+        // maxConnections caps the count: with all saturated, tunnels wait on them.
+        let mut st = state(XmuxSettings {
+            max_connections: Range::fixed(2),
+            ..Default::default()
+        });
+        let ids: Vec<ConnId> = (0..2).map(|_| pick(&mut st, now).id()).collect();
+        st.set_saturated(ids[0], true);
+        for _ in 0..10 {
+            assert_eq!(pick(&mut st, now), Choice::Reuse(ids[1]));
+        }
+        assert!(!st.picked_saturated());
+        st.set_saturated(ids[1], true);
+        for _ in 0..10 {
+            assert!(matches!(pick(&mut st, now), Choice::Reuse(id) if ids.contains(&id)));
+            assert!(st.picked_saturated());
+        }
+        assert_eq!(st.stats().len(), 2);
     }
 
     #[test]

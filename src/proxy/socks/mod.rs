@@ -13,7 +13,8 @@
 mod udp;
 pub mod wire;
 
-use super::relay::{Flow, relay};
+use super::policy::{IdleTimeouts, Policy};
+use super::relay::{Flow, log_open_failure, log_relay_end, open_within, relay};
 use super::vless::{self, Target};
 use crate::error::Error;
 use crate::tunnel::Dialer;
@@ -36,16 +37,26 @@ pub struct SocksOptions {
     pub open_timeout: Duration,
     /// A UDP flow with no datagram either way for this long is closed.
     pub udp_idle_timeout: Duration,
+    /// When a quiet TCP flow is closed.
+    pub idle: IdleTimeouts,
+}
+
+impl SocksOptions {
+    /// The config's `policy` and no authentication.
+    pub fn from_policy(p: &Policy) -> Self {
+        SocksOptions {
+            auth: None,
+            handshake_timeout: p.handshake,
+            open_timeout: p.open_timeout,
+            udp_idle_timeout: Duration::from_secs(60),
+            idle: p.idle,
+        }
+    }
 }
 
 impl Default for SocksOptions {
     fn default() -> Self {
-        SocksOptions {
-            auth: None,
-            handshake_timeout: Duration::from_secs(10),
-            open_timeout: Duration::from_secs(15),
-            udp_idle_timeout: Duration::from_secs(60),
-        }
+        SocksOptions::from_policy(&Policy::default())
     }
 }
 
@@ -202,26 +213,26 @@ async fn connect(
     dialer: &Dialer,
     opts: &SocksOptions,
 ) -> Result<(), String> {
-    let opened = tokio::time::timeout(
+    let who = format!("socks: CONNECT {target}");
+    let opened = open_within(
         opts.open_timeout,
         Flow::open(dialer, vless::Command::Tcp, &target),
     )
-    .await
-    .unwrap_or(Err(Error::Timeout(opts.open_timeout.as_millis() as u64)));
+    .await;
     let flow = match opened {
         Ok(f) => f,
         Err(e) => {
-            h.reply(reply_for(&e), UNSPECIFIED).await?;
-            return Err(format!("CONNECT {target}: opening the tunnel: {e}"));
+            log_open_failure(&who, &e);
+            // Logged: the caller's debug line would only repeat it.
+            return h.reply(reply_for(&e), UNSPECIFIED).await;
         }
     };
     let bound = h.tcp.local_addr().unwrap_or(UNSPECIFIED);
-    let result = match h.reply(Reply::Succeeded, bound).await {
-        Ok(()) => relay(h.tcp, &flow, &h.buf).await,
-        Err(e) => Err(e),
-    };
+    h.reply(Reply::Succeeded, bound).await?;
+    let result = relay(h.tcp, &flow, &h.buf, opts.idle).await;
     flow.close();
-    result.map_err(|e| format!("CONNECT {target}: {e}"))
+    log_relay_end(&who, &result);
+    Ok(())
 }
 
 #[cfg(test)]

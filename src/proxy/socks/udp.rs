@@ -4,6 +4,7 @@
 
 use super::wire::{self, Reply};
 use super::{Handshake, SocksOptions, UNSPECIFIED};
+use crate::proxy::relay::log_open_failure;
 use crate::proxy::vless::{self, Target, UdpDeframer, VlessTunnel};
 use crate::tunnel::Dialer;
 use bytes::Bytes;
@@ -184,8 +185,11 @@ async fn flow(
     };
     let core = match opened {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return log::debug!("socks: UDP to {target}: opening the tunnel: {e}"),
-        Err(_) => return log::debug!("socks: UDP to {target}: opening the tunnel timed out"),
+        Ok(Err(e)) => return log_open_failure(&format!("socks: UDP to {target}"), &e),
+        Err(_) => {
+            let e = crate::error::Error::Timeout(opts.open_timeout.as_millis() as u64);
+            return log_open_failure(&format!("socks: UDP to {target}"), &e);
+        }
     };
     let t = VlessTunnel::new(core, &id, vless::Command::Udp, &target);
     let started = Instant::now();

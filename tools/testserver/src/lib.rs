@@ -17,6 +17,7 @@
 mod events;
 mod exchange;
 mod handler;
+mod held;
 mod quic;
 mod request;
 mod run_end;
@@ -30,6 +31,7 @@ mod tls;
 mod vless;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
+pub use held::{ConnHeld, Held};
 
 use bytes::Bytes;
 use events::Recorder;
@@ -82,6 +84,9 @@ pub struct ServerOptions {
     pub session_timeout: Duration,
     /// QUIC idle timeout (Xray's server: quic-go's 30 s default).
     pub idle_timeout: Duration,
+    /// Concurrent request streams a client may open (QUIC MAX_STREAMS); quinn's and
+    /// quic-go's (Xray's) default is 100. Lower it to test clients at the limit.
+    pub max_streams: u32,
     pub bind: SocketAddr,
 }
 
@@ -92,6 +97,7 @@ impl Default for ServerOptions {
             target: Target::Echo,
             session_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
+            max_streams: 100,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -108,6 +114,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<Sessions>,
     fault: Mutex<Option<Fault>>,
     pub(crate) shutdown: Signal,
+    ledger: held::Ledger,
 }
 
 impl Shared {
@@ -128,7 +135,7 @@ impl TestServer {
     /// Binds and starts serving. Call inside a tokio runtime.
     pub async fn start(opts: ServerOptions) -> io::Result<TestServer> {
         let identity = tls::Identity::self_signed()?;
-        let config = identity.quinn_config(opts.idle_timeout)?;
+        let config = identity.quinn_config(opts.idle_timeout, opts.max_streams)?;
         let endpoint = quinn::Endpoint::server(config, opts.bind)?;
         let addr = endpoint.local_addr()?;
         let rec = Arc::new(Recorder::default());
@@ -152,6 +159,7 @@ impl TestServer {
             sessions,
             fault: Mutex::new(None),
             shutdown,
+            ledger: held::Ledger::default(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         log::debug!("testserver: listening on {addr}");
@@ -200,6 +208,28 @@ impl TestServer {
         self.shared.rec.wait_for(pred, timeout).await
     }
 
+    /// What the server still holds right now: per connection, running request handlers
+    /// and unreleased request streams; live sessions.
+    pub fn held(&self) -> Held {
+        self.shared.ledger.snapshot(self.shared.sessions.len())
+    }
+
+    /// Waits until the server holds no request, stream or session (connections may stay
+    /// open); on timeout returns what it still holds.
+    pub async fn wait_released(&self, timeout: Duration) -> Result<(), Held> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let h = self.held();
+            if h.is_clear() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(h);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sets or clears the fault applied to later requests.
     pub fn set_fault(&self, fault: Option<Fault>) {
         *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
@@ -235,9 +265,14 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let peer = conn.remote_address();
     shared.rec.connection_accepted();
+    let counts = shared.ledger.connection(peer);
     let watches = quic::StopWatches::default();
     let built = h3::server::builder()
-        .build::<_, Bytes>(quic::Conn::new(conn.clone(), watches.clone()))
+        .build::<_, Bytes>(quic::Conn::new(
+            conn.clone(),
+            watches.clone(),
+            counts.clone(),
+        ))
         .await;
     match built {
         Ok(mut h3_conn) => loop {
@@ -246,7 +281,12 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     Ok(Some(resolver)) => {
                         // Per request, not per connection: a migrated client shows its new address.
                         let from = conn.remote_address();
-                        tokio::spawn(handler::serve(shared.clone(), resolver, watches.clone(), from));
+                        let held = counts.request();
+                        let serve = handler::serve(shared.clone(), resolver, watches.clone(), from);
+                        tokio::spawn(async move {
+                            serve.await;
+                            drop(held);
+                        });
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -262,5 +302,6 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // The h3 connection is dropped by now, which closes the QUIC connection if still open.
     let reason = conn.closed().await;
     log::debug!("testserver: connection from {peer} closed: {reason}");
+    counts.closed();
     shared.rec.connection_closed(peer);
 }

@@ -8,6 +8,7 @@
 //! * An unread request body is stopped with H3_NO_ERROR (not quinn's default 0) when dropped,
 //!   as an HTTP/3 server does once it has answered.
 
+use crate::held::{ConnCounts, Hold};
 use bytes::{Buf, Bytes};
 use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
@@ -114,6 +115,8 @@ fn write_error(e: quinn::WriteError) -> StreamErrorIncoming {
 pub(crate) struct Conn {
     conn: quinn::Connection,
     watches: StopWatches,
+    /// Counts the request streams this connection holds.
+    counts: Arc<ConnCounts>,
     accept_bi:
         Option<BoxFuture<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>>,
     accept_uni: Option<BoxFuture<Result<quinn::RecvStream, quinn::ConnectionError>>>,
@@ -121,11 +124,16 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(conn: quinn::Connection, watches: StopWatches) -> Self {
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        watches: StopWatches,
+        counts: Arc<ConnCounts>,
+    ) -> Self {
         Conn {
             opener: Opener::new(conn.clone()),
             conn,
             watches,
+            counts,
             accept_bi: None,
             accept_uni: None,
         }
@@ -164,9 +172,10 @@ impl quic::Connection<Bytes> for Conn {
         let (send, recv) = r.map_err(connection_error)?;
         let id = u64::from(send.id());
         self.watches.map().insert(id, Box::pin(send.stopped()));
+        let held = self.counts.stream();
         Poll::Ready(Ok(Bidi {
-            send: SendHalf::new(send, Some(self.watches.clone())),
-            recv: RecvHalf::new(recv),
+            send: SendHalf::new(send, Some(self.watches.clone())).held(held.clone()),
+            recv: RecvHalf::new(recv).held(held),
         }))
     }
 
@@ -324,6 +333,8 @@ pub(crate) struct SendHalf {
     untouched: bool,
     /// Where this stream's `stopped()` watch was registered, so that dropping removes it.
     watches: Option<StopWatches>,
+    /// A request stream stays counted until both halves are gone.
+    _held: Option<Arc<Hold>>,
 }
 
 impl SendHalf {
@@ -333,7 +344,13 @@ impl SendHalf {
             pending: None,
             untouched: true,
             watches,
+            _held: None,
         }
+    }
+
+    fn held(mut self, h: Arc<Hold>) -> Self {
+        self._held = Some(h);
+        self
     }
 }
 
@@ -407,6 +424,8 @@ pub(crate) struct RecvHalf {
     buf: Vec<u8>,
     /// FIN seen, reset seen or stopped: no STOP_SENDING needed on drop.
     done: bool,
+    /// A request stream stays counted until both halves are gone.
+    _held: Option<Arc<Hold>>,
 }
 
 impl RecvHalf {
@@ -415,7 +434,13 @@ impl RecvHalf {
             stream,
             buf: Vec::new(),
             done: false,
+            _held: None,
         }
+    }
+
+    fn held(mut self, h: Arc<Hold>) -> Self {
+        self._held = Some(h);
+        self
     }
 }
 

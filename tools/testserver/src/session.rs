@@ -357,6 +357,11 @@ impl Sessions {
         }
     }
 
+    /// Sessions not yet ended.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
     /// Forgets `s` (only if it is still the session under its id).
     pub(crate) fn remove(&self, s: &Arc<Session>) {
         let mut map = lock(&self.map);

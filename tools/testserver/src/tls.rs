@@ -31,7 +31,11 @@ impl Identity {
 
     /// TLS 1.3 with ALPN `h3`; idle timeout like Xray's server (quic-go's 30 s default), no
     /// keep-alive of our own, so client keep-alive is what keeps a connection up.
-    pub(crate) fn quinn_config(&self, idle_timeout: Duration) -> io::Result<quinn::ServerConfig> {
+    pub(crate) fn quinn_config(
+        &self,
+        idle_timeout: Duration,
+        max_streams: u32,
+    ) -> io::Result<quinn::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -49,6 +53,7 @@ impl Identity {
         let idle =
             quinn::IdleTimeout::try_from(idle_timeout).map_err(|e| other("idle timeout", e))?;
         transport.max_idle_timeout(Some(idle));
+        transport.max_concurrent_bidi_streams(max_streams.into());
         config.transport_config(Arc::new(transport));
         Ok(config)
     }

@@ -13,6 +13,10 @@
 //!   request N times (default 3) on fresh connections; prints one line each.
 //!
 //! `socks` and `forward` print `listening on ADDR` once ready and exit 0 after a clean stop.
+//!
+//! Every command takes `--log LEVEL` (`off`, `error`, `warn`, `info`, `debug`, `trace`;
+//! default `warn`): the library's log goes to stderr, so a flow that fails says why.
+//! Without `--log`, `RUST_LOG` is honoured (`LEVEL` or `target=LEVEL,…`).
 
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -27,10 +31,15 @@ const USAGE: &str = "usage:
   xh serve [--listen 127.0.0.1:PORT]
   xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P]
   xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]
-  xh probe --config <file|json> [--count N]";
+  xh probe --config <file|json> [--count N]
+every command: [--log off|error|warn|info|debug|trace] (default warn; else RUST_LOG)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = stderr_log::init(flag(&args, "--log")) {
+        eprintln!("xh: {e}");
+        return ExitCode::from(2);
+    }
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("serve") => serve(&args[1..]),
@@ -322,5 +331,97 @@ impl Pattern {
             let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
             c.copy_from_slice(&v[..c.len()]);
         }
+    }
+}
+
+/// The library's `log` records on stderr, filtered by `--log` or `RUST_LOG`.
+mod stderr_log {
+    use log::{LevelFilter, Log, Metadata, Record};
+    use std::io::Write;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    struct Stderr {
+        default: LevelFilter,
+        /// `(target prefix, level)`, longest prefix first.
+        targets: Vec<(String, LevelFilter)>,
+    }
+
+    impl Stderr {
+        fn level_for(&self, target: &str) -> LevelFilter {
+            self.targets
+                .iter()
+                .find(|(t, _)| target.starts_with(t.as_str()))
+                .map_or(self.default, |(_, l)| *l)
+        }
+    }
+
+    impl Log for Stderr {
+        fn enabled(&self, m: &Metadata) -> bool {
+            m.level() <= self.level_for(m.target())
+        }
+
+        fn log(&self, r: &Record) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}.{:03} {:5} {}: {}",
+                t.as_secs(),
+                t.subsec_millis(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+
+        fn flush(&self) {}
+    }
+
+    fn level(s: &str) -> Result<LevelFilter, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("log level {s:?}: use off, error, warn, info, debug or trace"))
+    }
+
+    /// `spec`: `LEVEL` or `target=LEVEL` items, comma-separated (RUST_LOG's common form).
+    fn parse(spec: &str) -> Result<Stderr, String> {
+        let mut out = Stderr {
+            default: LevelFilter::Warn,
+            targets: Vec::new(),
+        };
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.split_once('=') {
+                Some((t, l)) => out.targets.push((t.trim().replace('-', "_"), level(l)?)),
+                None => out.default = level(item)?,
+            }
+        }
+        out.targets.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+        Ok(out)
+    }
+
+    /// `--log` wins over `RUST_LOG`; neither: warnings and errors.
+    pub fn init(flag: Option<&str>) -> Result<(), String> {
+        let spec = match flag {
+            Some(f) => f.to_string(),
+            None => std::env::var("RUST_LOG").unwrap_or_default(),
+        };
+        let logger = parse(&spec).map_err(|e| match flag {
+            Some(_) => format!("--log: {e}"),
+            None => format!("RUST_LOG: {e}"),
+        })?;
+        let max = logger
+            .targets
+            .iter()
+            .map(|(_, l)| *l)
+            .chain([logger.default])
+            .max()
+            .unwrap_or(LevelFilter::Warn);
+        log::set_logger(Box::leak(Box::new(logger))).map_err(|e| format!("logger: {e}"))?;
+        log::set_max_level(max);
+        Ok(())
     }
 }
