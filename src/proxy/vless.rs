@@ -11,6 +11,8 @@ use std::net::IpAddr;
 pub enum Command {
     Tcp = 1,
     Udp = 2,
+    /// Mux.Cool (XUDP): the request names no destination, every frame inside does.
+    Mux = 3,
 }
 
 /// A destination as VLESS (and SOCKS5) carry it.
@@ -61,6 +63,15 @@ impl Target {
     }
 }
 
+impl From<std::net::SocketAddr> for Target {
+    fn from(a: std::net::SocketAddr) -> Target {
+        Target {
+            host: Host::Ip(a.ip()),
+            port: a.port(),
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.host {
@@ -99,26 +110,23 @@ pub fn user_id(field: &str, id: &str) -> Result<[u8; 16]> {
 
 /// The request header: version 0, user id, no addons, command, port, address.
 pub fn request_header(id: &[u8; 16], cmd: Command, target: &Target) -> Vec<u8> {
+    let mut h = command_header(id, cmd);
+    write_address_port(target, &mut h);
+    h
+}
+
+/// The request header of a Mux.Cool connection: version 0, user id, no addons, command 3 and
+/// no address (Xray writes none for Mux: every frame inside names its own destination).
+pub fn mux_request_header(id: &[u8; 16]) -> Vec<u8> {
+    command_header(id, Command::Mux)
+}
+
+fn command_header(id: &[u8; 16], cmd: Command) -> Vec<u8> {
     let mut h = Vec::with_capacity(24 + 256);
     h.push(0);
     h.extend_from_slice(id);
     h.push(0);
     h.push(cmd as u8);
-    write_address_port(target, &mut h);
-    h
-}
-
-/// The command byte of a Mux.Cool request (Xray's `RequestCommandMux`).
-pub const COMMAND_MUX: u8 = 3;
-
-/// The request header of a Mux.Cool connection: version 0, user id, no addons, command 3 and
-/// no address (Xray writes none for Mux: every frame inside names its own destination).
-pub fn mux_request_header(id: &[u8; 16]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(19);
-    h.push(0);
-    h.extend_from_slice(id);
-    h.push(0);
-    h.push(COMMAND_MUX);
     h
 }
 
@@ -187,7 +195,8 @@ pub fn parse_address_port(buf: &[u8]) -> Result<Option<(Target, usize)>> {
 pub struct RequestHeader {
     pub id: [u8; 16],
     pub cmd: Command,
-    pub target: Target,
+    /// The destination; `None` exactly for [`Command::Mux`].
+    pub target: Option<Target>,
 }
 
 /// Parses a request header from the start of an upload. `Ok(None)`: more bytes are needed;
@@ -211,16 +220,25 @@ pub fn parse_request_header(buf: &[u8]) -> Result<Option<(RequestHeader, usize)>
     let cmd = match cmd {
         1 => Command::Tcp,
         2 => Command::Udp,
-        3 => return bad("command 3 (mux) is not supported".into()),
+        3 => Command::Mux,
         c => return bad(format!("unknown command {c}")),
     };
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&buf[1..17]);
+    if cmd == Command::Mux {
+        let h = RequestHeader {
+            id,
+            cmd,
+            target: None,
+        };
+        return Ok(Some((h, at + 1)));
+    }
     let (target, n) = match parse_address_port(&buf[at + 1..]) {
         Ok(Some(t)) => t,
         Ok(None) => return Ok(None),
         Err(e) => return bad(e.to_string()),
     };
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&buf[1..17]);
+    let target = Some(target);
     Ok(Some((RequestHeader { id, cmd, target }, at + 1 + n)))
 }
 
@@ -524,8 +542,16 @@ mod tests {
                 );
             }
             let (h, n) = parse_request_header(&wire).unwrap().unwrap();
-            assert_eq!((h.id, h.cmd, &h.target, n), (id, cmd, &target, hlen));
+            assert_eq!((h.id, h.cmd, h.target, n), (id, cmd, Some(target), hlen));
         }
+        // Mux: command 3 and no address; what follows is the first frame.
+        let mut wire = mux_request_header(&id);
+        assert_eq!(wire.len(), 19);
+        assert_eq!(wire[18], 3);
+        wire.extend_from_slice(&[0, 4]);
+        assert_eq!(parse_request_header(&wire[..18]).unwrap(), None);
+        let (h, n) = parse_request_header(&wire).unwrap().unwrap();
+        assert_eq!((h.cmd, h.target, n), (Command::Mux, None, 19));
     }
 
     #[test]
@@ -540,15 +566,13 @@ mod tests {
                 .contains("version 1")
         );
         let mut h = request_header(&[1; 16], Command::Tcp, &t);
-        h[18] = 3;
+        h[18] = 9;
         assert!(
             parse_request_header(&h)
                 .unwrap_err()
                 .to_string()
-                .contains("mux")
+                .contains("unknown command 9")
         );
-        h[18] = 9;
-        assert!(parse_request_header(&h).is_err());
         let mut h = request_header(&[1; 16], Command::Tcp, &t);
         h[21] = 7;
         assert!(
@@ -562,7 +586,10 @@ mod tests {
         h.extend_from_slice(&[1; 16]);
         h.extend_from_slice(&[2, 0xaa, 0xbb, 1, 0, 80, 1, 10, 0, 0, 1]);
         let (p, n) = parse_request_header(&h).unwrap().unwrap();
-        assert_eq!((p.target.to_string(), n), ("10.0.0.1:80".into(), h.len()));
+        assert_eq!(
+            (p.target.unwrap().to_string(), n),
+            ("10.0.0.1:80".into(), h.len())
+        );
         // A zero-length domain is refused.
         let mut h = vec![0u8];
         h.extend_from_slice(&[1; 16]);

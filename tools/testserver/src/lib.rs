@@ -28,6 +28,7 @@ mod target;
 mod tests;
 mod tls;
 mod vless;
+mod xudp;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
 
