@@ -879,3 +879,79 @@ fn socks_udp_associate_several_destinations_through_xray() {
     drop(ctl);
     socks.stop();
 }
+
+#[test]
+fn xray_xudp_client_through_our_test_server() {
+    // The reverse check for XUDP: Xray-core's own client (SOCKS inbound with UDP → VLESS
+    // over XHTTP/H3, which carries UDP as XUDP) against the in-repo server's Mux.Cool side.
+    use std::io::{Read, Write};
+    use xhttp_testserver::{ServerOptions, Target, TestServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
+    let server = rt
+        .block_on(TestServer::start(ServerOptions {
+            target: Target::Vless { id },
+            settings: xhttp_mobile::config::XhttpSettings::from_json("x", &json!({"path": "/xh/"}))
+                .unwrap(),
+            ..Default::default()
+        }))
+        .unwrap();
+    let socks_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _x = start_xray(
+        vec![
+            json!({"listen": "127.0.0.1", "port": socks_port, "protocol": "socks",
+            "settings": {"auth": "noauth", "udp": true, "ip": "127.0.0.1"}}),
+        ],
+        vec![json!({"protocol": "vless",
+            "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
+                "users": [{"id": UUID, "encryption": "none"}]}]},
+            "streamSettings": {"network": "xhttp", "security": "tls",
+                "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                    "pinnedPeerCertSha256": server.cert_sha256_hex()},
+                "xhttpSettings": {"path": "/xh/", "mode": "stream-up"}}})],
+    );
+    let mut ctl = std::net::TcpStream::connect(("127.0.0.1", socks_port)).unwrap();
+    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    ctl.write_all(&[5, 1, 0]).unwrap();
+    ctl.read_exact(&mut buf[..2]).unwrap();
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+    ctl.read_exact(&mut buf[..10]).unwrap();
+    assert_eq!(&buf[..2], &[5, 0], "Xray refused UDP ASSOCIATE");
+    let relay = std::net::SocketAddr::from((
+        [buf[4], buf[5], buf[6], buf[7]],
+        u16::from_be_bytes([buf[8], buf[9]]),
+    ));
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echoes: Vec<RecordingEcho> = (0..2)
+        .map(|_| RecordingEcho::start("127.0.0.1:0"))
+        .collect();
+    for (i, e) in echoes.iter().enumerate() {
+        let std::net::SocketAddr::V4(v4) = e.addr else {
+            unreachable!()
+        };
+        let p = pattern(i as u64 + 70, 700 + 100 * i);
+        let mut d = vec![0, 0, 0, 1];
+        d.extend_from_slice(&v4.ip().octets());
+        d.extend_from_slice(&v4.port().to_be_bytes());
+        let header = d.clone();
+        d.extend_from_slice(&p);
+        app.send_to(&d, relay).unwrap();
+        let mut back = [0u8; 4096];
+        let (n, _) = app
+            .recv_from(&mut back)
+            .expect("reply through Xray's XUDP and our server");
+        assert_eq!(&back[..10], &header[..], "reply names its source");
+        assert_eq!(sha(&back[10..n]), sha(&p));
+    }
+    // One XUDP session on our server: one socket, one mapping for both destinations.
+    assert_eq!(echoes[0].sources().len(), 1);
+    assert_eq!(echoes[0].sources(), echoes[1].sources());
+    drop(ctl);
+    server.shutdown();
+}
