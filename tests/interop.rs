@@ -577,11 +577,15 @@ impl RecordingEcho {
     }
 }
 
+/// Xray with a VLESS inbound and a freedom outbound that may reach loopback: newer Xray
+/// (v26.7.x) blocks private addresses behind a VLESS inbound unless `finalRules` allow them;
+/// older versions ignore the key.
 fn xudp_xray() -> (Xray, u16) {
     let port = free_udp_port();
     let x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![json!({"protocol": "freedom",
+            "settings": {"finalRules": [{"action": "allow", "ip": ["127.0.0.0/8"]}]}})],
     );
     (x, port)
 }
