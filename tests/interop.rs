@@ -817,52 +817,28 @@ fn udp_close_while_flows_run_wakes_everything() {
 
 #[test]
 fn socks_udp_associate_several_destinations_through_xray() {
-    use std::io::{Read, Write};
+    use common::socks::{parse_udp_reply, udp_associate, udp_datagram};
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "stream-up");
     let socks = c
         .start_socks("127.0.0.1:0".parse().unwrap(), None)
         .expect("socks");
-    let mut ctl = std::net::TcpStream::connect(socks.local_addr()).unwrap();
-    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 512];
-    ctl.write_all(&[5, 1, 0]).unwrap();
-    ctl.read_exact(&mut buf[..2]).unwrap();
-    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
-    ctl.read_exact(&mut buf[..10]).unwrap();
-    assert_eq!(&buf[..2], &[5, 0], "UDP ASSOCIATE refused");
-    let relay = std::net::SocketAddr::from((
-        [buf[4], buf[5], buf[6], buf[7]],
-        u16::from_be_bytes([buf[8], buf[9]]),
-    ));
+    let (ctl, relay) = udp_associate(socks.local_addr());
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
     app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut back = [0u8; 9000];
     let echoes: Vec<RecordingEcho> = (0..3)
         .map(|_| RecordingEcho::start("127.0.0.1:0"))
         .collect();
-    let socks_dg = |to: std::net::SocketAddr, payload: &[u8]| {
-        let std::net::SocketAddr::V4(v4) = to else {
-            panic!()
-        };
-        let mut d = vec![0, 0, 0, 1];
-        d.extend_from_slice(&v4.ip().octets());
-        d.extend_from_slice(&v4.port().to_be_bytes());
-        d.extend_from_slice(payload);
-        d
-    };
     for (i, e) in echoes.iter().enumerate() {
         let p = pattern(i as u64 + 40, 300 + i * 1000);
-        app.send_to(&socks_dg(e.addr, &p), relay).unwrap();
-        let mut back = [0u8; 9000];
+        app.send_to(&udp_datagram(e.addr, &p), relay).unwrap();
         let (n, _) = app
             .recv_from(&mut back)
             .expect("reply through SOCKS and Xray");
-        assert_eq!(
-            &back[..10],
-            &socks_dg(e.addr, &[])[..],
-            "reply names its source"
-        );
-        assert_eq!(sha(&back[10..n]), sha(&p), "payload {i}");
+        let (from, payload) = parse_udp_reply(&back[..n]);
+        assert_eq!(from, e.addr, "reply names its source");
+        assert_eq!(sha(&payload), sha(&p), "payload {i}");
     }
     let mapped = echoes[0].sources();
     for e in &echoes {
@@ -871,15 +847,12 @@ fn socks_udp_associate_several_destinations_through_xray() {
     // Full cone through SOCKS: a stranger's datagram to the mapping reaches the app.
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
     stranger.send_to(b"from a stranger", mapped[0]).unwrap();
-    let mut back = [0u8; 2048];
     let (n, _) = app
         .recv_from(&mut back)
         .expect("unsolicited datagram via SOCKS");
-    assert_eq!(
-        &back[..10],
-        &socks_dg(stranger.local_addr().unwrap(), &[])[..]
-    );
-    assert_eq!(&back[10..n], b"from a stranger");
+    let (from, payload) = parse_udp_reply(&back[..n]);
+    assert_eq!(from, stranger.local_addr().unwrap());
+    assert_eq!(payload, b"from a stranger");
     drop(ctl);
     socks.stop();
 }
@@ -888,7 +861,6 @@ fn socks_udp_associate_several_destinations_through_xray() {
 fn xray_xudp_client_through_our_test_server() {
     // The reverse check for XUDP: Xray-core's own client (SOCKS inbound with UDP → VLESS
     // over XHTTP/H3, which carries UDP as XUDP) against the in-repo server's Mux.Cool side.
-    use std::io::{Read, Write};
     use xhttp_testserver::{ServerOptions, Target, TestServer};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
@@ -918,40 +890,23 @@ fn xray_xudp_client_through_our_test_server() {
                     "pinnedPeerCertSha256": server.cert_sha256_hex()},
                 "xhttpSettings": {"path": "/xh/", "mode": "stream-up"}}})],
     );
-    let mut ctl = std::net::TcpStream::connect(("127.0.0.1", socks_port)).unwrap();
-    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 64];
-    ctl.write_all(&[5, 1, 0]).unwrap();
-    ctl.read_exact(&mut buf[..2]).unwrap();
-    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
-    ctl.read_exact(&mut buf[..10]).unwrap();
-    assert_eq!(&buf[..2], &[5, 0], "Xray refused UDP ASSOCIATE");
-    let relay = std::net::SocketAddr::from((
-        [buf[4], buf[5], buf[6], buf[7]],
-        u16::from_be_bytes([buf[8], buf[9]]),
-    ));
+    let (ctl, relay) = common::socks::udp_associate(([127, 0, 0, 1], socks_port).into());
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
     app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let echoes: Vec<RecordingEcho> = (0..2)
         .map(|_| RecordingEcho::start("127.0.0.1:0"))
         .collect();
     for (i, e) in echoes.iter().enumerate() {
-        let std::net::SocketAddr::V4(v4) = e.addr else {
-            unreachable!()
-        };
         let p = pattern(i as u64 + 70, 700 + 100 * i);
-        let mut d = vec![0, 0, 0, 1];
-        d.extend_from_slice(&v4.ip().octets());
-        d.extend_from_slice(&v4.port().to_be_bytes());
-        let header = d.clone();
-        d.extend_from_slice(&p);
-        app.send_to(&d, relay).unwrap();
+        app.send_to(&common::socks::udp_datagram(e.addr, &p), relay)
+            .unwrap();
         let mut back = [0u8; 4096];
         let (n, _) = app
             .recv_from(&mut back)
             .expect("reply through Xray's XUDP and our server");
-        assert_eq!(&back[..10], &header[..], "reply names its source");
-        assert_eq!(sha(&back[10..n]), sha(&p));
+        let (from, payload) = common::socks::parse_udp_reply(&back[..n]);
+        assert_eq!(from, e.addr, "reply names its source");
+        assert_eq!(sha(&payload), sha(&p));
     }
     // One XUDP session on our server: one socket, one mapping for both destinations.
     assert_eq!(echoes[0].sources().len(), 1);

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::tunnel::Dialer;
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
@@ -159,8 +159,8 @@ impl UdpSession {
     #[doc(hidden)]
     pub async fn break_xudp_tunnel(&self) {
         if let Some(t) = self.inner.xudp.lock().await.as_ref() {
-            t.tunnel.close();
-            t.ended.cancel();
+            t.carrier.tunnel.close();
+            t.carrier.ended.cancel();
         }
     }
 }
@@ -176,7 +176,7 @@ impl Inner {
         let mut slot = self.xudp.lock().await;
         let mut retried = false;
         loop {
-            let (t, fresh) = match slot.as_ref().filter(|t| !t.ended.is_cancelled()) {
+            let (t, fresh) = match slot.as_ref().filter(|t| !t.carrier.ended.is_cancelled()) {
                 Some(t) => (t.clone(), false),
                 None => {
                     let t = XudpTunnel::open(self, target).await?;
@@ -187,7 +187,7 @@ impl Inner {
             match t.send(target, data).await {
                 // A tunnel that was already up and died under this send is replaced once;
                 // the datagram was not queued, so it cannot go twice.
-                Err(e) if !fresh && !retried && t.ended.is_cancelled() => {
+                Err(e) if !fresh && !retried && t.carrier.ended.is_cancelled() => {
                     log::debug!("udp: XUDP tunnel ended under a send ({e}); reopening");
                     *slot = None;
                     retried = true;
@@ -200,7 +200,7 @@ impl Inner {
     async fn send_plain(self: &Arc<Self>, target: &Target, data: &[u8]) -> Result<()> {
         let flow = {
             let mut flows = self.plain.lock().await;
-            flows.retain(|_, f| !f.ended.is_cancelled());
+            flows.retain(|_, f| !f.carrier.ended.is_cancelled());
             match flows.get(target) {
                 Some(f) => f.clone(),
                 None => {
@@ -269,21 +269,76 @@ impl Activity {
     }
 }
 
-/// Runs a tunnel's download until it ends, then ends the tunnel: cleanly (finish the
-/// upload, wait a bounded time for the server's end, close) when the session closed or the
-/// tunnel idled, at once otherwise.
-fn supervise<F>(
-    session: &Arc<Inner>,
+/// One tunnel of a session: its end token and idle clock; a supervisor task runs its
+/// download and ends it (see [`supervise`]).
+struct Carrier {
     tunnel: Arc<VlessTunnel>,
     ended: CancellationToken,
     activity: Arc<Activity>,
-    what: String,
-    download: F,
-) where
+}
+
+impl Carrier {
+    /// Opens a tunnel whose first write carries `header` and starts its supervisor over the
+    /// download `download` makes.
+    async fn open<F, Fut>(
+        session: &Arc<Inner>,
+        header: Vec<u8>,
+        what: String,
+        download: F,
+    ) -> Result<Carrier>
+    where
+        F: FnOnce(Weak<Inner>, Arc<VlessTunnel>, Arc<Activity>) -> Fut,
+        Fut: std::future::Future<Output = Result<String>> + Send + 'static,
+    {
+        let core = session.dialer.open().await?;
+        let c = Carrier {
+            tunnel: Arc::new(VlessTunnel::with_header(core, header)),
+            ended: CancellationToken::new(),
+            activity: Arc::new(Activity::new()),
+        };
+        let dl = download(
+            Arc::downgrade(session),
+            c.tunnel.clone(),
+            c.activity.clone(),
+        );
+        supervise(session, &c, what, dl);
+        Ok(c)
+    }
+
+    /// Queues one frame whole or fails and ends the tunnel. Frames are below one write
+    /// piece, so a short count cannot happen; if it did, the server would misread every
+    /// later frame, so the tunnel ends rather than carry on.
+    async fn write_whole(&self, frame: &[u8]) -> Result<()> {
+        match self.tunnel.write(frame).await {
+            Ok(n) if n == frame.len() => {
+                self.activity.touch();
+                Ok(())
+            }
+            Ok(n) => {
+                self.ended.cancel();
+                Err(Error::Other(format!(
+                    "frame cut after {n} of {} bytes; tunnel ended",
+                    frame.len()
+                )))
+            }
+            Err(e) => {
+                self.ended.cancel();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs a tunnel's download until it ends, then ends the tunnel: cleanly (finish the
+/// upload, wait a bounded time for the server's end, close) when the session closed or the
+/// tunnel idled, at once otherwise.
+fn supervise<F>(session: &Arc<Inner>, c: &Carrier, what: String, download: F)
+where
     F: std::future::Future<Output = Result<String>> + Send + 'static,
 {
     let closed = session.closed.clone();
     let idle = session.opts.idle_timeout;
+    let (tunnel, ended, activity) = (c.tunnel.clone(), c.ended.clone(), c.activity.clone());
     tokio::spawn(async move {
         tokio::pin!(download);
         let mut download_done = false;
@@ -314,76 +369,38 @@ fn supervise<F>(
 
 /// The XUDP tunnel of a session: VLESS command Mux, session 0.
 struct XudpTunnel {
-    tunnel: Arc<VlessTunnel>,
+    carrier: Carrier,
     writer: Mutex<XudpWriter>,
-    ended: CancellationToken,
-    activity: Arc<Activity>,
 }
 
 impl XudpTunnel {
     async fn open(session: &Arc<Inner>, first: &Target) -> Result<Arc<XudpTunnel>> {
-        let core = session.dialer.open().await?;
-        let tunnel = Arc::new(VlessTunnel::with_header(
-            core,
-            vless::mux_request_header(&session.vless.id),
-        ));
-        let t = Arc::new(XudpTunnel {
-            tunnel: tunnel.clone(),
-            writer: Mutex::new(XudpWriter::new(0, session.global_id)),
-            ended: CancellationToken::new(),
-            activity: Arc::new(Activity::new()),
-        });
-        let download = xudp_download(
-            Arc::downgrade(session),
-            tunnel.clone(),
-            first.clone(),
-            t.activity.clone(),
-        );
-        supervise(
+        let first_dest = first.clone();
+        let carrier = Carrier::open(
             session,
-            tunnel,
-            t.ended.clone(),
-            t.activity.clone(),
+            vless::mux_request_header(&session.vless.id),
             format!("XUDP tunnel (first destination {first})"),
-            download,
-        );
-        Ok(t)
+            move |s, t, a| xudp_download(s, t, first_dest, a),
+        )
+        .await?;
+        Ok(Arc::new(XudpTunnel {
+            carrier,
+            writer: Mutex::new(XudpWriter::new(0, session.global_id)),
+        }))
     }
 
     async fn send(&self, target: &Target, data: &[u8]) -> Result<()> {
         // Held across the write: frames go out in the order their state was decided (New
-        // before any Keep), each queued whole (a frame is below one write piece).
+        // before any Keep).
         let mut w = self.writer.lock().await;
         let frame = w.datagram(target, data)?;
-        write_whole(&self.tunnel, &frame, &self.ended).await?;
-        self.activity.touch();
-        Ok(())
-    }
-}
-
-/// Queues one frame whole or fails and ends the tunnel (`ended`). Frames are below one
-/// write piece, so a short count cannot happen; if it did, the server would misread every
-/// later frame, so the tunnel ends rather than carry on.
-async fn write_whole(tunnel: &VlessTunnel, frame: &[u8], ended: &CancellationToken) -> Result<()> {
-    match tunnel.write(frame).await {
-        Ok(n) if n == frame.len() => Ok(()),
-        Ok(n) => {
-            ended.cancel();
-            Err(Error::Other(format!(
-                "frame cut after {n} of {} bytes; tunnel ended",
-                frame.len()
-            )))
-        }
-        Err(e) => {
-            ended.cancel();
-            Err(e)
-        }
+        self.carrier.write_whole(&frame).await
     }
 }
 
 /// The download of an XUDP tunnel: frames → replies. Returns why it ended.
 async fn xudp_download(
-    session: std::sync::Weak<Inner>,
+    session: Weak<Inner>,
     tunnel: Arc<VlessTunnel>,
     first: Target,
     activity: Arc<Activity>,
@@ -426,56 +443,37 @@ async fn xudp_download(
 
 /// A plain VLESS UDP tunnel to one destination.
 struct PlainFlow {
-    tunnel: Arc<VlessTunnel>,
-    ended: CancellationToken,
-    activity: Arc<Activity>,
+    carrier: Carrier,
     target: Target,
 }
 
 impl PlainFlow {
     async fn open(session: &Arc<Inner>, target: &Target) -> Result<Arc<PlainFlow>> {
-        let core = session.dialer.open().await?;
-        let tunnel = Arc::new(VlessTunnel::new(
-            core,
-            &session.vless.id,
-            vless::Command::Udp,
-            target,
-        ));
-        let f = Arc::new(PlainFlow {
-            tunnel: tunnel.clone(),
-            ended: CancellationToken::new(),
-            activity: Arc::new(Activity::new()),
-            target: target.clone(),
-        });
-        let download = plain_download(
-            Arc::downgrade(session),
-            tunnel.clone(),
-            target.clone(),
-            f.activity.clone(),
-        );
-        supervise(
+        let dest = target.clone();
+        let carrier = Carrier::open(
             session,
-            tunnel,
-            f.ended.clone(),
-            f.activity.clone(),
+            vless::request_header(&session.vless.id, vless::Command::Udp, target),
             format!("VLESS UDP tunnel to {target}"),
-            download,
-        );
-        Ok(f)
+            move |s, t, a| plain_download(s, t, dest, a),
+        )
+        .await?;
+        Ok(Arc::new(PlainFlow {
+            carrier,
+            target: target.clone(),
+        }))
     }
 
     async fn send(&self, data: &[u8]) -> Result<()> {
         let frame = vless::frame_udp(data)?;
-        write_whole(&self.tunnel, &frame, &self.ended)
+        self.carrier
+            .write_whole(&frame)
             .await
-            .map_err(|e| Error::Other(format!("UDP to {}: {e}", self.target)))?;
-        self.activity.touch();
-        Ok(())
+            .map_err(|e| Error::Other(format!("UDP to {}: {e}", self.target)))
     }
 }
 
 async fn plain_download(
-    session: std::sync::Weak<Inner>,
+    session: Weak<Inner>,
     tunnel: Arc<VlessTunnel>,
     target: Target,
     activity: Arc<Activity>,
