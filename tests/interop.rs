@@ -489,44 +489,55 @@ fn socks_udp_associate_dns_style_exchange_through_xray() {
     socks.stop();
 }
 
+/// The in-repo server with a VLESS target for UUID, on `rt`.
+fn our_vless_server(rt: &tokio::runtime::Runtime) -> xhttp_testserver::TestServer {
+    use xhttp_testserver::{ServerOptions, Target, TestServer};
+    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
+    let settings =
+        xhttp_mobile::config::XhttpSettings::from_json("x", &json!({"path": "/xh/"})).unwrap();
+    rt.block_on(TestServer::start(ServerOptions {
+        target: Target::Vless { id },
+        settings,
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
+/// Xray's VLESS/XHTTP outbound to our server in `mode`.
+fn xray_outbound_to(server: &xhttp_testserver::TestServer, mode: &str) -> Value {
+    json!({"protocol": "vless",
+        "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
+            "users": [{"id": UUID, "encryption": "none"}]}]},
+        "streamSettings": {"network": "xhttp", "security": "tls",
+            "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                "pinnedPeerCertSha256": server.cert_sha256_hex()},
+            "xhttpSettings": {"path": "/xh/", "mode": mode}}})
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn xray_client_through_our_test_server() {
     // The reverse check: Xray-core's own XHTTP/H3 client against the in-repo server, so the
     // server stays faithful. Xray: dokodemo-door (TCP) → VLESS over XHTTP/H3 → our server
     // (VLESS target) → TCP echo.
     use std::io::{Read, Write};
-    use xhttp_testserver::{ServerOptions, Target, TestServer};
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
     for mode in MODES {
-        let server = rt
-            .block_on(TestServer::start(ServerOptions {
-                target: Target::Vless { id },
-                settings: xhttp_mobile::config::XhttpSettings::from_json(
-                    "x",
-                    &json!({"path": "/xh/"}),
-                )
-                .unwrap(),
-                ..Default::default()
-            }))
-            .unwrap();
-        let local = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let server = our_vless_server(&rt);
+        let local = free_tcp_port();
         let _x = start_xray(
             vec![
                 json!({"listen": "127.0.0.1", "port": local, "protocol": "dokodemo-door",
                 "settings": {"address": "127.0.0.1", "port": tcp_echo(), "network": "tcp"}}),
             ],
-            vec![json!({"protocol": "vless",
-                "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
-                    "users": [{"id": UUID, "encryption": "none"}]}]},
-                "streamSettings": {"network": "xhttp", "security": "tls",
-                    "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
-                        "pinnedPeerCertSha256": server.cert_sha256_hex()},
-                    "xhttpSettings": {"path": "/xh/", "mode": mode}}})],
+            vec![xray_outbound_to(&server, mode)],
         );
         let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -861,34 +872,15 @@ fn socks_udp_associate_several_destinations_through_xray() {
 fn xray_xudp_client_through_our_test_server() {
     // The reverse check for XUDP: Xray-core's own client (SOCKS inbound with UDP → VLESS
     // over XHTTP/H3, which carries UDP as XUDP) against the in-repo server's Mux.Cool side.
-    use xhttp_testserver::{ServerOptions, Target, TestServer};
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
-    let server = rt
-        .block_on(TestServer::start(ServerOptions {
-            target: Target::Vless { id },
-            settings: xhttp_mobile::config::XhttpSettings::from_json("x", &json!({"path": "/xh/"}))
-                .unwrap(),
-            ..Default::default()
-        }))
-        .unwrap();
-    let socks_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let server = our_vless_server(&rt);
+    let socks_port = free_tcp_port();
     let _x = start_xray(
         vec![
             json!({"listen": "127.0.0.1", "port": socks_port, "protocol": "socks",
             "settings": {"auth": "noauth", "udp": true, "ip": "127.0.0.1"}}),
         ],
-        vec![json!({"protocol": "vless",
-            "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
-                "users": [{"id": UUID, "encryption": "none"}]}]},
-            "streamSettings": {"network": "xhttp", "security": "tls",
-                "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
-                    "pinnedPeerCertSha256": server.cert_sha256_hex()},
-                "xhttpSettings": {"path": "/xh/", "mode": "stream-up"}}})],
+        vec![xray_outbound_to(&server, "stream-up")],
     );
     let (ctl, relay) = common::socks::udp_associate(([127, 0, 0, 1], socks_port).into());
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
