@@ -250,3 +250,21 @@ fn bad_input_is_refused_by_name_without_a_server() {
         }
     }
 }
+
+#[test]
+fn closing_the_client_closes_its_udp_sessions() {
+    let e = vless_env();
+    let c = client_with(&e, "stream-one", json!({}));
+    let u = c.open_udp(T).unwrap();
+    let (echo, _) = recording_echo();
+    u.send_to(&echo.to_string(), b"up", T).unwrap();
+    assert_eq!(u.recv_from(T).unwrap().0, b"up");
+    std::thread::scope(|s| {
+        let blocked = s.spawn(|| u.recv_from(None));
+        std::thread::sleep(Duration::from_millis(100));
+        c.close();
+        assert!(matches!(blocked.join().unwrap(), Err(Error::Closed)));
+    });
+    assert!(u.is_closed());
+    assert!(matches!(c.open_udp(T), Err(Error::Closed)));
+}

@@ -147,12 +147,15 @@ async fn relay_datagrams(ctx: &FlowContext, allowed: impl Fn(SocketAddr) -> bool
             continue;
         }
         // Xray keys a UDP session by the app's source address, and so its GlobalID.
+        // Ends with the association (its token is this session's parent).
+        let token = ctx.token.child_token();
         let session = match UdpSession::new(
             ctx.dialer.clone(),
             &format!("udp:{from}"),
             UdpOptions {
                 idle_timeout: ctx.opts.udp_idle_timeout,
             },
+            token.clone(),
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -162,13 +165,7 @@ async fn relay_datagrams(ctx: &FlowContext, allowed: impl Fn(SocketAddr) -> bool
         };
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let _ = tx.try_send(item);
-        tokio::spawn(app_session(
-            session,
-            from,
-            rx,
-            ctx.sock.clone(),
-            ctx.token.child_token(),
-        ));
+        tokio::spawn(app_session(session, from, rx, ctx.sock.clone(), token));
         sessions.insert(from, tx);
     }
 }
