@@ -9,8 +9,9 @@
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
 use crate::proxy::socks::SocksOptions;
+pub use crate::proxy::udp::UdpOptions;
 use crate::proxy::vless::{self, Target};
-use crate::proxy::{forward, socks};
+use crate::proxy::{forward, socks, udp};
 use crate::runtime::Runtime;
 use crate::tunnel::{Dialer, TunnelCore};
 use std::future::Future;
@@ -107,6 +108,43 @@ impl Client {
         })?;
         Ok(VlessUdp {
             inner: Arc::new(vless::UdpTunnel::new(t)),
+            _dialer: self.dialer.clone(),
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Opens a full-cone UDP session: one handle sends to many destinations and receives
+    /// from any source, as Xray's client carries UDP (XUDP over Mux.Cool in one tunnel, or a
+    /// plain VLESS UDP tunnel per destination for ports 53/443; see [`crate::proxy::udp`]).
+    /// Tunnels open with the first datagram that needs them; `timeout` bounds nothing yet
+    /// and is kept for symmetry with the other opens. The config must carry VLESS.
+    pub fn open_udp(&self, timeout: Option<Duration>) -> Result<UdpSession> {
+        self.open_udp_with(timeout, UdpOptions::default())
+    }
+
+    /// [`Client::open_udp`] with every option.
+    pub fn open_udp_with(
+        &self,
+        _timeout: Option<Duration>,
+        opts: UdpOptions,
+    ) -> Result<UdpSession> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        // Each handle is its own source: distinct GlobalIDs, so two handles never take over
+        // each other's server-side mapping.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let source = format!("handle:{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        // Closing the client closes the session too.
+        let inner = udp::UdpSession::new(
+            self.dialer.clone(),
+            &source,
+            opts,
+            self.closed.child_token(),
+        )?;
+        Ok(UdpSession {
+            inner: Arc::new(inner),
             _dialer: self.dialer.clone(),
             rt: self.rt.clone(),
         })
@@ -391,5 +429,58 @@ impl VlessUdp {
 
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+/// A full-cone UDP session ([`Client::open_udp`]). All methods take `&self` and may be
+/// called from any thread at once; `close` wakes every blocked call with
+/// [`Error::Closed`](crate::Error::Closed).
+#[derive(Clone)]
+pub struct UdpSession {
+    inner: Arc<udp::UdpSession>,
+    _dialer: Arc<Dialer>,
+    rt: Arc<Runtime>,
+}
+
+impl UdpSession {
+    /// Sends one datagram to `target` (`host:port`, `[v6]:port`). Returns once it is queued
+    /// whole. Refused with an error naming it: a target that is not `host:port`, port 0, an
+    /// empty datagram or one over 8192 bytes (the most an Xray server carries intact).
+    pub fn send_to(&self, target: &str, data: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let target = Target::parse(target)?;
+        self.send_to_target(&target, data, timeout)
+    }
+
+    /// [`send_to`](Self::send_to) with a parsed destination.
+    pub fn send_to_target(
+        &self,
+        target: &Target,
+        data: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.rt.block_on(timeout, self.inner.send_to(target, data))
+    }
+
+    /// The next datagram from any source, and that source (an IP address and port, or a
+    /// domain when the server reports the name the datagram was sent to).
+    pub fn recv_from(&self, timeout: Option<Duration>) -> Result<(Vec<u8>, Target)> {
+        self.rt.block_on(timeout, async {
+            let (d, from) = self.inner.recv_from().await?;
+            Ok((d.to_vec(), from))
+        })
+    }
+
+    /// Ends the session and its tunnels. Idempotent, never blocks, any thread.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The async session, for callers already on a tokio runtime.
+    pub fn session(&self) -> &Arc<udp::UdpSession> {
+        &self.inner
     }
 }

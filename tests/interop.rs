@@ -489,44 +489,55 @@ fn socks_udp_associate_dns_style_exchange_through_xray() {
     socks.stop();
 }
 
+/// The in-repo server with a VLESS target for UUID, on `rt`.
+fn our_vless_server(rt: &tokio::runtime::Runtime) -> xhttp_testserver::TestServer {
+    use xhttp_testserver::{ServerOptions, Target, TestServer};
+    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
+    let settings =
+        xhttp_mobile::config::XhttpSettings::from_json("x", &json!({"path": "/xh/"})).unwrap();
+    rt.block_on(TestServer::start(ServerOptions {
+        target: Target::Vless { id },
+        settings,
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
+/// Xray's VLESS/XHTTP outbound to our server in `mode`.
+fn xray_outbound_to(server: &xhttp_testserver::TestServer, mode: &str) -> Value {
+    json!({"protocol": "vless",
+        "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
+            "users": [{"id": UUID, "encryption": "none"}]}]},
+        "streamSettings": {"network": "xhttp", "security": "tls",
+            "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                "pinnedPeerCertSha256": server.cert_sha256_hex()},
+            "xhttpSettings": {"path": "/xh/", "mode": mode}}})
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn xray_client_through_our_test_server() {
     // The reverse check: Xray-core's own XHTTP/H3 client against the in-repo server, so the
     // server stays faithful. Xray: dokodemo-door (TCP) → VLESS over XHTTP/H3 → our server
     // (VLESS target) → TCP echo.
     use std::io::{Read, Write};
-    use xhttp_testserver::{ServerOptions, Target, TestServer};
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let id = xhttp_mobile::proxy::vless::user_id("id", UUID).unwrap();
     for mode in MODES {
-        let server = rt
-            .block_on(TestServer::start(ServerOptions {
-                target: Target::Vless { id },
-                settings: xhttp_mobile::config::XhttpSettings::from_json(
-                    "x",
-                    &json!({"path": "/xh/"}),
-                )
-                .unwrap(),
-                ..Default::default()
-            }))
-            .unwrap();
-        let local = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let server = our_vless_server(&rt);
+        let local = free_tcp_port();
         let _x = start_xray(
             vec![
                 json!({"listen": "127.0.0.1", "port": local, "protocol": "dokodemo-door",
                 "settings": {"address": "127.0.0.1", "port": tcp_echo(), "network": "tcp"}}),
             ],
-            vec![json!({"protocol": "vless",
-                "settings": {"vnext": [{"address": "127.0.0.1", "port": server.addr().port(),
-                    "users": [{"id": UUID, "encryption": "none"}]}]},
-                "streamSettings": {"network": "xhttp", "security": "tls",
-                    "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
-                        "pinnedPeerCertSha256": server.cert_sha256_hex()},
-                    "xhttpSettings": {"path": "/xh/", "mode": mode}}})],
+            vec![xray_outbound_to(&server, mode)],
         );
         let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -635,4 +646,352 @@ fn short_flow_churn_through_socks_in_every_mode() {
         }
         socks.stop();
     }
+}
+
+/// A UDP echo on `ip` (port 0 = any) that records the source of every datagram it gets.
+struct RecordingEcho {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl RecordingEcho {
+    fn start(bind: &str) -> RecordingEcho {
+        let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = s.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                log.lock().unwrap().push(from);
+                let _ = s.send_to(&buf[..n], from);
+            }
+        });
+        RecordingEcho { addr, seen }
+    }
+
+    fn sources(&self) -> Vec<std::net::SocketAddr> {
+        let mut v = self.seen.lock().unwrap().clone();
+        v.dedup();
+        v
+    }
+}
+
+/// Xray with a VLESS inbound and a freedom outbound that may reach loopback: newer Xray
+/// (v26.7.x) blocks private addresses behind a VLESS inbound unless `finalRules` allow them;
+/// older versions ignore the key.
+fn xudp_xray() -> (Xray, u16) {
+    let port = free_udp_port();
+    let x = start_xray(
+        vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
+        vec![json!({"protocol": "freedom",
+            "settings": {"finalRules": [{"action": "allow", "ip": ["127.0.0.0/8"]}]}})],
+    );
+    (x, port)
+}
+
+fn udp_client(port: u16, mode: &str) -> Client {
+    client(&outbound(port, json!({"path": "/xh/", "mode": mode})), true)
+}
+
+#[test]
+fn xudp_one_session_many_destinations_full_cone() {
+    let (_x, port) = xudp_xray();
+    for mode in MODES {
+        let c = udp_client(port, mode);
+        let echoes: Vec<RecordingEcho> = (0..3)
+            .map(|_| RecordingEcho::start("127.0.0.1:0"))
+            .collect();
+        let u = c.open_udp(T).expect("open_udp");
+        // Several rounds to each destination from one handle; each reply names its source.
+        for round in 0..3u64 {
+            for (i, e) in echoes.iter().enumerate() {
+                let d = pattern(round * 10 + i as u64, 100 + 500 * i);
+                u.send_to(&e.addr.to_string(), &d, T).expect("send_to");
+                let (back, from) = u.recv_from(T).expect("recv_from");
+                assert_eq!(sha(&back), sha(&d), "{mode}: echo {i} round {round}");
+                assert_eq!(from.to_string(), e.addr.to_string(), "{mode}: reply source");
+            }
+        }
+        // One tunnel carried every destination (XUDP), so the server used one outbound
+        // socket: every echo saw the same source.
+        assert_eq!(c.stats().open_tunnels, 1, "{mode}: one XUDP tunnel");
+        let mapped = echoes[0].sources();
+        assert_eq!(mapped.len(), 1, "{mode}: {mapped:?}");
+        for e in &echoes {
+            assert_eq!(e.sources(), mapped, "{mode}: full-cone mapping differs");
+        }
+        // Full cone: a socket we never sent to reaches the handle through that mapping.
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let hello = pattern(99, 333);
+        stranger.send_to(&hello, mapped[0]).unwrap();
+        let (back, from) = u.recv_from(T).expect("unsolicited datagram");
+        assert_eq!(back, hello, "{mode}: unsolicited payload");
+        assert_eq!(
+            from.to_string(),
+            stranger.local_addr().unwrap().to_string(),
+            "{mode}: unsolicited source"
+        );
+        u.close();
+        eprintln!("ok xudp {mode}: 3 destinations, mapped {}", mapped[0]);
+    }
+}
+
+#[test]
+fn xudp_bulk_sha256_both_ways() {
+    let (_x, port) = xudp_xray();
+    let c = udp_client(port, "stream-up");
+    let echo = RecordingEcho::start("127.0.0.1:0");
+    let u = c.open_udp(T).expect("open_udp");
+    // 2000 datagrams up to the 8192-byte limit, in windows of 16 so no loopback socket
+    // buffer overflows; SHA-256 over everything sent and everything received.
+    let (mut up, mut down) = (sha2_new(), sha2_new());
+    let mut sent = 0usize;
+    for w in 0..125u64 {
+        let mut window = Vec::new();
+        for i in 0..16u64 {
+            let seed = w * 16 + i;
+            let len = [1usize, 60, 512, 1400, 4000, 8192][(seed % 6) as usize];
+            let mut d = pattern(seed, len);
+            d[0] = i as u8; // the index inside the window, to reorder replies
+            u.send_to(&echo.addr.to_string(), &d, T).expect("send");
+            sent += d.len();
+            window.push(d);
+        }
+        let mut got: Vec<Vec<u8>> = (0..16).map(|_| u.recv_from(T).expect("reply").0).collect();
+        got.sort_by_key(|d| d[0]);
+        for (a, b) in window.iter().zip(&got) {
+            sha2::Digest::update(&mut up, a);
+            sha2::Digest::update(&mut down, b);
+        }
+    }
+    assert_eq!(
+        sha2::Digest::finalize(up),
+        sha2::Digest::finalize(down),
+        "SHA-256 of {sent} bytes up and down differ"
+    );
+    u.close();
+}
+
+fn sha2_new() -> sha2::Sha256 {
+    <sha2::Sha256 as sha2::Digest>::new()
+}
+
+#[test]
+fn dns_style_exchange_goes_plain_beside_xudp() {
+    let (_x, port) = xudp_xray();
+    let c = udp_client(port, "packet-up");
+    // A "DNS server" on port 53 of its own loopback address (we run as root in CI; any
+    // 127/8 address is loopback on Linux): it answers a query with the query's id.
+    let dns = UdpSocket::bind("127.53.0.1:53").expect("bind 127.53.0.1:53");
+    let dns_addr = dns.local_addr().unwrap();
+    let dns_seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = dns_seen.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while let Ok((n, from)) = dns.recv_from(&mut b) {
+            *seen.lock().unwrap() = Some(from);
+            let mut answer = b[..2].to_vec(); // transaction id
+            answer.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            answer.extend_from_slice(&b[12..n]);
+            answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+            let _ = dns.send_to(&answer, from);
+        }
+    });
+    let echo = RecordingEcho::start("127.0.0.1:0");
+    let u = c.open_udp(T).expect("open_udp");
+    let mut query = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+    u.send_to(&dns_addr.to_string(), &query, T).expect("query");
+    let (answer, from) = u.recv_from(T).expect("answer");
+    assert_eq!(from.to_string(), dns_addr.to_string());
+    assert_eq!(&answer[..2], &[0xab, 0xcd], "answer for our query id");
+    assert_eq!(&answer[answer.len() - 4..], &[10, 0, 0, 1]);
+    // Meanwhile other destinations ride the XUDP tunnel: two tunnels, two outbound sockets.
+    let d = pattern(5, 700);
+    u.send_to(&echo.addr.to_string(), &d, T).expect("send");
+    assert_eq!(u.recv_from(T).expect("echo").0, d);
+    assert_eq!(
+        c.stats().open_tunnels,
+        2,
+        "a plain tunnel for :53, XUDP for the rest"
+    );
+    let dns_src = dns_seen.lock().unwrap().expect("DNS server saw the query");
+    assert_ne!(
+        Some(&dns_src),
+        echo.sources().first(),
+        "port 53 went its own way"
+    );
+    u.close();
+}
+
+#[test]
+fn xudp_reconnect_keeps_the_mapping_by_global_id() {
+    let (_x, port) = xudp_xray();
+    let c = udp_client(port, "stream-one");
+    let echo = RecordingEcho::start("127.0.0.1:0");
+    let u = c.open_udp(T).expect("open_udp");
+    let d = pattern(1, 64);
+    u.send_to(&echo.addr.to_string(), &d, T).unwrap();
+    assert_eq!(u.recv_from(T).unwrap().0, d);
+    let before = echo.sources();
+    // The tunnel dies (as on a network failure); the next send opens a new one with the
+    // same GlobalID, and Xray gives the session its old outbound socket back.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(u.session().break_xudp_tunnel());
+    std::thread::sleep(Duration::from_millis(300));
+    let d2 = pattern(2, 64);
+    u.send_to(&echo.addr.to_string(), &d2, T)
+        .expect("send after the tunnel broke");
+    assert_eq!(u.recv_from(T).expect("reply on the new tunnel").0, d2);
+    assert_eq!(
+        echo.sources(),
+        before,
+        "same mapped address after the reconnect"
+    );
+    u.close();
+}
+
+#[test]
+fn udp_close_while_flows_run_wakes_everything() {
+    let (_x, port) = xudp_xray();
+    let c = udp_client(port, "stream-up");
+    let echo = RecordingEcho::start("127.0.0.1:0");
+    let u = c.open_udp(T).expect("open_udp");
+    u.send_to(&echo.addr.to_string(), b"warm-up", T).unwrap();
+    assert_eq!(u.recv_from(T).unwrap().0, b"warm-up");
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut n = 0u64;
+            loop {
+                match u.send_to(&echo.addr.to_string(), &pattern(n, 1200), T) {
+                    Ok(()) => n += 1,
+                    Err(e) => return (n, e),
+                }
+            }
+        });
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    loop {
+                        // No timeout: only close can end this.
+                        if let Err(e) = u.recv_from(None) {
+                            return e;
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let closer = u.clone();
+        s.spawn(move || closer.close());
+        u.close();
+        let (n, e) = sender.join().unwrap();
+        assert!(matches!(e, xhttp_mobile::Error::Closed), "sender: {e}");
+        assert!(n > 0, "datagrams flowed before the close");
+        for r in readers {
+            let e = r.join().unwrap();
+            assert!(matches!(e, xhttp_mobile::Error::Closed), "reader: {e}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "woken promptly");
+    });
+    assert!(matches!(
+        u.send_to(&echo.addr.to_string(), b"x", T),
+        Err(xhttp_mobile::Error::Closed)
+    ));
+    // The tunnel ends in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.stats().open_tunnels > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.stats().open_tunnels,
+        0,
+        "the tunnel closed after the session"
+    );
+}
+
+#[test]
+fn socks_udp_associate_several_destinations_through_xray() {
+    use common::socks::{parse_udp_reply, udp_associate, udp_datagram};
+    let (_x, port) = xudp_xray();
+    let c = udp_client(port, "stream-up");
+    let socks = c
+        .start_socks("127.0.0.1:0".parse().unwrap(), None)
+        .expect("socks");
+    let (ctl, relay) = udp_associate(socks.local_addr());
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut back = [0u8; 9000];
+    let echoes: Vec<RecordingEcho> = (0..3)
+        .map(|_| RecordingEcho::start("127.0.0.1:0"))
+        .collect();
+    for (i, e) in echoes.iter().enumerate() {
+        let p = pattern(i as u64 + 40, 300 + i * 1000);
+        app.send_to(&udp_datagram(e.addr, &p), relay).unwrap();
+        let (n, _) = app
+            .recv_from(&mut back)
+            .expect("reply through SOCKS and Xray");
+        let (from, payload) = parse_udp_reply(&back[..n]);
+        assert_eq!(from, e.addr, "reply names its source");
+        assert_eq!(sha(&payload), sha(&p), "payload {i}");
+    }
+    let mapped = echoes[0].sources();
+    for e in &echoes {
+        assert_eq!(e.sources(), mapped, "one XUDP session: one mapped address");
+    }
+    // Full cone through SOCKS: a stranger's datagram to the mapping reaches the app.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"from a stranger", mapped[0]).unwrap();
+    let (n, _) = app
+        .recv_from(&mut back)
+        .expect("unsolicited datagram via SOCKS");
+    let (from, payload) = parse_udp_reply(&back[..n]);
+    assert_eq!(from, stranger.local_addr().unwrap());
+    assert_eq!(payload, b"from a stranger");
+    drop(ctl);
+    socks.stop();
+}
+
+#[test]
+fn xray_xudp_client_through_our_test_server() {
+    // The reverse check for XUDP: Xray-core's own client (SOCKS inbound with UDP → VLESS
+    // over XHTTP/H3, which carries UDP as XUDP) against the in-repo server's Mux.Cool side.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = our_vless_server(&rt);
+    let socks_port = free_tcp_port();
+    let _x = start_xray(
+        vec![
+            json!({"listen": "127.0.0.1", "port": socks_port, "protocol": "socks",
+            "settings": {"auth": "noauth", "udp": true, "ip": "127.0.0.1"}}),
+        ],
+        vec![xray_outbound_to(&server, "stream-up")],
+    );
+    let (ctl, relay) = common::socks::udp_associate(([127, 0, 0, 1], socks_port).into());
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echoes: Vec<RecordingEcho> = (0..2)
+        .map(|_| RecordingEcho::start("127.0.0.1:0"))
+        .collect();
+    for (i, e) in echoes.iter().enumerate() {
+        let p = pattern(i as u64 + 70, 700 + 100 * i);
+        app.send_to(&common::socks::udp_datagram(e.addr, &p), relay)
+            .unwrap();
+        let mut back = [0u8; 4096];
+        let (n, _) = app
+            .recv_from(&mut back)
+            .expect("reply through Xray's XUDP and our server");
+        let (from, payload) = common::socks::parse_udp_reply(&back[..n]);
+        assert_eq!(from, e.addr, "reply names its source");
+        assert_eq!(sha(&payload), sha(&p));
+    }
+    // One XUDP session on our server: one socket, one mapping for both destinations.
+    assert_eq!(echoes[0].sources().len(), 1);
+    assert_eq!(echoes[0].sources(), echoes[1].sources());
+    drop(ctl);
+    server.shutdown();
 }

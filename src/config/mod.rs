@@ -38,6 +38,107 @@ pub struct TlsSettings {
 pub struct VlessSettings {
     /// The 16-byte user id (a UUID, or a string mapped to UUIDv5).
     pub id: [u8; 16],
+    /// How UDP travels (`packetEncoding`).
+    pub packet_encoding: PacketEncoding,
+    /// Xray's outbound `mux` object, as far as it decides how UDP travels.
+    pub mux: MuxSettings,
+}
+
+impl VlessSettings {
+    pub fn new(id: [u8; 16]) -> VlessSettings {
+        VlessSettings {
+            id,
+            packet_encoding: PacketEncoding::default(),
+            mux: MuxSettings::default(),
+        }
+    }
+}
+
+/// `packetEncoding`: how VLESS UDP is carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PacketEncoding {
+    /// `"xudp"` (default), Xray's client: XUDP over Mux.Cool, one tunnel carrying every
+    /// destination of a UDP session, full-cone — except to ports 53 and 443, which get a
+    /// plain VLESS UDP tunnel per destination.
+    #[default]
+    Xudp,
+    /// `"none"`: a plain VLESS UDP tunnel per destination, always (Xray's client with
+    /// `xray.cone.disabled=true`).
+    None,
+}
+
+impl PacketEncoding {
+    pub fn parse(field: &str, s: &str) -> Result<PacketEncoding> {
+        match s {
+            "xudp" => Ok(PacketEncoding::Xudp),
+            "none" | "" => Ok(PacketEncoding::None),
+            other => Err(Error::config(
+                field,
+                format!("{other:?} is not \"xudp\" or \"none\""),
+            )),
+        }
+    }
+}
+
+/// What Xray's `mux.xudpProxyUDP443` does with UDP to port 443 when Mux is enabled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Udp443 {
+    /// `"reject"` (Xray's default): refused, so QUIC falls back to TCP.
+    #[default]
+    Reject,
+    /// `"allow"`: through XUDP like any other port.
+    Allow,
+    /// `"skip"`: not through Mux (a plain VLESS UDP tunnel, as port 443 always gets outside it).
+    Skip,
+}
+
+/// Xray's outbound `mux` object (`enabled`, `concurrency`, `xudpConcurrency`,
+/// `xudpProxyUDP443`). Only its rules for UDP are applied: TCP flows always get one tunnel
+/// each (XHTTP's XMUX already shares connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MuxSettings {
+    pub enabled: bool,
+    pub concurrency: i16,
+    pub xudp_concurrency: i16,
+    pub xudp_proxy_udp443: Udp443,
+}
+
+impl MuxSettings {
+    pub fn from_json(path: &str, v: &Value) -> Result<MuxSettings> {
+        let mut f = Fields::new(path, v)?;
+        let mut int16 = |name: &str| -> Result<i16> {
+            match f.int(name)? {
+                None => Ok(0),
+                Some(n) => i16::try_from(n).map_err(|_| {
+                    Error::config(
+                        format!("{path}.{name}"),
+                        format!("{n} is out of range (-32768 to 32767)"),
+                    )
+                }),
+            }
+        };
+        let concurrency = int16("concurrency")?;
+        let xudp_concurrency = int16("xudpConcurrency")?;
+        let enabled = f.bool("enabled")?.unwrap_or(false);
+        let udp443 = match f.string("xudpProxyUDP443")?.as_deref() {
+            None | Some("") | Some("reject") => Udp443::Reject,
+            Some("allow") => Udp443::Allow,
+            Some("skip") => Udp443::Skip,
+            Some(other) => {
+                return Err(Error::config(
+                    format!("{path}.xudpProxyUDP443"),
+                    format!("{other:?} is not \"reject\", \"allow\" or \"skip\""),
+                ));
+            }
+        };
+        f.finish();
+        Ok(MuxSettings {
+            enabled,
+            concurrency,
+            xudp_concurrency,
+            xudp_proxy_udp443: udp443,
+        })
+    }
 }
 
 /// Everything a client needs to reach one XHTTP/H3 server.
@@ -81,11 +182,32 @@ impl Config {
             Some(x) => XhttpSettings::from_json("xhttpSettings", &x)?,
             None => XhttpSettings::default(),
         };
+        let packet_encoding = f
+            .string("packetEncoding")?
+            .map(|p| PacketEncoding::parse("packetEncoding", &p))
+            .transpose()?;
+        let mux = f
+            .take("mux")
+            .map(|m| MuxSettings::from_json("mux", &m))
+            .transpose()?;
         let vless = match f.string("vlessId")? {
             Some(id) => Some(VlessSettings {
                 id: crate::proxy::vless::user_id("vlessId", &id)?,
+                packet_encoding: packet_encoding.unwrap_or_default(),
+                mux: mux.unwrap_or_default(),
             }),
-            None => None,
+            None => {
+                // Both only shape VLESS UDP: without VLESS they would silently do nothing.
+                for (set, field) in [
+                    (packet_encoding.is_some(), "packetEncoding"),
+                    (mux.is_some(), "mux"),
+                ] {
+                    if set {
+                        return Err(Error::config(field, "needs vlessId (it shapes VLESS UDP)"));
+                    }
+                }
+                None
+            }
         };
         let policy = crate::proxy::policy::Policy::from_json("policy", f.take("policy").as_ref())?;
         let mut xhttp = xhttp;

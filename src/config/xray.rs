@@ -148,13 +148,11 @@ pub fn outbound(v: &Value) -> Result<Config> {
     let ss = f
         .take("streamSettings")
         .ok_or_else(|| Error::config("streamSettings", "is required (network xhttp)"))?;
-    for k in [
-        "tag",
-        "mux",
-        "proxySettings",
-        "sendThrough",
-        "targetStrategy",
-    ] {
+    let mut vless = vless;
+    if let Some(m) = f.take("mux") {
+        vless.mux = super::MuxSettings::from_json("mux", &m)?;
+    }
+    for k in ["tag", "proxySettings", "sendThrough", "targetStrategy"] {
         f.take(k);
     }
     f.finish();
@@ -239,7 +237,7 @@ fn vless_settings(v: &Value) -> Result<(String, u16, VlessSettings)> {
         s.take(k);
     }
     s.finish();
-    Ok((address, port, VlessSettings { id }))
+    Ok((address, port, VlessSettings::new(id)))
 }
 
 /// A stream-settings object (`network`, `security`, `tlsSettings`, `xhttpSettings`) for

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 pub enum Command {
     Tcp = 1,
     Udp = 2,
+    /// Mux.Cool (XUDP): the request names no destination, every frame inside does.
+    Mux = 3,
 }
 
 /// A destination as VLESS (and SOCKS5) carry it.
@@ -27,22 +29,46 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `host:port`, `[v6]:port` or `v4:port`.
+    /// Parses `host:port`, `[v6]:port` or `v4:port`. Refused with an error naming the
+    /// input and the rule: no `:port`, a port that is not 1-65535 (0 is no destination), an
+    /// IPv6 address without brackets, an empty or over-long host.
     pub fn parse(s: &str) -> Result<Target> {
-        let bad = || Error::Other(format!("{s:?} is not host:port"));
-        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = p.parse().map_err(|_| bad())?;
+        let bad = |why: &str| Error::Other(format!("{s:?} is not host:port ({why})"));
+        let (h, p) = s.rsplit_once(':').ok_or_else(|| bad("no :port"))?;
+        let port: u16 = p
+            .parse()
+            .map_err(|_| bad(&format!("port {p:?} is not a number 1-65535")))?;
+        if port == 0 {
+            return Err(bad("port 0 is not a destination"));
+        }
         // An IPv6 address needs brackets: in `2001:db8::1:443` the port is ambiguous.
         let host = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => Host::Ip(IpAddr::V6(v6.parse().map_err(|_| bad())?)),
-            None if h.contains([':', '[', ']']) => return Err(bad()),
+            Some(v6) => {
+                Host::Ip(IpAddr::V6(v6.parse().map_err(|_| {
+                    bad(&format!("{v6:?} in brackets is not an IPv6 address"))
+                })?))
+            }
+            None if h.contains(':') && !h.contains(['[', ']']) => {
+                return Err(bad("an IPv6 address needs brackets: [addr]:port"));
+            }
+            None if h.contains([':', '[', ']']) => return Err(bad("unbalanced brackets")),
             None => match h.parse::<IpAddr>() {
                 Ok(ip) => Host::Ip(ip),
                 Err(_) if !h.is_empty() && h.len() <= 255 => Host::Domain(h.to_string()),
-                Err(_) => return Err(bad()),
+                Err(_) if h.is_empty() => return Err(bad("empty host")),
+                Err(_) => return Err(bad("host longer than 255 bytes")),
             },
         };
         Ok(Target { host, port })
+    }
+}
+
+impl From<std::net::SocketAddr> for Target {
+    fn from(a: std::net::SocketAddr) -> Target {
+        Target {
+            host: Host::Ip(a.ip()),
+            port: a.port(),
+        }
     }
 }
 
@@ -84,28 +110,84 @@ pub fn user_id(field: &str, id: &str) -> Result<[u8; 16]> {
 
 /// The request header: version 0, user id, no addons, command, port, address.
 pub fn request_header(id: &[u8; 16], cmd: Command, target: &Target) -> Vec<u8> {
+    let mut h = command_header(id, cmd);
+    write_address_port(target, &mut h);
+    h
+}
+
+/// The request header of a Mux.Cool connection: version 0, user id, no addons, command 3 and
+/// no address (Xray writes none for Mux: every frame inside names its own destination).
+pub fn mux_request_header(id: &[u8; 16]) -> Vec<u8> {
+    command_header(id, Command::Mux)
+}
+
+fn command_header(id: &[u8; 16], cmd: Command) -> Vec<u8> {
     let mut h = Vec::with_capacity(24 + 256);
     h.push(0);
     h.extend_from_slice(id);
     h.push(0);
     h.push(cmd as u8);
-    h.extend_from_slice(&target.port.to_be_bytes());
+    h
+}
+
+/// Port then address, as VLESS and Mux.Cool both write them: 2-byte big-endian port, an
+/// address type (1 IPv4, 2 domain, 3 IPv6) and the address (a domain with a length byte).
+pub fn write_address_port(target: &Target, out: &mut Vec<u8>) {
+    out.extend_from_slice(&target.port.to_be_bytes());
     match &target.host {
         Host::Ip(IpAddr::V4(ip)) => {
-            h.push(1);
-            h.extend_from_slice(&ip.octets());
+            out.push(1);
+            out.extend_from_slice(&ip.octets());
         }
         Host::Domain(d) => {
-            h.push(2);
-            h.push(d.len() as u8);
-            h.extend_from_slice(d.as_bytes());
+            out.push(2);
+            out.push(d.len() as u8);
+            out.extend_from_slice(d.as_bytes());
         }
         Host::Ip(IpAddr::V6(ip)) => {
-            h.push(3);
-            h.extend_from_slice(&ip.octets());
+            out.push(3);
+            out.extend_from_slice(&ip.octets());
         }
     }
-    h
+}
+
+/// Reads what [`write_address_port`] writes from the start of `buf`. `Ok(None)`: more bytes
+/// are needed; `Ok(Some((target, n)))`: it took the first `n` bytes. An unknown address type
+/// or an empty or non-UTF-8 domain is an error naming it.
+pub fn parse_address_port(buf: &[u8]) -> Result<Option<(Target, usize)>> {
+    let bad = |what: String| Err(Error::Other(what));
+    let Some(fixed) = buf.get(..3) else {
+        return Ok(None);
+    };
+    let port = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let (host, end) = match fixed[2] {
+        1 => match buf.get(3..7) {
+            Some(b) => (Host::Ip(IpAddr::from([b[0], b[1], b[2], b[3]])), 7),
+            None => return Ok(None),
+        },
+        3 => match buf.get(3..19) {
+            Some(b) => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(b);
+                (Host::Ip(IpAddr::from(o)), 19)
+            }
+            None => return Ok(None),
+        },
+        2 => {
+            let Some(&n) = buf.get(3) else {
+                return Ok(None);
+            };
+            let Some(name) = buf.get(4..4 + n as usize) else {
+                return Ok(None);
+            };
+            match std::str::from_utf8(name) {
+                Ok(d) if !d.is_empty() => (Host::Domain(d.to_string()), 4 + n as usize),
+                _ => return bad("empty or non-UTF-8 domain".into()),
+            }
+        }
+        t => return bad(format!("unknown address type {t}")),
+    };
+    Ok(Some((Target { host, port }, end)))
 }
 
 /// A request header as a server reads it (the test server's VLESS target).
@@ -113,7 +195,8 @@ pub fn request_header(id: &[u8; 16], cmd: Command, target: &Target) -> Vec<u8> {
 pub struct RequestHeader {
     pub id: [u8; 16],
     pub cmd: Command,
-    pub target: Target,
+    /// The destination; `None` exactly for [`Command::Mux`].
+    pub target: Option<Target>,
 }
 
 /// Parses a request header from the start of an upload. `Ok(None)`: more bytes are needed;
@@ -131,49 +214,32 @@ pub fn parse_request_header(buf: &[u8]) -> Result<Option<(RequestHeader, usize)>
         return Ok(None);
     };
     let at = 18 + addons as usize;
-    // command, port (2), address type
-    let Some(fixed) = buf.get(at..at + 4) else {
+    let Some(&cmd) = buf.get(at) else {
         return Ok(None);
     };
-    let cmd = match fixed[0] {
+    let cmd = match cmd {
         1 => Command::Tcp,
         2 => Command::Udp,
-        3 => return bad("command 3 (mux) is not supported".into()),
+        3 => Command::Mux,
         c => return bad(format!("unknown command {c}")),
-    };
-    let port = u16::from_be_bytes([fixed[1], fixed[2]]);
-    let addr = at + 4;
-    let (host, end) = match fixed[3] {
-        1 => match buf.get(addr..addr + 4) {
-            Some(b) => (Host::Ip(IpAddr::from([b[0], b[1], b[2], b[3]])), addr + 4),
-            None => return Ok(None),
-        },
-        3 => match buf.get(addr..addr + 16) {
-            Some(b) => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(b);
-                (Host::Ip(IpAddr::from(o)), addr + 16)
-            }
-            None => return Ok(None),
-        },
-        2 => {
-            let Some(&n) = buf.get(addr) else {
-                return Ok(None);
-            };
-            let Some(name) = buf.get(addr + 1..addr + 1 + n as usize) else {
-                return Ok(None);
-            };
-            match std::str::from_utf8(name) {
-                Ok(d) if !d.is_empty() => (Host::Domain(d.to_string()), addr + 1 + n as usize),
-                _ => return bad("empty or non-UTF-8 domain".into()),
-            }
-        }
-        t => return bad(format!("unknown address type {t}")),
     };
     let mut id = [0u8; 16];
     id.copy_from_slice(&buf[1..17]);
-    let target = Target { host, port };
-    Ok(Some((RequestHeader { id, cmd, target }, end)))
+    if cmd == Command::Mux {
+        let h = RequestHeader {
+            id,
+            cmd,
+            target: None,
+        };
+        return Ok(Some((h, at + 1)));
+    }
+    let (target, n) = match parse_address_port(&buf[at + 1..]) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
+        Err(e) => return bad(e.to_string()),
+    };
+    let target = Some(target);
+    Ok(Some((RequestHeader { id, cmd, target }, at + 1 + n)))
 }
 
 /// Strips the response header (`00`, addons length, addons) from the start of the download.
@@ -272,9 +338,14 @@ pub struct VlessTunnel {
 
 impl VlessTunnel {
     pub fn new(inner: TunnelCore, id: &[u8; 16], cmd: Command, target: &Target) -> Self {
+        Self::with_header(inner, request_header(id, cmd, target))
+    }
+
+    /// A tunnel whose first write carries `header` (e.g. [`mux_request_header`]).
+    pub fn with_header(inner: TunnelCore, header: Vec<u8>) -> Self {
         VlessTunnel {
             inner,
-            header: tokio::sync::Mutex::new(Some(request_header(id, cmd, target))),
+            header: tokio::sync::Mutex::new(Some(header)),
             response: tokio::sync::Mutex::new(ResponseHeader::default()),
         }
     }
@@ -418,6 +489,20 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+        // Each refusal names the input and the rule.
+        for (bad, why) in [
+            ("2001:db8::1:443", "needs brackets"),
+            ("::1:53", "needs brackets"),
+            ("a.example", "no :port"),
+            ("a.example:0", "port 0"),
+            ("a.example:70000", "not a number 1-65535"),
+            ("[zz]:1", "not an IPv6 address"),
+            ("[::1:53", "unbalanced brackets"),
+            (":80", "empty host"),
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -457,8 +542,16 @@ mod tests {
                 );
             }
             let (h, n) = parse_request_header(&wire).unwrap().unwrap();
-            assert_eq!((h.id, h.cmd, &h.target, n), (id, cmd, &target, hlen));
+            assert_eq!((h.id, h.cmd, h.target, n), (id, cmd, Some(target), hlen));
         }
+        // Mux: command 3 and no address; what follows is the first frame.
+        let mut wire = mux_request_header(&id);
+        assert_eq!(wire.len(), 19);
+        assert_eq!(wire[18], 3);
+        wire.extend_from_slice(&[0, 4]);
+        assert_eq!(parse_request_header(&wire[..18]).unwrap(), None);
+        let (h, n) = parse_request_header(&wire).unwrap().unwrap();
+        assert_eq!((h.cmd, h.target, n), (Command::Mux, None, 19));
     }
 
     #[test]
@@ -473,15 +566,13 @@ mod tests {
                 .contains("version 1")
         );
         let mut h = request_header(&[1; 16], Command::Tcp, &t);
-        h[18] = 3;
+        h[18] = 9;
         assert!(
             parse_request_header(&h)
                 .unwrap_err()
                 .to_string()
-                .contains("mux")
+                .contains("unknown command 9")
         );
-        h[18] = 9;
-        assert!(parse_request_header(&h).is_err());
         let mut h = request_header(&[1; 16], Command::Tcp, &t);
         h[21] = 7;
         assert!(
@@ -495,7 +586,10 @@ mod tests {
         h.extend_from_slice(&[1; 16]);
         h.extend_from_slice(&[2, 0xaa, 0xbb, 1, 0, 80, 1, 10, 0, 0, 1]);
         let (p, n) = parse_request_header(&h).unwrap().unwrap();
-        assert_eq!((p.target.to_string(), n), ("10.0.0.1:80".into(), h.len()));
+        assert_eq!(
+            (p.target.unwrap().to_string(), n),
+            ("10.0.0.1:80".into(), h.len())
+        );
         // A zero-length domain is refused.
         let mut h = vec![0u8];
         h.extend_from_slice(&[1; 16]);

@@ -88,6 +88,18 @@ pub fn read_reply(s: &mut TcpStream) -> std::io::Result<(u8, SocketAddr)> {
     Ok((h[1], SocketAddr::new(ip, u16::from_be_bytes(p))))
 }
 
+/// Opens the control connection of a UDP ASSOCIATE (from 0.0.0.0:0: the app's address is
+/// not known in advance); returns it and the relay address.
+pub fn udp_associate(socks: SocketAddr) -> (TcpStream, SocketAddr) {
+    let mut ctrl = tcp(socks);
+    greet(&mut ctrl, None);
+    ctrl.write_all(&request(3, "0.0.0.0:0".parse().unwrap()))
+        .unwrap();
+    let (code, relay) = read_reply(&mut ctrl).unwrap();
+    assert_eq!(code, 0, "UDP ASSOCIATE accepted");
+    (ctrl, relay)
+}
+
 /// A CONNECT through the inbound at `proxy`; panics unless it succeeds.
 pub fn connect(proxy: SocketAddr, dest: SocketAddr, auth: Option<(&str, &str)>) -> TcpStream {
     let mut s = tcp(proxy);

@@ -270,3 +270,56 @@ fn multi_byte_text_where_ascii_is_expected_is_an_error_not_a_panic() {
         assert!(import(input).is_err(), "{input:?}");
     }
 }
+
+#[test]
+fn the_mux_object_shapes_udp_and_is_checked() {
+    use crate::config::{MuxSettings, PacketEncoding, Udp443};
+    // Absent: Xray's defaults (Mux off, XUDP for UDP).
+    let c = import(&outbound_json(h3_stream(json!({}))).to_string()).unwrap();
+    let v = c.vless.unwrap();
+    assert_eq!(
+        (v.packet_encoding, v.mux),
+        (PacketEncoding::Xudp, MuxSettings::default())
+    );
+    let mut o = outbound_json(h3_stream(json!({})));
+    o["mux"] = json!({"enabled": true, "concurrency": -1, "xudpConcurrency": 16,
+        "xudpProxyUDP443": "skip"});
+    let v = import(&o.to_string()).unwrap().vless.unwrap();
+    assert_eq!(
+        v.mux,
+        MuxSettings {
+            enabled: true,
+            concurrency: -1,
+            xudp_concurrency: 16,
+            xudp_proxy_udp443: Udp443::Skip
+        }
+    );
+    // "" is Xray's "reject".
+    o["mux"] = json!({"enabled": true, "xudpProxyUDP443": ""});
+    let v = import(&o.to_string()).unwrap().vless.unwrap();
+    assert_eq!(v.mux.xudp_proxy_udp443, Udp443::Reject);
+    for (m, field) in [
+        (json!({"xudpProxyUDP443": "block"}), "mux.xudpProxyUDP443"),
+        (json!({"concurrency": 99999}), "mux.concurrency"),
+        (json!({"enabled": "yes"}), "mux.enabled"),
+        (json!([1]), "mux"),
+    ] {
+        o["mux"] = m;
+        assert_eq!(err(import(&o.to_string())).0, field);
+    }
+    // In the library's own JSON, beside vlessId (and refused without it).
+    let own = |extra: Value| {
+        let mut j = json!({"address": "a", "port": 1});
+        j.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        Config::from_json(&j)
+    };
+    let c = own(json!({"vlessId": ID, "packetEncoding": "none"})).unwrap();
+    assert_eq!(c.vless.unwrap().packet_encoding, PacketEncoding::None);
+    assert_eq!(
+        err(own(json!({"packetEncoding": "xudp"}))).0,
+        "packetEncoding"
+    );
+    assert_eq!(err(own(json!({"mux": {"enabled": true}}))).0, "mux");
+}

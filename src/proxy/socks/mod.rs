@@ -1,8 +1,9 @@
-//! A local SOCKS5 inbound (RFC 1928, RFC 1929): CONNECT and UDP ASSOCIATE, each flow carried
-//! by its own tunnel.
+//! A local SOCKS5 inbound (RFC 1928, RFC 1929): CONNECT and UDP ASSOCIATE.
 //!
-//! With `vlessId` in the config every flow is a VLESS tunnel to the destination the app asked
-//! for (TCP command for CONNECT, UDP command per UDP destination). Without it, CONNECT opens
+//! With `vlessId` in the config every CONNECT is a VLESS tunnel to the destination the app
+//! asked for, and every app address of a UDP ASSOCIATE gets one full-cone UDP session as
+//! Xray's client carries it (XUDP over Mux.Cool; a plain VLESS UDP tunnel per destination
+//! for ports 53/443; see [`crate::proxy::udp`]). Without it, CONNECT opens
 //! a *raw* tunnel and the requested destination is ignored: that is for servers whose inbound
 //! is Xray's `tunnel` (`dokodemo-door`), which sends every session to its one fixed address.
 //! UDP ASSOCIATE needs VLESS (a raw tunnel has no datagram framing) and is refused without it.
@@ -35,7 +36,8 @@ pub struct SocksOptions {
     pub handshake_timeout: Duration,
     /// Opening a tunnel may take this long; then the app gets "host unreachable".
     pub open_timeout: Duration,
-    /// A UDP flow with no datagram either way for this long is closed.
+    /// A UDP tunnel with no datagram either way for this long is closed (the next datagram
+    /// opens a new one).
     pub udp_idle_timeout: Duration,
     /// When a quiet TCP flow is closed.
     pub idle: IdleTimeouts,

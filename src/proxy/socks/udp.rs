@@ -1,28 +1,31 @@
-//! UDP ASSOCIATE: a UDP socket on the listener's IP relays the app's datagrams; each
-//! (app address, destination) pair gets its own VLESS UDP tunnel, created on its first
-//! datagram and closed after an idle period. Everything ends with the control connection.
+//! UDP ASSOCIATE: a UDP socket on the listener's IP relays the app's datagrams. Each app
+//! address gets one full-cone UDP session ([`crate::proxy::udp`]), as Xray's SOCKS inbound
+//! gives each source one UDP flow: XUDP in one tunnel for most destinations, a plain VLESS
+//! UDP tunnel per destination for ports 53/443; replies from any source come back to the
+//! app with that source. Tunnels close after an idle period; everything ends with the
+//! control connection.
 
 use super::wire::{self, Reply};
 use super::{Handshake, SocksOptions, UNSPECIFIED};
-use crate::proxy::relay::log_open_failure;
-use crate::proxy::vless::{self, Target, UdpDeframer, VlessTunnel};
+use crate::error::Error;
+use crate::proxy::udp::{UdpOptions, UdpSession};
+use crate::proxy::vless::Target;
 use crate::tunnel::Dialer;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Destinations one association may talk to at once; later new ones are dropped.
-const MAX_FLOWS: usize = 256;
-/// Datagrams waiting for one flow's tunnel; beyond this they are dropped, as UDP may be.
-const FLOW_QUEUE: usize = 64;
+/// App addresses one association serves at once; datagrams from later new ones are dropped.
+const MAX_SESSIONS: usize = 256;
+/// Datagrams waiting for one app address's session; beyond this they are dropped, as UDP
+/// may be.
+const SESSION_QUEUE: usize = 256;
 const MAX_DATAGRAM: usize = 65_535;
 
 pub(super) async fn associate(
@@ -33,7 +36,7 @@ pub(super) async fn associate(
     opts: Arc<SocksOptions>,
     token: CancellationToken,
 ) -> Result<(), String> {
-    let Some(id) = dialer.config().vless.as_ref().map(|v| v.id) else {
+    if dialer.config().vless.is_none() {
         h.reply(Reply::CommandNotSupported, UNSPECIFIED).await?;
         return Err("UDP ASSOCIATE needs VLESS (no vlessId in the config)".into());
     };
@@ -65,7 +68,6 @@ pub(super) async fn associate(
     };
     let ctx = FlowContext {
         dialer,
-        id,
         sock,
         opts,
         token: token.clone(),
@@ -92,16 +94,15 @@ pub(super) async fn associate(
 
 struct FlowContext {
     dialer: Arc<Dialer>,
-    id: [u8; 16],
     sock: Arc<UdpSocket>,
     opts: Arc<SocksOptions>,
     token: CancellationToken,
 }
 
-/// App → flows. Never returns on its own.
+/// App → sessions. Never returns on its own.
 async fn relay_datagrams(ctx: &FlowContext, allowed: impl Fn(SocketAddr) -> bool) {
     let sock = &ctx.sock;
-    let mut flows: HashMap<(SocketAddr, Target), mpsc::Sender<Bytes>> = HashMap::new();
+    let mut sessions: HashMap<SocketAddr, mpsc::Sender<(Target, Bytes)>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -127,134 +128,85 @@ async fn relay_datagrams(ctx: &FlowContext, allowed: impl Fn(SocketAddr) -> bool
             log::debug!("socks: UDP fragment from {from} dropped (fragmentation unsupported)");
             continue;
         }
-        let data = Bytes::copy_from_slice(pkt.payload);
-        let key = (from, pkt.target);
-        let data = match flows.get(&key) {
-            None => data,
-            Some(tx) => match tx.try_send(data) {
+        let item = (pkt.target, Bytes::copy_from_slice(pkt.payload));
+        let item = match sessions.get(&from) {
+            None => item,
+            Some(tx) => match tx.try_send(item) {
                 Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    log::debug!("socks: UDP flow to {} is behind; datagram dropped", key.1);
+                Err(mpsc::error::TrySendError::Full((t, _))) => {
+                    log::debug!("socks: UDP session of {from} is behind; datagram to {t} dropped");
                     continue;
                 }
-                // The flow ended (idle, tunnel closed): start a new one.
-                Err(mpsc::error::TrySendError::Closed(d)) => d,
+                // The session ended (its tunnel could not be opened): start a new one.
+                Err(mpsc::error::TrySendError::Closed(item)) => item,
             },
         };
-        flows.retain(|_, tx| !tx.is_closed());
-        if flows.len() >= MAX_FLOWS {
-            log::debug!(
-                "socks: {MAX_FLOWS} UDP flows open; datagram to {} dropped",
-                key.1
-            );
+        sessions.retain(|_, tx| !tx.is_closed());
+        if sessions.len() >= MAX_SESSIONS {
+            log::debug!("socks: {MAX_SESSIONS} UDP sources open; datagram from {from} dropped");
             continue;
         }
-        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let _ = tx.try_send(data);
-        tokio::spawn(flow(
+        // Xray keys a UDP session by the app's source address, and so its GlobalID.
+        // Ends with the association (its token is this session's parent).
+        let token = ctx.token.child_token();
+        let session = match UdpSession::new(
             ctx.dialer.clone(),
-            ctx.id,
-            key.1.clone(),
-            from,
-            rx,
-            ctx.sock.clone(),
-            ctx.opts.clone(),
-            ctx.token.child_token(),
-        ));
-        flows.insert(key, tx);
+            &format!("udp:{from}"),
+            UdpOptions {
+                idle_timeout: ctx.opts.udp_idle_timeout,
+            },
+            token.clone(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("socks: UDP from {from}: {e}");
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let _ = tx.try_send(item);
+        tokio::spawn(app_session(session, from, rx, ctx.sock.clone(), token));
+        sessions.insert(from, tx);
     }
 }
 
-/// One destination for one app address: a VLESS UDP tunnel; replies go back to `app` with
-/// the destination in their SOCKS header.
-#[allow(clippy::too_many_arguments)]
-async fn flow(
-    dialer: Arc<Dialer>,
-    id: [u8; 16],
-    target: Target,
+/// One app address: its datagrams go out through its UDP session, in order; replies from
+/// any source come back to it with that source in their SOCKS header (full-cone).
+async fn app_session(
+    session: UdpSession,
     app: SocketAddr,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<(Target, Bytes)>,
     sock: Arc<UdpSocket>,
-    opts: Arc<SocksOptions>,
     token: CancellationToken,
 ) {
-    let _end_with_flow = token.clone().drop_guard();
-    let opened = tokio::select! {
-        _ = token.cancelled() => return,
-        r = tokio::time::timeout(opts.open_timeout, dialer.open()) => r,
-    };
-    let core = match opened {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return log_open_failure(&format!("socks: UDP to {target}"), &e),
-        Err(_) => {
-            let e = crate::error::Error::Timeout(opts.open_timeout.as_millis() as u64);
-            return log_open_failure(&format!("socks: UDP to {target}"), &e);
-        }
-    };
-    let t = VlessTunnel::new(core, &id, vless::Command::Udp, &target);
-    let started = Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let reply_header = wire::encode_udp(&target, &[]);
-
     let up = async {
-        while let Some(d) = rx.recv().await {
-            let framed = vless::frame_udp(&d).map_err(|e| e.to_string())?;
-            t.write(&framed)
-                .await
-                .map_err(|e| format!("tunnel write: {e}"))?;
-            touch();
+        while let Some((target, d)) = rx.recv().await {
+            match session.send_to(&target, &d).await {
+                Ok(()) => {}
+                Err(Error::Closed) => return "session closed".to_string(),
+                // UDP may be lost: a datagram the session refuses or cannot send now is
+                // dropped, and the next one tries again.
+                Err(e) => log::debug!("socks: UDP {app} -> {target}: {e}"),
+            }
         }
-        Ok::<(), String>(())
+        "association ended".to_string()
     };
     let down = async {
-        let mut frames = UdpDeframer::default();
-        // Frames larger than this are reassembled by the deframer.
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = t
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("tunnel read: {e}"))?;
-            if n == 0 {
-                return Ok::<(), String>(());
-            }
-            frames.push(&buf[..n]);
-            while let Some(d) = frames.next_datagram() {
-                let mut out = Vec::with_capacity(reply_header.len() + d.len());
-                out.extend_from_slice(&reply_header);
-                out.extend_from_slice(&d);
-                if let Err(e) = sock.send_to(&out, app).await {
-                    log::debug!("socks: UDP reply to {app}: {e}");
-                }
-                touch();
-            }
-        }
-    };
-    let idle = async {
-        loop {
-            // An idle timeout too long to represent never fires (no overflow panic).
-            let Some(due) = started
-                .checked_add(Duration::from_millis(last.load(Ordering::Relaxed)))
-                .and_then(|t| t.checked_add(opts.udp_idle_timeout))
-            else {
-                return std::future::pending().await;
+            let (d, from) = match session.recv_from().await {
+                Ok(r) => r,
+                Err(e) => return format!("session: {e}"),
             };
-            if Instant::now() >= due {
-                return;
+            if let Err(e) = sock.send_to(&wire::encode_udp(&from, &d), app).await {
+                log::debug!("socks: UDP reply to {app}: {e}");
             }
-            tokio::time::sleep_until(due).await;
         }
     };
-    // Biased, upload first: the first datagram is already queued, so the VLESS header goes
-    // out with it rather than alone from the first read.
     let why = tokio::select! {
-        biased;
-        r = up => r.err().unwrap_or_else(|| "association ended".into()),
-        r = down => r.err().unwrap_or_else(|| "tunnel ended".into()),
-        _ = idle => format!("idle for {:?}", opts.udp_idle_timeout),
-        _ = token.cancelled() => "association ended".into(),
+        why = up => why,
+        why = down => why,
+        _ = token.cancelled() => "association ended".to_string(),
     };
-    log::debug!("socks: UDP flow {app} -> {target} closed: {why}");
-    t.close();
+    log::debug!("socks: UDP session of {app} closed: {why}");
+    session.close();
 }

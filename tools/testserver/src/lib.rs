@@ -29,6 +29,7 @@ mod target;
 mod tests;
 mod tls;
 mod vless;
+mod xudp;
 
 pub use events::{Event, Outcome, RequestKind, Stats};
 pub use held::{ConnHeld, Held};

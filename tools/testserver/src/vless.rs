@@ -1,6 +1,7 @@
 //! The VLESS target: reads the request header (protocol doc §8) from the start of the upload,
 //! then relays to the destination it names — a TCP connection for command TCP, a connected
-//! UDP socket with length-prefixed datagrams for command UDP. The 2-byte response header
+//! UDP socket with length-prefixed datagrams for command UDP, XUDP sessions for command Mux
+//! (see `xudp`). The 2-byte response header
 //! goes out with the first downstream payload, as Xray sends it. A bad header or an unknown
 //! user ends the session without a byte, like Xray without fallbacks. Only loopback
 //! destinations are served, so a test server can never be used as an open proxy.
@@ -50,21 +51,23 @@ pub(crate) async fn run(
         rec,
         header_sent: false,
     };
-    match req.cmd {
-        Command::Tcp => tcp(&req.target, first, upload, &mut down).await,
-        Command::Udp => udp(&req.target, first, upload, &mut down).await,
+    match (req.cmd, &req.target) {
+        (Command::Tcp, Some(t)) => tcp(t, first, upload, &mut down).await,
+        (Command::Udp, Some(t)) => udp(t, first, upload, &mut down).await,
+        (Command::Mux, _) => super::xudp::run(first, upload, &mut down).await,
+        (_, None) => RunEnd::TargetFailed("VLESS request without a destination".into()),
     }
 }
 
 /// The response body, prefixed once with the response header.
-struct Downstream<'a> {
+pub(crate) struct Downstream<'a> {
     out: &'a mut ResponseSend,
     rec: &'a Recorder,
     header_sent: bool,
 }
 
 impl Downstream<'_> {
-    async fn send(&mut self, payload: &[u8]) -> Result<(), RunEnd> {
+    pub(crate) async fn send(&mut self, payload: &[u8]) -> Result<(), RunEnd> {
         let mut b = Vec::with_capacity(2 + payload.len());
         if !self.header_sent {
             b.extend_from_slice(&RESPONSE_HEADER);
@@ -90,7 +93,7 @@ impl Downstream<'_> {
     }
 }
 
-async fn resolve(t: &Target) -> Result<SocketAddr, RunEnd> {
+pub(crate) async fn resolve(t: &Target) -> Result<SocketAddr, RunEnd> {
     let addr = match &t.host {
         Host::Ip(ip) => SocketAddr::new(*ip, t.port),
         Host::Domain(d) => tokio::net::lookup_host((d.as_str(), t.port))
