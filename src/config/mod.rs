@@ -11,10 +11,12 @@
 //! hand its objects straight through.
 
 mod json;
+pub mod limits;
 mod xhttp;
 pub mod xray;
 
 pub use json::Fields;
+pub use limits::MemoryLimits;
 pub use xhttp::{DataPlacement, Mode, Placement, SessionIdShape, XhttpSettings};
 
 use crate::error::{Error, Result};
@@ -51,6 +53,8 @@ pub struct Config {
     pub vless: Option<VlessSettings>,
     /// `downloadSettings`: the GET goes here, with its own settings and XMUX pool.
     pub download: Option<Box<Config>>,
+    /// `memoryLimits`: QUIC windows and queue sizes, for the whole client (both sides).
+    pub limits: MemoryLimits,
 }
 
 impl Config {
@@ -85,6 +89,10 @@ impl Config {
             }),
             None => None,
         };
+        let limits = match f.take("memoryLimits") {
+            Some(l) => MemoryLimits::from_json(&f.path_of("memoryLimits"), &l)?,
+            None => MemoryLimits::default(),
+        };
         let mut xhttp = xhttp;
         let download = match (f.take("downloadSettings"), xhttp.download_settings.take()) {
             (Some(_), Some(_)) => {
@@ -100,6 +108,12 @@ impl Config {
                     return Err(Error::config(
                         "downloadSettings.vlessId",
                         "the VLESS header goes with the upload; set vlessId at the top level",
+                    ));
+                }
+                if dl.limits != MemoryLimits::default() {
+                    return Err(Error::config(
+                        "downloadSettings.memoryLimits",
+                        "memory limits are the whole client's; set memoryLimits at the top level",
                     ));
                 }
                 if dl.download.is_some() {
@@ -125,6 +139,7 @@ impl Config {
             xhttp,
             vless,
             download,
+            limits,
         };
         cfg.validate()?;
         Ok(cfg)

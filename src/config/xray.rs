@@ -320,6 +320,7 @@ fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Conf
         xhttp,
         vless: None,
         download,
+        limits: Default::default(),
     })
 }
 
