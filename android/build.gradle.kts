@@ -77,7 +77,7 @@ val cargoNdk = tasks.register<Exec>("cargoNdk") {
     abis.forEach { args += listOf("-t", it) }
     args += listOf(
         "-o", rustJniLibs.get().asFile.absolutePath,
-        "build", "--release", "-p", "xhttp-mobile", "--lib", "--no-default-features",
+        "build", "--release", "-p", "xhttp-mobile", "--lib",
     )
     commandLine(args)
     inputs.files(fileTree(repoRoot.resolve("src")), repoRoot.resolve("Cargo.toml"),

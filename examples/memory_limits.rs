@@ -7,13 +7,15 @@
 //! process, which holds the client, the server and the relay (so it is an upper bound of the
 //! client's share). Not part of CI; the numbers go to README.md ("Memory limits").
 
+// The lossy relay of the integration tests, of which this uses only the delay.
 #[path = "../tests/common/netsim.rs"]
+#[allow(dead_code)]
 mod netsim;
 
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-use xhttp_mobile::testserver::{ServerOptions, Target, TestServer};
 use xhttp_mobile::{Client, Config};
+use xhttp_testserver::{ServerOptions, Target, TestServer};
 
 /// (name, memoryLimits JSON).
 const SETTINGS: &[(&str, &str)] = &[

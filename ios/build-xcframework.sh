@@ -31,7 +31,7 @@ done
 # Only the static library: the crate also lists cdylib, which iOS apps cannot ship.
 build() {
     echo "== cargo: $1"
-    cargo rustc -p xhttp-mobile --lib --release --no-default-features \
+    cargo rustc -p xhttp-mobile --lib --release \
         --target "$1" --crate-type staticlib
 }
 build "$device"

@@ -97,5 +97,5 @@ for t in "${TARGETS[@]}"; do
         "AR_$var=$LLVM_AR" \
         "CFLAGS_$var=-nostdlibinc -isystem $CLANG_INCLUDE -isystem ${HEADERS[$t]}" \
         "CARGO_TARGET_${upper}_RUSTFLAGS=-D warnings" \
-        cargo check -p xhttp-mobile --lib --no-default-features --target "$t"
+        cargo check -p xhttp-mobile --lib --target "$t"
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need (Rust components and crates) and runs
-# formatting, lint, unit and integration tests, the mobile (no test server) build and its
-# check for the Android targets (scripts/cross.sh),
+# formatting, lint, unit and integration tests, the library alone (no server or CLI code)
+# and its check for the Android targets (scripts/cross.sh),
 # `xh demo`, the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
 # under ASan and under valgrind, the README's C example), and the uniffi bindings
 # (tests/kotlin/run.sh: freshness, and the generated Kotlin run on the JVM). Builds are

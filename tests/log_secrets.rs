@@ -9,7 +9,7 @@ use common::*;
 use serde_json::json;
 use std::sync::Mutex;
 use xhttp_mobile::config::XhttpSettings;
-use xhttp_mobile::testserver::{Event, Target};
+use xhttp_testserver::{Event, Target};
 
 const ID: &str = "5783a3e7-e373-51cd-8642-c83782b807c5";
 
@@ -22,7 +22,7 @@ impl log::Log for Capture {
     }
     fn log(&self, r: &log::Record) {
         let t = r.target();
-        if t.starts_with("xhttp_mobile::testserver") || t.starts_with("xhttp_testserver") {
+        if t.starts_with("xhttp_testserver") {
             return;
         }
         let line = format!("{} {}: {}", r.level(), t, r.args());
