@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need (Rust components and crates) and runs
-# formatting, lint, unit and integration tests, the mobile (no test server) build,
+# formatting, lint, unit and integration tests, the library alone (no server or CLI code)
+# and its check for the Android targets (scripts/cross.sh),
 # `xh demo`, the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
 # under ASan and under valgrind, the README's C example), and the uniffi bindings
 # (tests/kotlin/run.sh: freshness, and the generated Kotlin run on the JVM). Builds are
@@ -32,6 +33,9 @@ if grep -E '^(.* )?(xhttp-testserver|rcgen) |^.*tokio v[^ ]+ .*signal' "$CARGO_T
   echo "the library's dependency tree reaches server or CLI code (above)"; exit 1
 fi
 cargo build --lib
+
+# Android targets, -D warnings (installs rustup targets, clang, glibc headers when missing).
+bash scripts/cross.sh
 
 step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
 bash tests/c/run.sh

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod ffi;
 pub mod mobile;
+pub mod platform_log;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;

@@ -92,8 +92,24 @@ pub trait SocketProtector: Send + Sync {
     fn protect(&self, fd: i32) -> bool;
 }
 
+/// Calls the app's protector. uniffi turns an exception thrown by a foreign callback that
+/// returns no `Result` into a panic here; it must not unwind into the dial (or through
+/// the runtime), so it becomes a refusal.
+fn protect_contained(p: &dyn SocketProtector, fd: i32) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.protect(fd))).unwrap_or_else(|_| {
+        log::warn!("the socket protector threw; socket refused");
+        false
+    })
+}
+
 /// A client for one server config: the library JSON, an Xray outbound, a whole Xray
 /// config or a `vless://` link.
+///
+/// Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+/// `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+/// what the client buffers (an iOS network extension dies at about 50 MB); smaller windows
+/// cap a tunnel's throughput at about one stream window per round trip (numbers: README,
+/// "Memory limits").
 #[derive(uniffi::Object)]
 pub struct XhClient {
     inner: api::Client,
@@ -105,6 +121,24 @@ impl XhClient {
     pub fn new(config: String) -> R<Arc<Self>> {
         Ok(Arc::new(XhClient {
             inner: api::Client::from_json(&config)?,
+        }))
+    }
+
+    /// Like the constructor, with `memoryLimits` (a JSON object) given apart, for configs
+    /// that cannot carry it (Xray outbounds and configs, `vless://` links).
+    #[uniffi::constructor]
+    pub fn with_memory_limits(config: String, memory_limits: String) -> R<Arc<Self>> {
+        let mut cfg = crate::config::xray::import(&config)?;
+        let v: serde_json::Value = serde_json::from_str(&memory_limits)
+            .map_err(|e| Error::config("memoryLimits", format!("not valid JSON: {e}")))?;
+        if cfg.limits != crate::config::MemoryLimits::default() {
+            return Err(
+                Error::config("memoryLimits", "is also set in the config; set it once").into(),
+            );
+        }
+        cfg.limits = crate::config::MemoryLimits::from_json("memoryLimits", &v)?;
+        Ok(Arc::new(XhClient {
+            inner: api::Client::new(cfg)?,
         }))
     }
 
@@ -140,10 +174,11 @@ impl XhClient {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    /// Sets (or with `None`, removes) the socket protector.
+    /// Sets (or with `None`, removes) the socket protector. A protector that throws refuses
+    /// the socket: the dial fails with `Connect`, the library carries on.
     pub fn set_protect(&self, protector: Option<Arc<dyn SocketProtector>>) {
         self.inner.set_protect(protector.map(|p| {
-            Arc::new(move |fd: crate::transport::RawSocket| p.protect(fd_i32(fd)))
+            Arc::new(move |fd: crate::transport::RawSocket| protect_contained(&*p, fd_i32(fd)))
                 as crate::transport::Protect
         }));
     }
@@ -198,4 +233,37 @@ impl XhTunnel {
     pub fn peer_addr(&self) -> String {
         self.inner.peer_addr().to_string()
     }
+}
+
+/// A log level for [`enable_platform_log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum XhLogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<XhLogLevel> for log::LevelFilter {
+    fn from(l: XhLogLevel) -> Self {
+        match l {
+            XhLogLevel::Off => log::LevelFilter::Off,
+            XhLogLevel::Error => log::LevelFilter::Error,
+            XhLogLevel::Warn => log::LevelFilter::Warn,
+            XhLogLevel::Info => log::LevelFilter::Info,
+            XhLogLevel::Debug => log::LevelFilter::Debug,
+            XhLogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Sends the library's log records of `level` and more severe to the platform's log:
+/// logcat with tag `xhttp` on Android, the unified log (subsystem `dev.xhttpmobile`) on iOS.
+/// Call again to change the level. Returns `false` where the platform has no log of its own
+/// (a desktop JVM). Records never contain VLESS ids, pins, links, session ids or padding.
+#[uniffi::export]
+pub fn enable_platform_log(level: XhLogLevel) -> R<bool> {
+    Ok(crate::platform_log::install(level.into())?)
 }

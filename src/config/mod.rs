@@ -11,10 +11,12 @@
 //! hand its objects straight through.
 
 mod json;
+pub mod limits;
 mod xhttp;
 pub mod xray;
 
 pub use json::Fields;
+pub use limits::MemoryLimits;
 pub use xhttp::{DataPlacement, Mode, Placement, SessionIdShape, XhttpSettings};
 
 use crate::error::{Error, Result};
@@ -154,6 +156,8 @@ pub struct Config {
     pub download: Option<Box<Config>>,
     /// `policy`: the local inbounds' time limits (open deadline, idle flows).
     pub policy: crate::proxy::policy::Policy,
+    /// `memoryLimits`: QUIC windows and queue sizes, for the whole client (both sides).
+    pub limits: MemoryLimits,
 }
 
 impl Config {
@@ -210,6 +214,10 @@ impl Config {
             }
         };
         let policy = crate::proxy::policy::Policy::from_json("policy", f.take("policy").as_ref())?;
+        let limits = match f.take("memoryLimits") {
+            Some(l) => MemoryLimits::from_json(&f.path_of("memoryLimits"), &l)?,
+            None => MemoryLimits::default(),
+        };
         let mut xhttp = xhttp;
         let download = match (f.take("downloadSettings"), xhttp.download_settings.take()) {
             (Some(_), Some(_)) => {
@@ -231,6 +239,12 @@ impl Config {
                     return Err(Error::config(
                         "downloadSettings.policy",
                         "the inbounds' time limits belong to the client; set policy at the top level",
+                    ));
+                }
+                if dl.limits != MemoryLimits::default() {
+                    return Err(Error::config(
+                        "downloadSettings.memoryLimits",
+                        "memory limits are the whole client's; set memoryLimits at the top level",
                     ));
                 }
                 if dl.download.is_some() {
@@ -257,6 +271,7 @@ impl Config {
             vless,
             download,
             policy,
+            limits,
         };
         cfg.validate()?;
         Ok(cfg)

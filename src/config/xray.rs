@@ -319,6 +319,7 @@ fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Conf
         vless: None,
         download,
         policy: Default::default(),
+        limits: Default::default(),
     })
 }
 

@@ -24,6 +24,8 @@ pub struct QuicOptions {
     /// network extensions die at ~50 MB).
     pub connection_window: u32,
     pub stream_window: u32,
+    /// `memoryLimits`: replaces the windows above (and the send window) where set.
+    pub limits: crate::config::MemoryLimits,
 }
 
 impl Default for QuicOptions {
@@ -33,6 +35,7 @@ impl Default for QuicOptions {
             idle_timeout: Duration::from_secs(30),
             connection_window: 12 * 1024 * 1024,
             stream_window: 4 * 1024 * 1024,
+            limits: Default::default(),
         }
     }
 }
@@ -46,6 +49,7 @@ impl QuicOptions {
         t.stream_receive_window(self.stream_window.into());
         // The server may not open bidirectional streams toward us (HTTP/3 client).
         t.max_concurrent_bidi_streams(0u32.into());
+        super::limits::apply(&self.limits, &mut t);
         t
     }
 }

@@ -1,6 +1,7 @@
 //! QUIC + HTTP/3 connections: TLS, transport parameters, the h3 driver, the UDP sockets.
 
 mod conn;
+mod limits;
 pub mod socket;
 pub mod tls;
 

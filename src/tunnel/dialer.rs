@@ -4,7 +4,7 @@
 
 use super::streams::{self, PacketPlan, RecvHalf, SendHalf, StreamWait};
 use super::{Counters, Shared, TunnelCore};
-use crate::config::{Config, Mode};
+use crate::config::{Config, MemoryLimits, Mode};
 use crate::error::{Error, RequestLabel, Result};
 use crate::transport::{Protect, QuicOptions, SocketHooks, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
@@ -42,13 +42,15 @@ pub(super) struct Side {
 }
 
 impl Side {
-    fn new(cfg: &Config, hooks: &Arc<SocketHooks>) -> Result<Side> {
+    /// `limits`: the client's `memoryLimits` (the download side has none of its own).
+    fn new(cfg: &Config, limits: &MemoryLimits, hooks: &Arc<SocketHooks>) -> Result<Side> {
         let tls = Arc::new(tls::client_config(&cfg.tls)?);
         let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
         // Fail at construction, not at the first tunnel, if a request cannot be built.
         shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
         let quic = QuicOptions {
             keep_alive: cfg.xhttp.xmux.keep_alive(),
+            limits: *limits,
             ..QuicOptions::default()
         };
         let connector = Connector {
@@ -104,11 +106,15 @@ impl Dialer {
     /// and the XMUX pool. Does no I/O.
     pub fn new(cfg: Config) -> Result<Dialer> {
         cfg.validate()?;
+        cfg.limits.check_windows(
+            "memoryLimits",
+            Some(QuicOptions::default().connection_window),
+        )?;
         let hooks = Arc::new(SocketHooks::default());
-        let main = Side::new(&cfg, &hooks)?;
+        let main = Side::new(&cfg, &cfg.limits, &hooks)?;
         let download = match &cfg.download {
             Some(d) => Some(
-                Side::new(d, &hooks)
+                Side::new(d, &cfg.limits, &hooks)
                     .map_err(|e| crate::config::prefix_field("downloadSettings", e))?,
             ),
             None => None,
@@ -332,13 +338,8 @@ impl Dialer {
         let s = &self.cfg.xhttp;
         // `ThreadRng` is not `Send`: take it per use so this future can be spawned.
         let max_post = s.sc_max_each_post_bytes.draw(&mut rand::rng()).max(1) as usize;
-        let (down_tx, down_rx) = super::queue::queue(DOWN_QUEUE_BYTES);
-        // Packet-up batches what is queued, so let one POST's worth queue up (at least one
-        // write piece, or a piece could never fit).
-        let up_bytes = match self.mode {
-            Mode::PacketUp => max_post.clamp(super::WRITE_PIECE, 8 << 20),
-            _ => 512 * 1024,
-        };
+        let (down_bytes, up_bytes) = self.queue_bytes(max_post);
+        let (down_tx, down_rx) = super::queue::queue(down_bytes);
         let (up_tx, up_rx) = super::queue::queue(up_bytes);
         let keep = |f| spawn_holding(&slot, f);
 
@@ -420,6 +421,22 @@ impl Dialer {
             }
         }
         Ok(Some((down_rx, up_tx)))
+    }
+
+    /// The download and upload queue bounds of a tunnel: `memoryLimits` where set, else the
+    /// defaults. Packet-up batches what is queued, so by default one POST's worth may queue
+    /// up (at least one write piece, or a piece could never fit); a smaller `uploadQueue`
+    /// makes POSTs smaller.
+    fn queue_bytes(&self, max_post: usize) -> (usize, usize) {
+        let l = &self.cfg.limits;
+        let up_default = match self.mode {
+            Mode::PacketUp => max_post.clamp(super::WRITE_PIECE, 8 << 20),
+            _ => 512 * 1024,
+        };
+        (
+            l.download_queue.unwrap_or(DOWN_QUEUE_BYTES),
+            l.upload_queue.unwrap_or(up_default),
+        )
     }
 
     /// Closes every tunnel of this dialer and every connection it opened. Idempotent.

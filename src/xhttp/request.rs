@@ -79,7 +79,9 @@ impl Shaper {
         }
     }
 
-    /// Names a request for error messages without building it.
+    /// Names a request for error messages without building it. The session id is shown as
+    /// `<session>`: error texts end up in app logs, and the id lets anyone who reads it post
+    /// into the live session.
     pub fn label(&self, kind: RequestKind, session: Option<&str>) -> RequestLabel {
         let target = match self.head(kind, session, None, String::new(), &mut rand::rng()) {
             Ok(r) => r
@@ -88,6 +90,10 @@ impl Shaper {
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             Err(_) => self.path.clone(),
+        };
+        let target = match session.filter(|s| !s.is_empty()) {
+            Some(id) => target.replace(id, "<session>"),
+            None => target,
         };
         RequestLabel {
             method: self.method(kind).to_string(),
@@ -486,5 +492,16 @@ mod tests {
         assert_eq!(hdr(&r, "sec-fetch-mode"), None);
         let label = s.label(RequestKind::StreamOne, None);
         assert_eq!(label.to_string(), "PUT / (stream-one)");
+    }
+
+    #[test]
+    fn labels_hide_the_session_id() {
+        for placement in ["path", "query"] {
+            let s = shaper(json!({"path": "/xh", "sessionPlacement": placement}));
+            let label = s.label(RequestKind::PacketUp { seq: 3 }, Some("s3cr3tsess"));
+            let text = label.to_string();
+            assert!(!text.contains("s3cr3tsess"), "{placement}: {text}");
+            assert!(text.contains("<session>"), "{placement}: {text}");
+        }
     }
 }

@@ -105,6 +105,54 @@ fun main(args: Array<String>) {
             check(e.status == 404.toUShort(), "status 404: ${e.detail}")
         }
     }
+    // A protector that throws refuses its socket: the open fails with the library's
+    // exception, and the same client works once the protector behaves.
+    XhClient(config).use { c ->
+        c.setProtect(object : SocketProtector {
+            override fun protect(fd: Int): Boolean = throw IllegalStateException("app bug")
+        })
+        try {
+            c.open(T)
+            check(false, "an open whose protector throws must fail")
+        } catch (e: XhException.Connect) {
+            check(true, "a throwing protector is a refused socket: ${e.detail}")
+        }
+        c.setProtect(CountingProtector())
+        val t = c.open(T)
+        t.write("after".toByteArray(), T)
+        val back = java.io.ByteArrayOutputStream()
+        while (back.size() < 5) {
+            val b = t.read(16u, T)
+            if (b.isEmpty()) break
+            back.write(b)
+        }
+        check(back.toString() == "after", "the client works after a throwing protector")
+        t.shutdown()
+    }
+    // Memory limits given apart: bounded windows still move data; a bad one names its field.
+    XhClient.withMemoryLimits(config, "{\"streamReceiveWindow\":65536,\"downloadQueue\":65536}").use { c ->
+        val t = c.open(T)
+        val data = ByteArray(300_000) { (it * 7).toByte() }
+        val writer = Thread { var off = 0; while (off < data.size) off += t.write(data.copyOfRange(off, data.size), T).toInt() }
+        writer.start()
+        val got = java.io.ByteArrayOutputStream()
+        while (got.size() < data.size) {
+            val b = t.read(65536u, T)
+            if (b.isEmpty()) break
+            got.write(b)
+        }
+        writer.join()
+        check(sha(got.toByteArray()) == sha(data), "echo through small windows")
+        t.shutdown()
+    }
+    try {
+        XhClient.withMemoryLimits(config, "{\"uploadQueue\":10}")
+        check(false, "a too small uploadQueue must throw")
+    } catch (e: XhException.Config) {
+        check(e.detail.contains("memoryLimits.uploadQueue"), "names the field: ${e.detail}")
+    }
+    // No platform log on a desktop JVM: nothing is installed, nothing fails.
+    check(!enablePlatformLog(XhLogLevel.DEBUG), "no platform log on the JVM")
     println("$passed passed, $failed failed")
     exitProcess(if (failed == 0) 0 else 1)
 }
