@@ -1078,3 +1078,138 @@ fn log_swaps_during_client_free_under_traffic_never_deadlock() {
     assert_eq!(late, 0, "a callback ran after its removal returned");
     f.assert_all_released();
 }
+
+/// The hook of the forced lock-cycle test below: once `armed`, the first record quinn's
+/// connection logs on one of the library's runtime threads is held (the callback waits
+/// until `release`, at most `HOLD_CAP`). quinn logs under the connection's state mutex,
+/// so meanwhile the runtime thread holds the mutex that closing or inspecting the
+/// connection needs.
+struct Hold {
+    armed: std::sync::atomic::AtomicBool,
+    holding: std::sync::atomic::AtomicBool,
+    release: std::sync::atomic::AtomicBool,
+    held: AtomicUsize,
+}
+
+const HOLD_CAP: Duration = Duration::from_secs(10);
+
+unsafe extern "C" fn on_hold_log(
+    ctx: *mut c_void,
+    _level: u32,
+    target: *const c_char,
+    _message: *const c_char,
+) {
+    // SAFETY: ctx is the test's `static` Hold; target is NUL-terminated for the call.
+    let (s, target) = unsafe { (&*(ctx as *const Hold), CStr::from_ptr(target)) };
+    if !target.to_bytes().starts_with(b"quinn_proto::connection")
+        || std::thread::current().name() != Some("xhttp-rt")
+        || !s.armed.swap(false, Ordering::SeqCst)
+    {
+        return;
+    }
+    s.holding.store(true, Ordering::SeqCst);
+    let cap = Instant::now() + HOLD_CAP;
+    while !s.release.swap(false, Ordering::SeqCst) && Instant::now() < cap {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.holding.store(false, Ordering::SeqCst);
+    s.held.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Issue 9's lock cycle forced on real traffic, round after round: a runtime thread logs
+/// under quinn's connection mutex and is held there by the callback (the hook above);
+/// meanwhile the client is freed (closing logs the connection, and closing needs that
+/// mutex) and then the callback is swapped. With the old sink (a read/write lock held
+/// while formatting and calling back, and a connection `Debug` that asked quinn), the
+/// free held the read lock waiting for the mutex, the swap queued for the write lock, and
+/// the runtime thread's next record under the mutex queued behind the swap: each round
+/// deadlocked. Now the free waits only until the hold ends, and the swap only for the
+/// held call. A stall ends the process through a watchdog (stuck threads cannot unwind).
+#[test]
+fn a_swap_while_a_free_waits_for_a_connection_its_logging_thread_holds_does_not_deadlock() {
+    static HOLD: Hold = Hold {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        holding: std::sync::atomic::AtomicBool::new(false),
+        release: std::sync::atomic::AtomicBool::new(false),
+        held: AtomicUsize::new(0),
+    };
+    const ROUNDS: usize = 3;
+    // Well above HOLD_CAP: a hold that ends on its cap is not yet a stall.
+    const STALL: Duration = Duration::from_secs(30);
+    // Time for a spawned thread to reach the point where it waits (free: quinn's mutex;
+    // swap: the held call), so the interleaving is the one that deadlocked.
+    const SETTLE: Duration = Duration::from_millis(150);
+    let f = fixture();
+    let ctx = &HOLD as *const Hold as *mut c_void;
+    assert_eq!(
+        unsafe { xh_set_log_callback(Some(on_hold_log), ctx, 5) },
+        OK
+    );
+    let rounds_done = Arc::new(AtomicUsize::new(0));
+    let watchdog = {
+        let rounds_done = rounds_done.clone();
+        std::thread::spawn(move || {
+            let (mut seen, mut since) = (0, Instant::now());
+            loop {
+                let now = rounds_done.load(Ordering::SeqCst);
+                if now == ROUNDS {
+                    return;
+                }
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                } else if since.elapsed() > STALL {
+                    eprintln!(
+                        "deadlock in round {now}: a client free and a log callback swap did \
+                         not return within {STALL:?} of a runtime thread logging under \
+                         quinn's connection mutex (held by the callback, then released)"
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    for round in 0..ROUNDS {
+        let c = f.client("stream-one");
+        let t = open(c, T_MS).expect("open");
+        // Both directions busy, so quinn's connection logs on the runtime threads.
+        let writer = std::thread::spawn(move || {
+            let data = [7u8; 16 * 1024];
+            while write(t, &data, T_MS).is_ok() {}
+        });
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while matches!(read(t, &mut buf, T_MS), Ok(n) if n > 0) {}
+        });
+        HOLD.release.store(false, Ordering::SeqCst);
+        HOLD.armed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !HOLD.holding.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no quinn_proto::connection record on a runtime thread"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The free reaches the connection and waits for the mutex; then the swap starts.
+        let free = std::thread::spawn(move || free_c(c));
+        std::thread::sleep(SETTLE);
+        let swap = std::thread::spawn(move || {
+            let ctx = &HOLD as *const Hold as *mut c_void;
+            unsafe { xh_set_log_callback(Some(on_hold_log), ctx, 5) }
+        });
+        std::thread::sleep(SETTLE);
+        // The runtime thread goes on under the mutex and logs its next record.
+        HOLD.release.store(true, Ordering::SeqCst);
+        assert_eq!(free.join().unwrap(), OK);
+        assert_eq!(swap.join().unwrap(), OK);
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(free_t(t), OK);
+        rounds_done.fetch_add(1, Ordering::SeqCst);
+    }
+    watchdog.join().unwrap();
+    assert_eq!(unsafe { xh_set_log_callback(None, null_mut(), 0) }, OK);
+    assert_eq!(HOLD.held.load(Ordering::SeqCst), ROUNDS);
+    f.assert_all_released();
+}

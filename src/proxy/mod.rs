@@ -4,8 +4,8 @@
 
 mod accept;
 pub mod forward;
-pub mod policy;
 pub mod mux;
+pub mod policy;
 pub mod relay;
 pub mod socks;
 pub mod udp;
