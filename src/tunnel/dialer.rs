@@ -28,6 +28,8 @@ pub struct Dialer {
     download: Option<Side>,
     tunnels: Mutex<Vec<Weak<Shared>>>,
     closed: AtomicBool,
+    /// Cancelled by `close`: what waits on this client (an open, a probe) stops at once.
+    closing: tokio_util::sync::CancellationToken,
     counters: Arc<Counters>,
 }
 
@@ -120,6 +122,7 @@ impl Dialer {
             cfg,
             tunnels: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            closing: tokio_util::sync::CancellationToken::new(),
             counters: Arc::default(),
         })
     }
@@ -356,9 +359,16 @@ impl Dialer {
         )
     }
 
+    /// Completes once [`close`](Self::close) was called. A dial in progress is not
+    /// interrupted by the close itself; racing a wait with this ends the wait at once.
+    pub async fn closed(&self) {
+        self.closing.cancelled().await
+    }
+
     /// Closes every tunnel of this dialer and every connection it opened. Idempotent.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.closing.cancel();
         // First: no dial in progress may call the app's protect hook after this returns.
         self.hooks.close();
         let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
