@@ -69,6 +69,37 @@ fn limited_client(e: &Env, mode: &str, limits: serde_json::Value) -> Client {
     Client::new(Config::from_json(&j).expect("valid config")).expect("client")
 }
 
+/// A stream-up tunnel whose QUIC windows and queues are 64 KiB or less.
+fn small_windows(e: &Env) -> (Client, Tunnel) {
+    let c = limited_client(
+        e,
+        "stream-up",
+        json!({"streamReceiveWindow": 16384, "connectionReceiveWindow": 65536,
+               "downloadQueue": 65536, "uploadQueue": 65536}),
+    );
+    let t = run(c.open_async(T)).expect("open");
+    (c, t)
+}
+
+/// Far more than the queue and the windows of [`small_windows`] hold.
+const LONG_WRITE: usize = 16 << 20;
+
+/// A `write_async` of [`LONG_WRITE`] bytes polled until it stalls (nothing is read back),
+/// and the bytes it queued by then.
+fn stalled_long_write(
+    c: &Client,
+    t: &Tunnel,
+) -> (Pin<Box<impl Future<Output = Result<usize, Error>>>>, u64) {
+    let mut w = Box::pin(t.write_async(pattern(9, LONG_WRITE), T));
+    assert!(
+        poll_for(&mut w, Duration::from_millis(1000)).is_none(),
+        "16 MiB went through windows of 64 KiB without anyone reading"
+    );
+    let queued = c.stats().bytes_up;
+    assert!(queued > 0, "no part was queued");
+    (w, queued)
+}
+
 /// Reads `n` bytes with `read_async`.
 fn read_exactly(t: &Tunnel, n: usize) -> Vec<u8> {
     let mut got = Vec::with_capacity(n);
@@ -193,13 +224,7 @@ fn a_write_that_fits_the_queue_is_queued_whole_or_not_at_all() {
     // Each gave up having queued nothing, so what comes back is exactly the writes that
     // returned.
     let e = env(|_| {});
-    let c = limited_client(
-        &e,
-        "stream-up",
-        json!({"streamReceiveWindow": 16384, "connectionReceiveWindow": 65536,
-               "downloadQueue": 65536, "uploadQueue": 65536}),
-    );
-    let t = run(c.open_async(T)).expect("open");
+    let (_client, t) = small_windows(&e);
     let reader = {
         let t = t.clone();
         std::thread::spawn(move || {
@@ -262,22 +287,8 @@ fn a_write_that_fits_the_queue_is_queued_whole_or_not_at_all() {
 #[test]
 fn a_long_write_dropped_part_way_ends_the_tunnel_and_resets_the_upload() {
     let e = env(|_| {});
-    let c = limited_client(
-        &e,
-        "stream-up",
-        json!({"streamReceiveWindow": 16384, "connectionReceiveWindow": 65536,
-               "downloadQueue": 65536, "uploadQueue": 65536}),
-    );
-    let t = run(c.open_async(T)).expect("open");
-    // Far more than the queue and the windows hold while nothing is read back.
-    let data = pattern(9, 16 << 20);
-    let mut w = Box::pin(t.write_async(data, T));
-    assert!(
-        poll_for(&mut w, Duration::from_millis(1500)).is_none(),
-        "16 MiB went through windows of 64 KiB without anyone reading"
-    );
-    let queued = c.stats().bytes_up;
-    assert!(queued > 0, "no part was queued");
+    let (c, t) = small_windows(&e);
+    let (w, queued) = stalled_long_write(&c, &t);
     drop(w);
     assert!(t.is_closed(), "a write dropped part-way ends the tunnel");
     let err = run(t.write_async(b"more".to_vec(), T)).unwrap_err();
@@ -379,22 +390,8 @@ fn a_client_close_ends_pending_opens_and_reads_at_once() {
 #[test]
 fn a_close_wakes_a_long_write_which_returns_the_count_it_queued() {
     let e = env(|_| {});
-    let c = limited_client(
-        &e,
-        "stream-up",
-        json!({"streamReceiveWindow": 16384, "connectionReceiveWindow": 65536,
-               "downloadQueue": 65536, "uploadQueue": 65536}),
-    );
-    let t = run(c.open_async(T)).expect("open");
-    let data = pattern(11, 16 << 20);
-    let len = data.len();
-    let mut w = Box::pin(t.write_async(data, T));
-    assert!(
-        poll_for(&mut w, Duration::from_millis(1000)).is_none(),
-        "16 MiB went through windows of 64 KiB without anyone reading"
-    );
-    let queued = c.stats().bytes_up;
-    assert!(queued > 0, "no part was queued");
+    let (c, t) = small_windows(&e);
+    let (mut w, queued) = stalled_long_write(&c, &t);
     let start = Instant::now();
     t.close();
     // Stopped part-way by the close: the exact count, as the blocking write reports it.
@@ -405,7 +402,7 @@ fn a_close_wakes_a_long_write_which_returns_the_count_it_queued() {
         start.elapsed()
     );
     assert_eq!(r, Ok(queued as usize));
-    assert!((queued as usize) < len);
+    assert!(queued < LONG_WRITE as u64);
     drop(w);
     assert_eq!(run(t.write_async(b"more".to_vec(), T)), Err(Error::Closed));
     assert_eq!(run(t.read_async(16, T)), Err(Error::Closed));
