@@ -331,7 +331,7 @@ impl Tunnel {
 
     /// Queues as much of `data` as `timeout` allows and says how much: `Ok(n)` with
     /// `0 < n <= data.len()` (fewer only when the timeout ran out part-way), or
-    /// [`Error::Timeout`](crate::Error::Timeout) when nothing was queued. Unlike
+    /// [`Error::Timeout`] when nothing was queued. Unlike
     /// [`write`](Self::write), a timeout never leaves an unknown part of `data` queued.
     pub fn write_some(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
         self.rt

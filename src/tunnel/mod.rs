@@ -439,9 +439,10 @@ impl TunnelCore {
 }
 
 /// The upload of one tunnel, held by one writer (see [`TunnelCore::upload`]). Writing is
-/// two steps, so that the wait and the effect can run in different places: [`room`]
-/// (Self::room) waits for queue room and takes nothing if dropped; [`commit`](Self::commit)
-/// queues bytes into that room at once and cannot be interrupted part-way.
+/// two steps, so that the wait and the effect can run in different places:
+/// [`room`](Self::room) waits for queue room and takes nothing if dropped;
+/// [`commit`](Self::commit) queues bytes into that room at once and cannot be interrupted
+/// part-way.
 pub struct Upload {
     guard: tokio::sync::OwnedMutexGuard<Option<queue::QueueTx>>,
     shared: Arc<Shared>,
