@@ -61,6 +61,8 @@ dependencies {
     // The generated Kotlin's public API mentions JNA types (Pointer), hence `api`. The AAR
     // carries libjnidispatch.so for each ABI; 5.17.0 and later are 16 KB aligned.
     api("net.java.dev.jna:jna:5.19.1@aar")
+    // The generated suspend functions (openAsync, readAsync, …) are built on it.
+    api("org.jetbrains.kotlinx:kotlinx-coroutines-core:1.11.0")
 }
 
 // cargo-ndk: one release build per ABI, `.so` files laid out as jniLibs/<abi>/. The library

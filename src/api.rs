@@ -5,6 +5,23 @@
 //! a server that never answers included), and every call on it or its tunnels that ends
 //! after the close began reports [`Error::Closed`]: what the close did to connections
 //! and sockets (a dial refused, a stream reset) never shows through as another error.
+//!
+//! Its `*_async` twins return futures any executor can poll (what the bindings' suspend and
+//! async functions wrap): the waiting runs as a task on the library's runtime, handed back
+//! through a oneshot ([`Runtime::hand_off`]); dropping the future cancels the task. The
+//! rule for a dropped (cancelled) call: it did nothing, or what it did is undone by ending
+//! the tunnel, never half of it silently —
+//! - `read_async` takes bytes out of the tunnel only in the poll that returns them: dropped
+//!   earlier, it took nothing and the tunnel stays usable;
+//! - `write_async` of at most the upload queue's size takes room for all of it before it
+//!   queues a byte, then queues it in one step: dropped, it queued nothing (the tunnel stays
+//!   usable) or all of it and returned. A longer write goes in parts; stopped part-way by
+//!   its timeout or the tunnel's end, it returns the count queued; dropped after its first
+//!   part, it ends the tunnel with an error naming the count, and the upload is reset, so
+//!   the server never takes the part for the whole;
+//! - `open_async` dropped closes a tunnel it already opened; `shutdown_write_async` is
+//!   idempotent; a client's `close` ends a pending `open_async`/`probe_async` at once with
+//!   [`Error::Closed`].
 
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
@@ -12,8 +29,8 @@ use crate::proxy::socks::SocksOptions;
 pub use crate::proxy::udp::UdpOptions;
 use crate::proxy::vless::{self, Target};
 use crate::proxy::{forward, socks, udp};
-use crate::runtime::Runtime;
-use crate::tunnel::{Dialer, TunnelCore};
+use crate::runtime::{Deadline, Runtime};
+use crate::tunnel::{Dialer, TunnelCore, Upload};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -227,6 +244,57 @@ impl Client {
     }
 }
 
+impl Client {
+    /// [`open`](Self::open) as a future any executor can poll; see the module doc for
+    /// cancellation.
+    pub fn open_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Tunnel>> + Send + 'static {
+        let client = self.clone();
+        let deadline = Deadline::after(timeout);
+        async move {
+            let d = client.dialer.clone();
+            let work = until_closed(client.closed.clone(), async move { d.open().await });
+            let core = settle(&client.closed, client.rt.hand_off(deadline, work).await)?;
+            Ok(Tunnel {
+                core: Arc::new(core),
+                client_closed: client.closed.clone(),
+                _dialer: client.dialer,
+                rt: client.rt,
+            })
+        }
+    }
+
+    /// [`probe`](Self::probe) as a future any executor can poll.
+    pub fn probe_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<crate::tunnel::Probe>> + Send + 'static {
+        let client = self.clone();
+        let deadline = Deadline::after(timeout);
+        async move {
+            let d = client.dialer.clone();
+            let work = until_closed(client.closed.clone(), async move { d.probe().await });
+            settle(&client.closed, client.rt.hand_off(deadline, work).await)
+        }
+    }
+}
+
+/// Ends `work` with [`Error::Closed`] as soon as the client's close begins (a dial in
+/// progress would otherwise run on to its own timeout), as [`Client::run`] does for the
+/// blocking calls.
+async fn until_closed<T>(
+    closed: CancellationToken,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = closed.cancelled() => Err(Error::Closed),
+        r = work => r,
+    }
+}
+
 /// How long [`Inbound::stop`] waits for the listener and its flows to close.
 const STOP_BOUND: Duration = Duration::from_secs(3);
 
@@ -339,7 +407,7 @@ impl Tunnel {
 
     /// Queues as much of `data` as `timeout` allows and says how much: `Ok(n)` with
     /// `0 < n <= data.len()` (fewer only when the timeout ran out part-way), or
-    /// [`Error::Timeout`](crate::Error::Timeout) when nothing was queued. Unlike
+    /// [`Error::Timeout`] when nothing was queued. Unlike
     /// [`write`](Self::write), a timeout never leaves an unknown part of `data` queued.
     pub fn write_some(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
         self.run(None, self.core.write_within(data, timeout))
@@ -381,6 +449,140 @@ fn settle<T>(closed: &CancellationToken, r: Result<T>) -> Result<T> {
         Err(Error::WrongThread | Error::ThreadExiting | Error::Forked) => r,
         Err(_) if closed.is_cancelled() => Err(Error::Closed),
         r => r,
+    }
+}
+
+impl Tunnel {
+    /// [`read`](Self::read) as a future any executor can poll: up to `max` bytes, empty at
+    /// the end of the download. The wait for bytes runs on the runtime and takes nothing;
+    /// the bytes leave the tunnel in the poll that returns them.
+    pub fn read_async(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static {
+        let (core, rt) = (self.core.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        settled(self.client_closed.clone(), async move {
+            let mut buf = vec![0u8; max];
+            loop {
+                if let Some(r) = core.try_read(&mut buf) {
+                    buf.truncate(r?);
+                    return Ok(buf);
+                }
+                // Ready but taken by another reader first, past the deadline.
+                if deadline.passed() {
+                    return Err(deadline.error());
+                }
+                let c = core.clone();
+                rt.hand_off(deadline, async move {
+                    c.readable().await;
+                    Ok(())
+                })
+                .await?;
+            }
+        })
+    }
+
+    /// [`write`](Self::write) as a future any executor can poll: queues all of `data` and
+    /// returns its length; stopped part-way (the timeout ran out, the tunnel ended), returns
+    /// what was queued (as [`write_some`](Self::write_some) does), the error when nothing
+    /// was. See the
+    /// module doc for what a dropped write does.
+    pub fn write_async(
+        &self,
+        data: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<usize>> + Send + 'static {
+        let (core, rt) = (self.core.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        settled(self.client_closed.clone(), async move {
+            let c = core.clone();
+            let upload = rt
+                .hand_off(deadline, async move { c.upload().await })
+                .await?;
+            // Whole when it fits the queue (so a cancelled write queued nothing); else in
+            // half-queue parts, so the next part's room frees while one is being sent.
+            let part = if data.len() <= upload.capacity() {
+                data.len()
+            } else {
+                upload.capacity() / 2
+            };
+            let mut w = PartialWrite {
+                upload: &upload,
+                queued: 0,
+                total: data.len(),
+                returned: false,
+            };
+            for piece in data.chunks(part.max(1)) {
+                let room = match rt.hand_off(deadline, upload.room(piece.len())).await {
+                    Ok(room) => room,
+                    Err(e) => return w.give_up(e),
+                };
+                if let Err(e) = upload.commit(room, piece) {
+                    return w.give_up(e);
+                }
+                w.queued += piece.len();
+            }
+            Ok(w.returned())
+        })
+    }
+
+    /// [`shutdown_write_within`](Self::shutdown_write_within) as a future any executor can
+    /// poll. Dropped, it may have taken effect; it is idempotent.
+    pub fn shutdown_write_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let core = self.core.clone();
+        let rt = self.rt.clone();
+        let deadline = Deadline::after(timeout);
+        settled(self.client_closed.clone(), async move {
+            rt.hand_off(deadline, async move { core.shutdown_write().await })
+                .await
+        })
+    }
+}
+
+/// `fut`'s result, settled as the blocking calls' (see [`settle`]).
+async fn settled<T>(closed: CancellationToken, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    settle(&closed, fut.await)
+}
+
+/// A write in parts: dropped after a part was queued and before the count was returned,
+/// it ends the tunnel (the caller would think nothing was queued).
+struct PartialWrite<'a> {
+    upload: &'a Upload,
+    queued: usize,
+    total: usize,
+    returned: bool,
+}
+
+impl PartialWrite<'_> {
+    fn returned(&mut self) -> usize {
+        self.returned = true;
+        self.queued
+    }
+
+    /// Stopped by `e` (a timeout, the tunnel's end): the count when some parts were queued,
+    /// as the blocking write reports it (the next call gets the error), else `e`.
+    fn give_up(&mut self, e: Error) -> Result<usize> {
+        match self.returned() {
+            0 => Err(e),
+            n => Ok(n),
+        }
+    }
+}
+
+impl Drop for PartialWrite<'_> {
+    fn drop(&mut self) {
+        if !self.returned && self.queued > 0 {
+            self.upload.fail(Error::Other(format!(
+                "a write was cancelled after {} of its {} bytes were queued; the tunnel is \
+                 closed so that the server never takes the part for the whole",
+                self.queued, self.total
+            )));
+        }
     }
 }
 

@@ -85,6 +85,16 @@ pub struct XhProbe {
     pub round_trip_us: u64,
 }
 
+impl From<crate::tunnel::Probe> for XhProbe {
+    fn from(p: crate::tunnel::Probe) -> Self {
+        let (connect_us, round_trip_us) = p.micros();
+        XhProbe {
+            connect_us,
+            round_trip_us,
+        }
+    }
+}
+
 /// Implemented by the app: called with each UDP socket the client creates, before use
 /// (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
 #[uniffi::export(with_foreign)]
@@ -160,12 +170,7 @@ impl XhClient {
 
     /// Latency of the config on a connection of its own (the pool is untouched).
     pub fn probe(&self, timeout_ms: u32) -> R<XhProbe> {
-        let p = self.inner.probe(timeout(timeout_ms))?;
-        let (connect_us, round_trip_us) = p.micros();
-        Ok(XhProbe {
-            connect_us,
-            round_trip_us,
-        })
+        Ok(self.inner.probe(timeout(timeout_ms))?.into())
     }
 
     /// The device changed networks: every connection moves to a new, protected socket.
@@ -232,6 +237,56 @@ impl XhTunnel {
 
     pub fn peer_addr(&self) -> String {
         self.inner.peer_addr().to_string()
+    }
+}
+
+// Suspend functions (Kotlin) and async methods (Swift) for the calls that wait. The work
+// runs on the library's runtime, never on the caller's thread or dispatcher; the futures
+// need no runtime of the caller's (uniffi polls them from Kotlin/Swift). What a cancelled
+// call did is stated in `api.rs`'s module doc and in bindings/README.md.
+
+/// The calls that wait, as suspend functions (Kotlin) and async methods (Swift), with the
+/// same timeouts as their blocking twins. Kotlin: cancelling the coroutine cancels the
+/// call. Swift: uniffi's async calls ignore task cancellation; a timeout or `shutdown()`
+/// ends them. `shutdown()` of the client ends its pending `openAsync`/`probeAsync` (and,
+/// closing its tunnels, their reads and writes) with `Closed` at once.
+#[uniffi::export]
+impl XhClient {
+    /// `open` without blocking a thread. Cancelled, it opens nothing (a tunnel it already
+    /// opened is closed).
+    pub async fn open_async(&self, timeout_ms: u32) -> R<Arc<XhTunnel>> {
+        let t = self.inner.open_async(timeout(timeout_ms)).await?;
+        Ok(Arc::new(XhTunnel { inner: t }))
+    }
+
+    /// `probe` without blocking a thread.
+    pub async fn probe_async(&self, timeout_ms: u32) -> R<XhProbe> {
+        Ok(self.inner.probe_async(timeout(timeout_ms)).await?.into())
+    }
+}
+
+#[uniffi::export]
+impl XhTunnel {
+    /// `read` without blocking a thread: up to `max` bytes, empty at the end of the
+    /// download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+    pub async fn read_async(&self, max: u32, timeout_ms: u32) -> R<Vec<u8>> {
+        let max = max.clamp(1, 1 << 20) as usize;
+        Ok(self.inner.read_async(max, timeout(timeout_ms)).await?)
+    }
+
+    /// `write` without blocking a thread: queues all of `data` and returns its size, or
+    /// what was queued when the timeout ran out part-way. Cancelled: a write no larger than
+    /// the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
+    /// usable; a larger one cancelled after its first part closes the tunnel (reads and
+    /// writes then fail naming the count), so the server never takes the part for the whole.
+    pub async fn write_async(&self, data: Vec<u8>, timeout_ms: u32) -> R<u64> {
+        Ok(self.inner.write_async(data, timeout(timeout_ms)).await? as u64)
+    }
+
+    /// `shutdownWrite` without blocking a thread. Idempotent; a cancelled one may have
+    /// taken effect.
+    pub async fn shutdown_write_async(&self, timeout_ms: u32) -> R<()> {
+        Ok(self.inner.shutdown_write_async(timeout(timeout_ms)).await?)
     }
 }
 

@@ -16,11 +16,14 @@
 //!   holds heap memory (so a library unloaded then leaves nothing behind).
 
 use crate::error::{Error, Result};
+use futures_util::FutureExt;
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 pub struct Runtime {
     rt: Option<tokio::runtime::Runtime>,
@@ -148,6 +151,108 @@ pub fn check_caller() -> Result<()> {
     }
     // Registers `CALLER` on a thread's first call, before tokio registers its own.
     CALLER.try_with(|_| ()).map_err(|_| Error::ThreadExiting)
+}
+
+impl Runtime {
+    /// Runs `work` as a task on this runtime and returns a future for its result that any
+    /// executor can poll: no tokio context is needed to poll it (uniffi polls it from
+    /// Kotlin's and Swift's threads). The task gives up at `deadline` with
+    /// [`Error::Timeout`]. Dropping the returned future aborts the task, which stops at the
+    /// await point it reached (as a timeout of a blocking call would stop it); a result
+    /// the task already produced and nobody took is dropped with the future.
+    pub fn hand_off<T, F>(&self, deadline: Deadline, work: F) -> Handoff<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if forked() {
+            // Nothing of the parent's runtime may be touched in a forked child (see the
+            // module comment): not even a spawn, which wakes its driver.
+            let _ = tx.send(Err(Error::Forked));
+            return Handoff { rx, task: None };
+        }
+        let task = self.handle().spawn(async move {
+            // A panic must not look like a runtime gone away (the oneshot dropped).
+            let r = std::panic::AssertUnwindSafe(deadline.bound(work))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Other(
+                        "internal error: a library task panicked".into(),
+                    ))
+                });
+            let _ = tx.send(r);
+        });
+        Handoff {
+            rx,
+            task: Some(task.abort_handle()),
+        }
+    }
+}
+
+/// When a call gives up: a point in time, or never.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Option<Instant>,
+    /// The timeout as given, for the error.
+    ms: u64,
+}
+
+impl Deadline {
+    /// `timeout` from now; `None` (or a timeout too long to represent) is never.
+    pub fn after(timeout: Option<Duration>) -> Deadline {
+        Deadline {
+            at: timeout.and_then(|d| Instant::now().checked_add(d)),
+            ms: timeout.map_or(u64::MAX, |d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Runs `fut` until this deadline (on the runtime: it needs its timer).
+    pub async fn bound<T>(self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.at {
+            None => fut.await,
+            Some(at) => tokio::time::timeout_at(at.into(), fut)
+                .await
+                .unwrap_or(Err(Error::Timeout(self.ms))),
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub fn passed(&self) -> bool {
+        self.at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The error of a call that ran out of time.
+    pub fn error(&self) -> Error {
+        Error::Timeout(self.ms)
+    }
+}
+
+/// The result of a task on the library's runtime; see [`Runtime::hand_off`].
+pub struct Handoff<T> {
+    rx: tokio::sync::oneshot::Receiver<Result<T>>,
+    /// `None` when nothing was spawned (in a forked child).
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl<T> Future for Handoff<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            // The task dropped unfinished: the runtime shut down under it.
+            r.unwrap_or(Err(Error::Closed))
+        })
+    }
+}
+
+impl<T> Drop for Handoff<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Runtime {

@@ -833,6 +833,12 @@ public func FfiConverterTypeSocketProtector_lower(_ value: SocketProtector) -> U
 /**
  * A client for one server config: the library JSON, an Xray outbound, a whole Xray
  * config or a `vless://` link.
+ *
+ * Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+ * `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+ * what the client buffers (an iOS network extension dies at about 50 MB); smaller windows
+ * cap a tunnel's throughput at about one stream window per round trip (numbers: README,
+ * "Memory limits").
  */
 public protocol XhClientProtocol: AnyObject, Sendable {
     
@@ -847,12 +853,24 @@ public protocol XhClientProtocol: AnyObject, Sendable {
     func `open`(timeoutMs: UInt32) throws  -> XhTunnel
     
     /**
+     * `open` without blocking a thread. Cancelled, it opens nothing (a tunnel it already
+     * opened is closed).
+     */
+    func openAsync(timeoutMs: UInt32) async throws  -> XhTunnel
+    
+    /**
      * Latency of the config on a connection of its own (the pool is untouched).
      */
     func probe(timeoutMs: UInt32) throws  -> XhProbe
     
     /**
-     * Sets (or with `None`, removes) the socket protector.
+     * `probe` without blocking a thread.
+     */
+    func probeAsync(timeoutMs: UInt32) async throws  -> XhProbe
+    
+    /**
+     * Sets (or with `None`, removes) the socket protector. A protector that throws refuses
+     * the socket: the dial fails with `Connect`, the library carries on.
      */
     func setProtect(protector: SocketProtector?) 
     
@@ -867,6 +885,12 @@ public protocol XhClientProtocol: AnyObject, Sendable {
 /**
  * A client for one server config: the library JSON, an Xray outbound, a whole Xray
  * config or a `vless://` link.
+ *
+ * Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+ * `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+ * what the client buffers (an iOS network extension dies at about 50 MB); smaller windows
+ * cap a tunnel's throughput at about one stream window per round trip (numbers: README,
+ * "Memory limits").
  */
 open class XhClient: XhClientProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -928,6 +952,20 @@ public convenience init(config: String)throws  {
     }
 
     
+    /**
+     * Like the constructor, with `memoryLimits` (a JSON object) given apart, for configs
+     * that cannot carry it (Xray outbounds and configs, `vless://` links).
+     */
+public static func withMemoryLimits(config: String, memoryLimits: String)throws  -> XhClient  {
+    return try  FfiConverterTypeXhClient_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(
+        FfiConverterString.lower(config),
+        FfiConverterString.lower(memoryLimits),uniffiCallStatus
+    )
+})
+}
+    
 
     
     /**
@@ -956,6 +994,26 @@ open func `open`(timeoutMs: UInt32)throws  -> XhTunnel  {
 }
     
     /**
+     * `open` without blocking a thread. Cancelled, it opens nothing (a tunnel it already
+     * opened is closed).
+     */
+open func openAsync(timeoutMs: UInt32)async throws  -> XhTunnel  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhclient_open_async(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_u64,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_u64,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_u64,
+            liftFunc: FfiConverterTypeXhTunnel_lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
      * Latency of the config on a connection of its own (the pool is untouched).
      */
 open func probe(timeoutMs: UInt32)throws  -> XhProbe  {
@@ -969,7 +1027,27 @@ open func probe(timeoutMs: UInt32)throws  -> XhProbe  {
 }
     
     /**
-     * Sets (or with `None`, removes) the socket protector.
+     * `probe` without blocking a thread.
+     */
+open func probeAsync(timeoutMs: UInt32)async throws  -> XhProbe  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhclient_probe_async(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeXhProbe_lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
+     * Sets (or with `None`, removes) the socket protector. A protector that throws refuses
+     * the socket: the dial fails with `Connect`, the library carries on.
      */
 open func setProtect(protector: SocketProtector?)  {try! rustCall() {
         uniffiCallStatus in
@@ -1067,6 +1145,12 @@ public protocol XhTunnelProtocol: AnyObject, Sendable {
     func read(max: UInt32, timeoutMs: UInt32) throws  -> Data
     
     /**
+     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
+     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     */
+    func readAsync(max: UInt32, timeoutMs: UInt32) async throws  -> Data
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */
@@ -1078,10 +1162,25 @@ public protocol XhTunnelProtocol: AnyObject, Sendable {
     func shutdownWrite(timeoutMs: UInt32) throws 
     
     /**
+     * `shutdownWrite` without blocking a thread. Idempotent; a cancelled one may have
+     * taken effect.
+     */
+    func shutdownWriteAsync(timeoutMs: UInt32) async throws 
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
     func write(data: Data, timeoutMs: UInt32) throws  -> UInt64
+    
+    /**
+     * `write` without blocking a thread: queues all of `data` and returns its size, or
+     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
+     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
+     * usable; a larger one cancelled after its first part closes the tunnel (reads and
+     * writes then fail naming the count), so the server never takes the part for the whole.
+     */
+    func writeAsync(data: Data, timeoutMs: UInt32) async throws  -> UInt64
     
 }
 /**
@@ -1182,6 +1281,26 @@ open func read(max: UInt32, timeoutMs: UInt32)throws  -> Data  {
 }
     
     /**
+     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
+     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     */
+open func readAsync(max: UInt32, timeoutMs: UInt32)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(max),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */
@@ -1206,6 +1325,26 @@ open func shutdownWrite(timeoutMs: UInt32)throws   {try rustCallWithError(FfiCon
 }
     
     /**
+     * `shutdownWrite` without blocking a thread. Idempotent; a cancelled one may have
+     * taken effect.
+     */
+open func shutdownWriteAsync(timeoutMs: UInt32)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_void,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_void,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
@@ -1218,6 +1357,29 @@ open func write(data: Data, timeoutMs: UInt32)throws  -> UInt64  {
         FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * `write` without blocking a thread: queues all of `data` and returns its size, or
+     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
+     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
+     * usable; a larger one cancelled after its first part closes the tunnel (reads and
+     * writes then fail naming the count), so the server never takes the part for the whole.
+     */
+open func writeAsync(data: Data, timeoutMs: UInt32)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(data),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_u64,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_u64,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
 }
     
 
@@ -1551,6 +1713,103 @@ public func FfiConverterTypeXhException_lower(_ value: XhException) -> RustBuffe
     return FfiConverterTypeXhException.lower(value)
 }
 
+
+/**
+ * A log level for [`enable_platform_log`].
+ */
+
+public enum XhLogLevel: Equatable, Hashable {
+    
+    case off
+    case error
+    case warn
+    case info
+    case debug
+    case trace
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension XhLogLevel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhLogLevel: FfiConverterRustBuffer {
+    typealias SwiftType = XhLogLevel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhLogLevel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .off
+        
+        case 2: return .error
+        
+        case 3: return .warn
+        
+        case 4: return .info
+        
+        case 5: return .debug
+        
+        case 6: return .trace
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: XhLogLevel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .off:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .error:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .warn:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .info:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .debug:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .trace:
+            writeInt(&buf, Int32(6))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhLogLevel_lift(_ buf: RustBuffer) throws -> XhLogLevel {
+    return try FfiConverterTypeXhLogLevel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhLogLevel_lower(_ value: XhLogLevel) -> RustBuffer {
+    return FfiConverterTypeXhLogLevel.lower(value)
+}
+
+
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
@@ -1574,6 +1833,68 @@ fileprivate struct FfiConverterOptionTypeSocketProtector: FfiConverterRustBuffer
         }
     }
 }
+private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
+private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
+
+fileprivate let uniffiContinuationHandleMap = UniffiHandleMap<UnsafeContinuation<Int8, Never>>()
+
+fileprivate func uniffiRustCallAsync<F, T>(
+    rustFutureFunc: () -> UInt64,
+    pollFunc: (UInt64, @escaping UniffiRustFutureContinuationCallback, UInt64) -> (),
+    completeFunc: (UInt64, UnsafeMutablePointer<RustCallStatus>) -> F,
+    freeFunc: (UInt64) -> (),
+    liftFunc: (F) throws -> T,
+    errorHandler: ((RustBuffer) throws -> Swift.Error)?
+) async throws -> T {
+    // Make sure to call the ensure init function since future creation doesn't have a
+    // RustCallStatus param, so doesn't use makeRustCall()
+    uniffiEnsureXhttpMobileInitialized()
+    let rustFuture = rustFutureFunc()
+    defer {
+        freeFunc(rustFuture)
+    }
+    var pollResult: Int8;
+    repeat {
+        pollResult = await withUnsafeContinuation {
+            pollFunc(
+                rustFuture,
+                { handle, pollResult in
+                    uniffiFutureContinuationCallback(handle: handle, pollResult: pollResult)
+                },
+                uniffiContinuationHandleMap.insert(obj: $0)
+            )
+        }
+    } while pollResult != UNIFFI_RUST_FUTURE_POLL_READY
+
+    return try liftFunc(makeRustCall(
+        { completeFunc(rustFuture, $0) },
+        errorHandler: errorHandler
+    ))
+}
+
+// Callback handlers for an async calls.  These are invoked by Rust when the future is ready.  They
+// lift the return value or error and resume the suspended function.
+fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: Int8) {
+    if let continuation = try? uniffiContinuationHandleMap.remove(handle: handle) {
+        continuation.resume(returning: pollResult)
+    } else {
+        print("uniffiFutureContinuationCallback invalid handle")
+    }
+}
+/**
+ * Sends the library's log records of `level` and more severe to the platform's log:
+ * logcat with tag `xhttp` on Android, the unified log (subsystem `dev.xhttpmobile`) on iOS.
+ * Call again to change the level. Returns `false` where the platform has no log of its own
+ * (a desktop JVM). Records never contain VLESS ids, pins, links, session ids or padding.
+ */
+public func enablePlatformLog(level: XhLogLevel)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_func_enable_platform_log(
+        FfiConverterTypeXhLogLevel_lower(level),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -1590,6 +1911,9 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_func_enable_platform_log() != 48009) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_socketprotector_protect() != 27688) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -1599,10 +1923,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhclient_open() != 62814) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_open_async() != 13519) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_probe() != 48416) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_xhttp_mobile_checksum_method_xhclient_set_protect() != 41593) {
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_probe_async() != 16485) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_set_protect() != 26371) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_shutdown() != 4332) {
@@ -1623,16 +1953,28 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_read() != 17494) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async() != 23299) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown() != 37503) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write() != 40398) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async() != 42786) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_write() != 64983) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async() != 14305) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_constructor_xhclient_new() != 61357) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits() != 64123) {
         return InitializationResult.apiChecksumMismatch
     }
 

@@ -294,6 +294,11 @@ void uniffi_xhttp_mobile_fn_free_xhclient(uint64_t handle, RustCallStatus *_Nonn
 uint64_t uniffi_xhttp_mobile_fn_constructor_xhclient_new(RustBuffer config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
+uint64_t uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(RustBuffer config, RustBuffer memory_limits, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_NETWORK_CHANGED
 uint32_t uniffi_xhttp_mobile_fn_method_xhclient_network_changed(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -304,9 +309,19 @@ uint32_t uniffi_xhttp_mobile_fn_method_xhclient_network_changed(uint64_t ptr, Ru
 uint64_t uniffi_xhttp_mobile_fn_method_xhclient_open(uint64_t ptr, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_open_async(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_PROBE
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_PROBE
 RustBuffer uniffi_xhttp_mobile_fn_method_xhclient_probe(uint64_t ptr, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_PROBE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_PROBE_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_probe_async(uint64_t ptr, uint32_t timeout_ms
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_SET_PROTECT
@@ -354,6 +369,11 @@ RustBuffer uniffi_xhttp_mobile_fn_method_xhtunnel_peer_addr(uint64_t ptr, RustCa
 RustBuffer uniffi_xhttp_mobile_fn_method_xhtunnel_read(uint64_t ptr, uint32_t max, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_READ_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_READ_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(uint64_t ptr, uint32_t max, uint32_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN
 void uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -364,9 +384,24 @@ void uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown(uint64_t ptr, RustCallStatu
 void uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write(uint64_t ptr, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE
 uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_write(uint64_t ptr, RustBuffer data, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(uint64_t ptr, RustBuffer data, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FUNC_ENABLE_PLATFORM_LOG
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FUNC_ENABLE_PLATFORM_LOG
+int8_t uniffi_xhttp_mobile_fn_func_enable_platform_log(RustBuffer level, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_XHTTP_MOBILE_RUSTBUFFER_ALLOC
@@ -629,6 +664,12 @@ void ffi_xhttp_mobile_rust_future_free_void(uint64_t handle
 void ffi_xhttp_mobile_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_FUNC_ENABLE_PLATFORM_LOG
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_FUNC_ENABLE_PLATFORM_LOG
+uint16_t uniffi_xhttp_mobile_checksum_func_enable_platform_log(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_SOCKETPROTECTOR_PROTECT
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_SOCKETPROTECTOR_PROTECT
 uint16_t uniffi_xhttp_mobile_checksum_method_socketprotector_protect(void
@@ -647,9 +688,21 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_open(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_open_async(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_PROBE
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_PROBE
 uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_probe(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_PROBE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_PROBE_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_probe_async(void
     
 );
 #endif
@@ -695,6 +748,12 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_read(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_READ_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_READ_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown(void
@@ -707,15 +766,33 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_write(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_NEW
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_NEW
 uint16_t uniffi_xhttp_mobile_checksum_constructor_xhclient_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
+uint16_t uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits(void
     
 );
 #endif

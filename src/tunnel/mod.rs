@@ -17,9 +17,11 @@ mod streams;
 
 pub use dialer::{ClientStats, Dialer};
 pub use probe::Probe;
+pub use queue::Room;
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +129,9 @@ pub struct TunnelCore {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     down: tokio::sync::Mutex<Download>,
-    up: tokio::sync::Mutex<Option<queue::QueueTx>>,
+    /// `None` once the upload is shut down. In an `Arc` so that an [`Upload`] can hold it
+    /// across threads.
+    up: Arc<tokio::sync::Mutex<Option<queue::QueueTx>>>,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -136,6 +140,11 @@ struct Download {
     rx: queue::QueueRx,
     pending: Bytes,
     eof: bool,
+    /// The queue was seen closed (by `readable`, whose `recv` took the news).
+    rx_closed: bool,
+    /// After a failure, the download task's hand-over did not end within its bound: the
+    /// failure is reported without waiting again.
+    drained: bool,
 }
 
 impl TunnelCore {
@@ -154,8 +163,10 @@ impl TunnelCore {
                 rx: down,
                 pending: Bytes::new(),
                 eof: false,
+                rx_closed: false,
+                drained: false,
             }),
-            up: tokio::sync::Mutex::new(Some(up)),
+            up: Arc::new(tokio::sync::Mutex::new(Some(up))),
             local,
             remote,
         }
@@ -179,58 +190,105 @@ impl TunnelCore {
     /// [`read`](Self::read) into memory that may be uninitialised (a C caller's buffer);
     /// the first `n` bytes are initialised when it returns `Ok(n)`.
     pub async fn read_uninit(&self, buf: &mut [MaybeUninit<u8>]) -> Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
+        loop {
+            if let Some(r) = self.try_read_uninit(buf) {
+                return r;
+            }
+            self.readable().await;
+        }
+    }
+
+    /// Waits until a read would not wait: bytes are queued, the download ended, or the
+    /// tunnel ended. Takes nothing out of the tunnel, so a read split into this wait and
+    /// [`try_read`](Self::try_read) loses nothing when the wait is dropped part-way (the
+    /// async bindings run the wait on the runtime and the take on the caller's thread).
+    pub async fn readable(&self) {
+        // Not raced with the tunnel's end: a reader holding the lock gives it up promptly
+        // once the tunnel ends (at once on a close, within the bound below on a failure).
+        let mut down = self.down.lock().await;
+        if !down.pending.is_empty()
+            || down.eof
+            || down.rx_closed
+            || down.drained
+            || self.shared.closed_by_us()
+        {
+            return;
         }
         let token = self.shared.cancel.clone();
-        let mut down = tokio::select! {
+        let next = tokio::select! {
             biased;
-            d = self.down.lock() => d,
-            // Another reader holds the download; it reports the end itself.
-            _ = token.cancelled() => return Err(self.shared.end_error()),
+            n = down.rx.recv() => n,
+            _ = token.cancelled() => {
+                if self.shared.closed_by_us() {
+                    return;
+                }
+                // Ended by a failure: the download task hands over what its stream
+                // already holds and stops; it never waits once cancelled, so this bound
+                // only guards against a bug.
+                match tokio::time::timeout(Duration::from_secs(1), down.rx.recv()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        down.drained = true;
+                        return;
+                    }
+                }
+            }
         };
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+        match next {
+            Some(b) => down.pending = b,
+            // The queue is closed: `try_read` tells EOF from an error by how it closed.
+            None => down.rx_closed = true,
+        }
+    }
+
+    /// [`read`](Self::read) without waiting: `None` when it would wait (nothing queued, or
+    /// another reader holds the download at this instant).
+    pub fn try_read(&self, buf: &mut [u8]) -> Option<Result<usize>> {
+        // SAFETY: as in `read`.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.try_read_uninit(buf)
+    }
+
+    /// [`try_read`](Self::try_read) into memory that may be uninitialised.
+    pub fn try_read_uninit(&self, buf: &mut [MaybeUninit<u8>]) -> Option<Result<usize>> {
+        if buf.is_empty() {
+            return Some(Ok(0));
+        }
+        let mut down = self.down.try_lock().ok()?;
+        if self.shared.closed_by_us() {
+            return Some(Err(Error::Closed));
         }
         if down.pending.is_empty() && !down.eof {
-            let next = tokio::select! {
-                biased;
-                n = down.rx.recv() => n,
-                _ = token.cancelled() => {
-                    // Ended by a failure: the download task hands over what its stream
-                    // already holds and stops; it never waits once cancelled, so this
-                    // bound only guards against a bug.
-                    if self.shared.closed.load(Ordering::Acquire) {
-                        return Err(Error::Closed);
-                    }
-                    tokio::time::timeout(Duration::from_secs(1), down.rx.recv())
-                        .await
-                        .ok()
-                        .flatten()
+            let next = match down.rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(queue::TryRecvError::Disconnected) => None,
+                Err(queue::TryRecvError::Empty) if down.rx_closed => None,
+                Err(queue::TryRecvError::Empty) if down.drained => {
+                    return Some(Err(self.shared.end_error()));
                 }
+                Err(queue::TryRecvError::Empty) => return None,
             };
             match next {
                 Some(b) => down.pending = b,
                 None if self.shared.download_ended.load(Ordering::Acquire) => down.eof = true,
-                None if token.is_cancelled() => return Err(self.shared.end_error()),
+                None if self.shared.cancel.is_cancelled() => {
+                    return Some(Err(self.shared.end_error()));
+                }
                 None => {
                     // The download task stopped without the body's end (it panicked):
                     // an error, never a silent EOF.
                     let e =
                         Error::Other("download stopped before the end of the response body".into());
                     self.shared.fail(e.clone());
-                    return Err(e);
+                    return Some(Err(e));
                 }
             }
         }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
         if down.pending.is_empty() {
-            return match self.shared.failure.get() {
+            return Some(match self.shared.failure.get() {
                 Some(e) => Err(e.clone()),
                 None => Ok(0),
-            };
+            });
         }
         // Fill `buf` from what is queued without waiting for more.
         let mut n = 0;
@@ -252,7 +310,7 @@ impl TunnelCore {
             }
         }
         self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        Some(Ok(n))
     }
 
     /// Queues `data` for upload; returns once all of it is queued (the upload task applies
@@ -319,6 +377,26 @@ impl TunnelCore {
         Ok(sent)
     }
 
+    /// Takes the upload for one writer: the bytes of writes made through it are never
+    /// interleaved with another writer's, and the upload is not shut down while it is held.
+    /// Waits for a writer holding it; cancel-safe.
+    pub async fn upload(&self) -> Result<Upload> {
+        let token = self.shared.cancel.clone();
+        let guard = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(self.shared.end_error()),
+            g = self.up.clone().lock_owned() => g,
+        };
+        if guard.is_none() {
+            return Err(Error::WriteShutdown);
+        }
+        Ok(Upload {
+            guard,
+            shared: self.shared.clone(),
+            counters: self.counters.clone(),
+        })
+    }
+
     /// Ends the upload cleanly after everything queued is sent (stream-up and stream-one
     /// finish the request body; packet-up flushes its last POSTs). Idempotent.
     pub async fn shutdown_write(&self) -> Result<()> {
@@ -357,6 +435,84 @@ impl TunnelCore {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.remote
+    }
+}
+
+/// The upload of one tunnel, held by one writer (see [`TunnelCore::upload`]). Writing is
+/// two steps, so that the wait and the effect can run in different places:
+/// [`room`](Self::room) waits for queue room and takes nothing if dropped;
+/// [`commit`](Self::commit) queues bytes into that room at once and cannot be interrupted
+/// part-way.
+pub struct Upload {
+    guard: tokio::sync::OwnedMutexGuard<Option<queue::QueueTx>>,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+}
+
+impl Upload {
+    fn tx(&self) -> &queue::QueueTx {
+        self.guard
+            .as_ref()
+            .expect("an Upload exists only for a live upload")
+    }
+
+    /// The most bytes one [`room`](Self::room) can hold: the upload queue's size
+    /// (`memoryLimits.uploadQueue`, or the mode's default).
+    pub fn capacity(&self) -> usize {
+        self.tx().capacity()
+    }
+
+    /// Waits for room for `n` bytes (at most [`capacity`](Self::capacity)) in the upload
+    /// queue. The future owns what it needs (it may run as a task of its own). Dropped
+    /// part-way, it takes no room. Fails when the tunnel ends.
+    pub fn room(&self, n: usize) -> impl Future<Output = Result<Room>> + Send + 'static {
+        let shared = self.shared.clone();
+        let wait = self.tx().room(n);
+        let too_big = n > self.capacity();
+        async move {
+            if too_big {
+                return Err(Error::Other(format!(
+                    "a room of {n} bytes is larger than the upload queue"
+                )));
+            }
+            let token = shared.cancel.clone();
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => Err(shared.end_error()),
+                r = wait => r.map_err(|()| {
+                    // The upload task gone from a live tunnel: the server is done reading.
+                    if shared.cancel.is_cancelled() {
+                        shared.end_error()
+                    } else {
+                        Error::WriteShutdown
+                    }
+                }),
+            }
+        }
+    }
+
+    /// Queues `data` into `room` (taken for exactly `data.len()` bytes) without waiting.
+    pub fn commit(&self, room: Room, data: &[u8]) -> Result<()> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(self.shared.end_error());
+        }
+        if self.tx().commit(room, data, WRITE_PIECE).is_err() {
+            return Err(if self.shared.cancel.is_cancelled() {
+                self.shared.end_error()
+            } else {
+                Error::WriteShutdown
+            });
+        }
+        self.counters
+            .up
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ends the tunnel with `e` (the first failure wins), e.g. when a write made through
+    /// this upload was abandoned part-way.
+    pub fn fail(&self, e: Error) {
+        self.shared.fail(e);
     }
 }
 

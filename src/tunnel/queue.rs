@@ -6,8 +6,9 @@
 //! a few KiB; a bound in bytes lets reads batch.
 
 use bytes::Bytes;
+use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub(crate) use mpsc::error::TryRecvError;
 
@@ -17,6 +18,14 @@ type Item = (Bytes, u32);
 pub(crate) struct QueueTx {
     tx: mpsc::UnboundedSender<Item>,
     budget: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Room for `n` bytes taken in the queue ahead of the bytes themselves; given back if
+/// dropped unused.
+pub struct Room {
+    permit: OwnedSemaphorePermit,
+    n: usize,
 }
 
 pub(crate) struct QueueRx {
@@ -32,6 +41,7 @@ pub(crate) fn queue(bytes: usize) -> (QueueTx, QueueRx) {
         QueueTx {
             tx,
             budget: budget.clone(),
+            capacity: bytes,
         },
         QueueRx { rx, budget },
     )
@@ -46,6 +56,46 @@ impl QueueTx {
         self.tx.send((b, n)).map_err(|_| ())?;
         // Given back by the receiver when it takes the piece.
         room.forget();
+        Ok(())
+    }
+
+    /// The most bytes the queue holds; no [`room`](Self::room) larger than this is ever
+    /// granted.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Waits for room for `n` bytes (at most [`capacity`](Self::capacity)) and takes it.
+    /// The future owns what it needs, so it can run as a task of its own. Cancel-safe: a
+    /// cancelled wait takes no room. Err when the upload task is gone.
+    pub(crate) fn room(&self, n: usize) -> impl Future<Output = Result<Room, ()>> + Send + 'static {
+        let budget = self.budget.clone();
+        let fits = n <= self.capacity;
+        async move {
+            let permits = u32::try_from(n).map_err(|_| ())?;
+            if !fits {
+                return Err(());
+            }
+            let permit = budget.acquire_many_owned(permits).await.map_err(|_| ())?;
+            Ok(Room { permit, n })
+        }
+    }
+
+    /// Queues `data` (exactly the size of `room`) in pieces of at most `piece` bytes, at
+    /// once: the room is already taken. Err when the upload task is gone.
+    pub(crate) fn commit(&self, room: Room, data: &[u8], piece: usize) -> Result<(), ()> {
+        assert_eq!(
+            room.n,
+            data.len(),
+            "a room is committed with the bytes it was taken for"
+        );
+        // Given back piece by piece by the receiver as it takes them.
+        room.permit.forget();
+        for p in data.chunks(piece.max(1)) {
+            self.tx
+                .send((Bytes::copy_from_slice(p), p.len() as u32))
+                .map_err(|_| ())?;
+        }
         Ok(())
     }
 
@@ -81,6 +131,7 @@ impl QueueRx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[tokio::test]
     async fn bounded_in_bytes_not_messages() {
@@ -120,6 +171,35 @@ mod tests {
             .expect("the waiting sender woke")
             .unwrap();
         assert!(r.is_err());
+    }
+
+    #[tokio::test]
+    async fn room_is_taken_whole_and_given_back_when_dropped_or_read() {
+        let (tx, mut rx) = queue(100);
+        tx.send(Bytes::from_static(&[1; 60])).await.unwrap();
+        // 50 bytes do not fit beside 60: the wait takes nothing while it waits.
+        let mut waiting = Box::pin(tx.room(50));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err()
+        );
+        drop(waiting);
+        // A room taken and dropped unused gives its bytes back.
+        let room = tx.room(40).await.unwrap();
+        drop(room);
+        let room = tx.room(40).await.unwrap();
+        tx.commit(room, &[2; 40], 16).unwrap();
+        // Full: 60 + 40. The commit went in pieces of at most 16 bytes.
+        assert!(tx.room(1).now_or_never().is_none());
+        let mut sizes = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            sizes.push(b.len());
+        }
+        assert_eq!(sizes, [60, 16, 16, 8]);
+        // Everything read: the whole queue is free again.
+        assert!(tx.room(100).now_or_never().is_some());
+        assert!(tx.room(101).await.is_err(), "larger than the queue");
     }
 
     #[tokio::test]

@@ -31,6 +31,13 @@ import java.nio.charset.CodingErrorAction
 import java.util.concurrent.atomic.AtomicLong
 import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicBoolean
+import kotlin.coroutines.resume
+import kotlinx.coroutines.CancellableContinuation
+import kotlinx.coroutines.DelicateCoroutinesApi
+import kotlinx.coroutines.GlobalScope
+import kotlinx.coroutines.Job
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.suspendCancellableCoroutine
 
 // This is a helper for safely working with byte buffers returned from the Rust code.
 // A rust-owned buffer is represented by its capacity, its current length, and a
@@ -697,13 +704,19 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_xhttp_mobile_checksum_func_enable_platform_log(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_socketprotector_protect(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_network_changed(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_open(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_open_async(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_probe(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_probe_async(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_set_protect(
     ): Int
@@ -719,13 +732,21 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_read(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_constructor_xhclient_new(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits(
     ): Int
     external fun ffi_xhttp_mobile_uniffi_contract_version(
     ): Int
@@ -762,12 +783,18 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_xhttp_mobile_fn_constructor_xhclient_new(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(`config`: RustBuffer.ByValue,`memoryLimits`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_network_changed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Int
     external fun uniffi_xhttp_mobile_fn_method_xhclient_open(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_open_async(`ptr`: Long,`timeoutMs`: Int,
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_probe(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_probe_async(`ptr`: Long,`timeoutMs`: Int,
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_set_protect(`ptr`: Long,`protector`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_xhttp_mobile_fn_method_xhclient_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -786,12 +813,20 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_read(`ptr`: Long,`max`: Int,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(`ptr`: Long,`max`: Int,`timeoutMs`: Int,
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(`ptr`: Long,`timeoutMs`: Int,
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_func_enable_platform_log(`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun ffi_xhttp_mobile_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_xhttp_mobile_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -911,6 +946,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_xhttp_mobile_checksum_func_enable_platform_log() and 0xFFFF) != 48009) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_socketprotector_protect() and 0xFFFF) != 27688) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -920,10 +958,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_open() and 0xFFFF) != 62814) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_open_async() and 0xFFFF) != 13519) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_probe() and 0xFFFF) != 48416) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_set_protect() and 0xFFFF) != 41593) {
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_probe_async() and 0xFFFF) != 16485) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_set_protect() and 0xFFFF) != 26371) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_shutdown() and 0xFFFF) != 4332) {
@@ -944,16 +988,28 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_read() and 0xFFFF) != 17494) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async() and 0xFFFF) != 23299) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown() and 0xFFFF) != 37503) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write() and 0xFFFF) != 40398) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async() and 0xFFFF) != 42786) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write() and 0xFFFF) != 64983) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async() and 0xFFFF) != 14305) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhclient_new() and 0xFFFF) != 61357) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits() and 0xFFFF) != 64123) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -969,6 +1025,46 @@ public fun uniffiEnsureInitialized() {
 }
 
 // Async support
+// Async return type handlers
+
+internal const val UNIFFI_RUST_FUTURE_POLL_READY = 0.toByte()
+internal const val UNIFFI_RUST_FUTURE_POLL_WAKE = 1.toByte()
+
+internal val uniffiContinuationHandleMap = UniffiHandleMap<CancellableContinuation<Byte>>()
+
+// FFI type for Rust future continuations
+internal object uniffiRustFutureContinuationCallbackImpl: UniffiRustFutureContinuationCallback {
+    override fun callback(data: Long, pollResult: Byte) {
+        uniffiContinuationHandleMap.remove(data).resume(pollResult)
+    }
+}
+
+internal suspend fun<T, F, E: kotlin.Exception> uniffiRustCallAsync(
+    rustFuture: Long,
+    pollFunc: (Long, UniffiRustFutureContinuationCallback, Long) -> Unit,
+    completeFunc: (Long, UniffiRustCallStatus) -> F,
+    freeFunc: (Long) -> Unit,
+    liftFunc: (F) -> T,
+    errorHandler: UniffiRustCallStatusErrorHandler<E>
+): T {
+    try {
+        do {
+            val pollResult = suspendCancellableCoroutine<Byte> { continuation ->
+                pollFunc(
+                    rustFuture,
+                    uniffiRustFutureContinuationCallbackImpl,
+                    uniffiContinuationHandleMap.insert(continuation)
+                )
+            }
+        } while (pollResult != UNIFFI_RUST_FUTURE_POLL_READY);
+
+        return liftFunc(
+            uniffiRustCallWithError(errorHandler, { status -> completeFunc(rustFuture, status) })
+        )
+    } finally {
+        freeFunc(rustFuture)
+    }
+}
 
 // Public interface members begin here.
 
@@ -1758,6 +1854,12 @@ public object FfiConverterTypeSocketProtector: FfiConverter<SocketProtector, Lon
 /**
  * A client for one server config: the library JSON, an Xray outbound, a whole Xray
  * config or a `vless://` link.
+ *
+ * Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+ * `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+ * what the client buffers (an iOS network extension dies at about 50 MB); smaller windows
+ * cap a tunnel's throughput at about one stream window per round trip (numbers: README,
+ * "Memory limits").
  */
 public interface XhClientInterface {
     
@@ -1772,12 +1874,24 @@ public interface XhClientInterface {
     fun `open`(`timeoutMs`: kotlin.UInt): XhTunnel
     
     /**
+     * `open` without blocking a thread. Cancelled, it opens nothing (a tunnel it already
+     * opened is closed).
+     */
+    suspend fun `openAsync`(`timeoutMs`: kotlin.UInt): XhTunnel
+    
+    /**
      * Latency of the config on a connection of its own (the pool is untouched).
      */
     fun `probe`(`timeoutMs`: kotlin.UInt): XhProbe
     
     /**
-     * Sets (or with `None`, removes) the socket protector.
+     * `probe` without blocking a thread.
+     */
+    suspend fun `probeAsync`(`timeoutMs`: kotlin.UInt): XhProbe
+    
+    /**
+     * Sets (or with `None`, removes) the socket protector. A protector that throws refuses
+     * the socket: the dial fails with `Connect`, the library carries on.
      */
     fun `setProtect`(`protector`: SocketProtector?)
     
@@ -1794,6 +1908,12 @@ public interface XhClientInterface {
 /**
  * A client for one server config: the library JSON, an Xray outbound, a whole Xray
  * config or a `vless://` link.
+ *
+ * Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+ * `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+ * what the client buffers (an iOS network extension dies at about 50 MB); smaller windows
+ * cap a tunnel's throughput at about one stream window per round trip (numbers: README,
+ * "Memory limits").
  */
 open class XhClient: Disposable, AutoCloseable, XhClientInterface
 {
@@ -1942,6 +2062,32 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
 
     
     /**
+     * `open` without blocking a thread. Cancelled, it opens nothing (a tunnel it already
+     * opened is closed).
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `openAsync`(`timeoutMs`: kotlin.UInt) : XhTunnel {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_open_async(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeXhTunnel.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Latency of the config on a connection of its own (the pool is untouched).
      */
     @Throws(XhException::class)override fun `probe`(`timeoutMs`: kotlin.UInt): XhProbe {
@@ -1960,7 +2106,33 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
 
     
     /**
-     * Sets (or with `None`, removes) the socket protector.
+     * `probe` without blocking a thread.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `probeAsync`(`timeoutMs`: kotlin.UInt) : XhProbe {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_probe_async(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeXhProbe.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Sets (or with `None`, removes) the socket protector. A protector that throws refuses
+     * the socket: the dial fails with `Connect`, the library carries on.
      */override fun `setProtect`(`protector`: SocketProtector?)
         = 
     callWithHandle {
@@ -2008,11 +2180,27 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
 
 
     
-    
+    companion object {
+        
     /**
-     * @suppress
+     * Like the constructor, with `memoryLimits` (a JSON object) given apart, for configs
+     * that cannot carry it (Xray outbounds and configs, `vless://` links).
      */
-    companion object
+    @Throws(XhException::class) fun `withMemoryLimits`(`config`: kotlin.String, `memoryLimits`: kotlin.String): XhClient {
+            return FfiConverterTypeXhClient.lift(
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(
+    
+        
+        FfiConverterString.lower(`config`),
+        FfiConverterString.lower(`memoryLimits`),_status)
+}
+    )
+    }
+    
+
+        
+    }
     
 }
 
@@ -2153,6 +2341,12 @@ public interface XhTunnelInterface {
     fun `read`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt): kotlin.ByteArray
     
     /**
+     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
+     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     */
+    suspend fun `readAsync`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt): kotlin.ByteArray
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */
@@ -2164,10 +2358,25 @@ public interface XhTunnelInterface {
     fun `shutdownWrite`(`timeoutMs`: kotlin.UInt)
     
     /**
+     * `shutdownWrite` without blocking a thread. Idempotent; a cancelled one may have
+     * taken effect.
+     */
+    suspend fun `shutdownWriteAsync`(`timeoutMs`: kotlin.UInt)
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
     fun `write`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt): kotlin.ULong
+    
+    /**
+     * `write` without blocking a thread: queues all of `data` and returns its size, or
+     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
+     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
+     * usable; a larger one cancelled after its first part closes the tunnel (reads and
+     * writes then fail naming the count), so the server never takes the part for the whole.
+     */
+    suspend fun `writeAsync`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt): kotlin.ULong
     
     companion object
 }
@@ -2336,6 +2545,33 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
 
     
     /**
+     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
+     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `readAsync`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt) : kotlin.ByteArray {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`max`),
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterByteArray.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */override fun `shutdown`()
@@ -2369,6 +2605,33 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
 
     
     /**
+     * `shutdownWrite` without blocking a thread. Idempotent; a cancelled one may have
+     * taken effect.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdownWriteAsync`(`timeoutMs`: kotlin.UInt) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
@@ -2386,6 +2649,36 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
     )
     }
     
+
+    
+    /**
+     * `write` without blocking a thread: queues all of `data` and returns its size, or
+     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
+     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
+     * usable; a larger one cancelled after its first part closes the tunnel (reads and
+     * writes then fail naming the count), so the server never takes the part for the whole.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `writeAsync`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`data`),
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
 
     
 
@@ -2759,6 +3052,47 @@ public object FfiConverterTypeXhException : FfiConverterRustBuffer<XhException> 
 
 
 
+/**
+ * A log level for [`enable_platform_log`].
+ */
+
+enum class XhLogLevel {
+    
+    OFF,
+    ERROR,
+    WARN,
+    INFO,
+    DEBUG,
+    TRACE;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhLogLevel: FfiConverterRustBuffer<XhLogLevel> {
+    override fun read(buf: ByteBuffer) = try {
+        XhLogLevel.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: XhLogLevel) = 4UL
+
+    override fun write(value: XhLogLevel, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
 
 /**
  * @suppress
@@ -2788,4 +3122,30 @@ public object FfiConverterOptionalTypeSocketProtector: FfiConverterRustBuffer<So
         }
     }
 }
+
+
+
+
+
+
+
+
+        /**
+         * Sends the library's log records of `level` and more severe to the platform's log:
+         * logcat with tag `xhttp` on Android, the unified log (subsystem `dev.xhttpmobile`) on iOS.
+         * Call again to change the level. Returns `false` where the platform has no log of its own
+         * (a desktop JVM). Records never contain VLESS ids, pins, links, session ids or padding.
+         */
+    @Throws(XhException::class) fun `enablePlatformLog`(`level`: XhLogLevel): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_func_enable_platform_log(
+    
+        
+        FfiConverterTypeXhLogLevel.lower(`level`),_status)
+}
+    )
+    }
+    
+
 

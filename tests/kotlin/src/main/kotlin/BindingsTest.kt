@@ -1,6 +1,7 @@
 // Drives the uniffi-generated Kotlin bindings against `xh serve` (config JSON in args[0]):
 // a transfer in every mode checked by SHA-256, the socket protector, a network change, a
-// probe, errors as exceptions, and shutdown/close in every order and repetition.
+// probe, errors as exceptions, and shutdown/close in every order and repetition; then the
+// suspend functions (AsyncTest.kt).
 import uniffi.xhttp_mobile.*
 import java.security.MessageDigest
 import java.util.concurrent.atomic.AtomicInteger
@@ -153,6 +154,8 @@ fun main(args: Array<String>) {
     }
     // No platform log on a desktop JVM: nothing is installed, nothing fails.
     check(!enablePlatformLog(XhLogLevel.DEBUG), "no platform log on the JVM")
+    // The suspend functions under kotlinx.coroutines (AsyncTest.kt).
+    asyncTests(config)
     println("$passed passed, $failed failed")
     exitProcess(if (failed == 0) 0 else 1)
 }
