@@ -40,7 +40,7 @@ pub(super) struct Side {
 impl Side {
     fn new(cfg: &Config, hooks: &Arc<SocketHooks>) -> Result<Side> {
         let tls = Arc::new(tls::client_config(&cfg.tls)?);
-        let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
+        let shaper = Arc::new(Shaper::new(&cfg.xhttp, &cfg.authority()));
         // Fail at construction, not at the first tunnel, if a request cannot be built.
         shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
         let quic = QuicOptions {
