@@ -6,6 +6,7 @@ use super::streams::{self, PacketPlan, RecvHalf, SendHalf};
 use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, Mode};
 use crate::error::{Error, RequestLabel, Result};
+use crate::transport::surface::RequestedGzip;
 use crate::transport::{Protect, QuicOptions, SocketHooks, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
@@ -68,14 +69,15 @@ impl Side {
         slot: &Slot,
         kind: RequestKind,
         session: Option<&str>,
-    ) -> Result<(SendHalf, RecvHalf, RequestLabel)> {
+    ) -> Result<(SendHalf, RecvHalf, RequestLabel, bool)> {
         let label = self.shaper.label(kind, session);
         let req = self.shaper.build(kind, session, None, &mut rand::rng())?;
+        let gzip = req.extensions().get::<RequestedGzip>().is_some();
         self.pool.charge(slot.id());
         let (send, recv) = streams::open_request(slot.conn(), req, &label)
             .await?
             .split();
-        Ok((send, recv, label))
+        Ok((send, recv, label, gzip))
     }
 }
 
@@ -281,7 +283,7 @@ impl Dialer {
             _ => Some(session::generate(&s.session_id, &mut rand::rng())),
         };
         if let Some(id) = &session {
-            let (mut send, recv, label) = down
+            let (mut send, recv, label, gzip) = down
                 .request(&down_slot, RequestKind::StreamDown, Some(id))
                 .await?;
             // A GET has no body: end our side now.
@@ -292,7 +294,7 @@ impl Dialer {
             let tx = down_tx.take().expect("download queue unused so far");
             spawn_holding(
                 &down_slot,
-                Box::pin(streams::download(recv, label, tx, shared.clone())),
+                Box::pin(streams::download(recv, label, gzip, tx, shared.clone())),
             );
         }
 
@@ -319,13 +321,18 @@ impl Dialer {
                     Mode::StreamOne => RequestKind::StreamOne,
                     _ => RequestKind::StreamUp,
                 };
-                let (send, recv, label) = main.request(&slot, kind, session.as_deref()).await?;
+                let (send, recv, label, gzip) =
+                    main.request(&slot, kind, session.as_deref()).await?;
                 // Stream-one: the response is the download. Stream-up: the server writes
                 // keep-alive padding into it, read and discarded.
                 keep(match down_tx.take() {
-                    Some(tx) => {
-                        Box::pin(streams::download(recv, label.clone(), tx, shared.clone()))
-                    }
+                    Some(tx) => Box::pin(streams::download(
+                        recv,
+                        label.clone(),
+                        gzip,
+                        tx,
+                        shared.clone(),
+                    )),
                     None => Box::pin(streams::drain_response(recv, label.clone(), shared.clone())),
                 });
                 keep(Box::pin(streams::stream_upload(

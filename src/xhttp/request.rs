@@ -3,6 +3,7 @@
 
 use crate::config::{DataPlacement, Placement, XhttpSettings};
 use crate::error::{Error, RequestLabel, Result};
+use crate::transport::surface::{self, Body};
 use crate::xhttp::browser;
 use crate::xhttp::escape::{escape, escape_invalid_query, escape_path, unescape_query};
 use crate::xhttp::padding::PaddingPlacement;
@@ -144,7 +145,8 @@ impl Shaper {
     }
 
     /// Builds the request head. `session` is `None` only for stream-one. `data` is the
-    /// packet-up chunk when it is placed in headers or cookies (see [`Self::data_in_body`]).
+    /// packet-up chunk: placed in headers or cookies here, or sent as the body by the
+    /// caller (see [`Self::data_in_body`]), whose length the head then announces.
     pub fn build<R: Rng + ?Sized>(
         &self,
         kind: RequestKind,
@@ -252,12 +254,22 @@ impl Shaper {
         for (k, v) in &headers {
             b = b.header(k.as_str(), v.as_str());
         }
-        b.body(()).map_err(|e| {
+        let mut req = b.body(()).map_err(|e| {
             Error::config(
                 "xhttpSettings",
                 format!("cannot build request {uri:?}: {e} (check host, path and headers)"),
             )
-        })
+        })?;
+        let body = match kind {
+            RequestKind::StreamDown => Body::None,
+            RequestKind::StreamUp | RequestKind::StreamOne => Body::Streaming,
+            RequestKind::PacketUp { .. } if self.data_in_body() => {
+                Body::Sized(data.map_or(0, |d| d.len() as u64))
+            }
+            RequestKind::PacketUp { .. } => Body::None,
+        };
+        surface::go_request_headers(&mut req, body);
+        Ok(req)
     }
 }
 
@@ -326,6 +338,18 @@ mod tests {
             ("POST", "/xh/S/7")
         );
         assert_eq!(hdr(&post, "content-type"), None);
+        // What Go's HTTP/3 client adds: the body's length, and gzip.
+        let post = s
+            .build(
+                RequestKind::PacketUp { seq: 8 },
+                Some("S"),
+                Some(&[1u8; 1234][..]),
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(hdr(&post, "content-length"), Some("1234"));
+        assert_eq!(hdr(&post, "accept-encoding"), Some("gzip"));
+        assert_eq!(hdr(&get, "content-length"), None);
 
         let up = s
             .build(RequestKind::StreamUp, Some("S"), None, &mut rng)
@@ -341,6 +365,7 @@ mod tests {
             ("POST", "/xh/")
         );
         assert_eq!(hdr(&one, "content-type"), Some("application/grpc"));
+        assert_eq!(hdr(&one, "content-length"), None);
         assert!(hdr(&one, "user-agent").unwrap().contains("Chrome/"));
         assert_eq!(one.uri().authority().unwrap().as_str(), "example.com");
     }
@@ -596,6 +621,8 @@ mod tests {
                 &mut rng,
             )
             .unwrap();
+        // No body: Go announces a zero length on a POST.
+        assert_eq!(hdr(&r, "content-length"), Some("0"));
         let mut joined = String::new();
         for i in 0.. {
             match hdr(&r, &format!("x-data-{i}")) {
@@ -620,6 +647,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.method(), "GET");
+        assert_eq!(hdr(&r, "content-length"), None);
         let cookie = hdr(&r, "cookie").unwrap();
         let joined: String = cookie
             .split("; ")
