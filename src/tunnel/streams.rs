@@ -8,11 +8,11 @@ use crate::transport::surface::{self, Gunzip};
 use crate::transport::{H3Conn, RequestStream};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
+use crate::xhttp::upload;
 use crate::xmux::{Pool, Slot};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
 pub(crate) type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -321,6 +321,8 @@ pub(crate) async fn packet_upload(
         // Finished response checks are reaped as we go: a JoinSet keeps them until joined,
         // which on a long tunnel would grow by one task per POST.
         while responses.try_join_next().is_some() {}
+        // Like Xray's upload loop: take everything queued now, then send it in POSTs of at
+        // most `max_post`; what is written meanwhile waits for the next round.
         if buf.is_empty() && open {
             let next = tokio::select! {
                 _ = token.cancelled() => return,
@@ -330,29 +332,29 @@ pub(crate) async fn packet_upload(
                 Some(b) => buf.extend_from_slice(&b),
                 None => open = false,
             }
+            while open {
+                match rx.try_recv() {
+                    Ok(b) => buf.extend_from_slice(&b),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
         }
         if buf.is_empty() {
             break;
         }
-        let gap = Duration::from_millis(plan.interval.draw(&mut rand::rng()).max(0) as u64);
-        if let Some(t) = last_start {
-            let due = t + gap;
-            if due > Instant::now() {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }
-        // Batch whatever else arrived meanwhile, up to one POST's worth.
-        while open && buf.len() < plan.max_post {
-            match rx.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => open = false,
-            }
-        }
         let chunk = buf.split_to(buf.len().min(plan.max_post)).freeze();
+        let wait = upload::pause_before_post(
+            plan.interval,
+            last_start.map(|t| t.elapsed()),
+            &mut rand::rng(),
+        );
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
         last_start = Some(Instant::now());
         let kind = RequestKind::PacketUp { seq };
         let label = shaper.label(kind, Some(&session));
