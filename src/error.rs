@@ -26,7 +26,11 @@ pub enum Error {
     #[error("invalid config field `{field}`: {rule}")]
     Config { field: String, rule: String },
     /// The server answered a request of the tunnel with a non-200 status.
-    #[error("server answered {status} {reason} to {request}", reason = status_reason(*status))]
+    #[error(
+        "server answered {status} {reason} to {request}{hint}",
+        reason = status_reason(*status),
+        hint = status_hint(*status)
+    )]
     Status { status: u16, request: RequestLabel },
     /// A request failed below HTTP (stream reset, connection lost, h3 error).
     #[error("{request} failed: {detail}")]
@@ -78,9 +82,53 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What an Xray server's 404 and 400 most likely mean: it answers 404 when the path (or the
+/// host) is not the one its xhttpSettings name, and 400 when the padding is missing or not
+/// where (or how long) it expects it.
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        404 => {
+            " (the server expects another `path` or `host`: check them against its xhttpSettings)"
+        }
+        400 => {
+            " (the server rejected the padding or a placement: check `xPaddingBytes`, the \
+             xPadding obfuscation settings, session/seq placements and user headers against \
+             its xhttpSettings)"
+        }
+        _ => "",
+    }
+}
+
 fn status_reason(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_name_the_likely_cause() {
+        let e = |status| {
+            Error::Status {
+                status,
+                request: RequestLabel {
+                    method: "GET".into(),
+                    target: "/p/S".into(),
+                    role: "stream-down".into(),
+                },
+            }
+            .to_string()
+        };
+        assert!(
+            e(404).contains("404 Not Found") && e(404).contains("`path`"),
+            "{}",
+            e(404)
+        );
+        assert!(e(400).contains("xPaddingBytes"), "{}", e(400));
+        assert!(!e(502).contains("check"), "{}", e(502));
+    }
 }

@@ -30,7 +30,7 @@ fn the_smallest_limits_still_move_data_intact_in_every_mode() {
 fn a_stream_window_above_the_connection_window_is_refused_naming_it() {
     let e = env(|_| {});
     let mut j = e.config_json(json!({"path": "/xh"}));
-    // Only the stream window: the default connection window (12 MiB) caps it.
+    // Only the stream window: the default connection window (3 MiB, quic-go's) caps it.
     j["memoryLimits"] = json!({"streamReceiveWindow": 64 << 20});
     let err = Config::from_json(&j)
         .and_then(Client::new)

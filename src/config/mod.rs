@@ -173,6 +173,7 @@ impl Config {
             .string("address")?
             .filter(|a| !a.is_empty())
             .ok_or_else(|| Error::config("address", "is required"))?;
+        let address = unbracket(&address);
         let port = match f.int("port")? {
             Some(p) if (1..=65535).contains(&p) => p as u16,
             Some(p) => return Err(Error::config("port", format!("must be 1-65535, got {p}"))),
@@ -184,7 +185,7 @@ impl Config {
         };
         let xhttp = match f.take("xhttpSettings") {
             Some(x) => XhttpSettings::from_json("xhttpSettings", &x)?,
-            None => XhttpSettings::default(),
+            None => XhttpSettings::absent(),
         };
         let packet_encoding = f
             .string("packetEncoding")?
@@ -289,21 +290,39 @@ impl Config {
     }
 
     /// The HTTP authority (`Host`): `xhttpSettings.host`, else `serverName`, else the
-    /// address. No port is added, like Xray.
-    pub fn authority(&self) -> &str {
-        [self.xhttp.host.as_str(), self.tls.server_name.as_str()]
+    /// address. No port is added, like Xray. An IPv6 literal is bracketed, as Xray's
+    /// address `String()` gives it (`https://::1/` is no URL).
+    pub fn authority(&self) -> String {
+        let host = [self.xhttp.host.as_str(), self.tls.server_name.as_str()]
             .into_iter()
             .find(|s| !s.is_empty())
-            .unwrap_or(&self.address)
+            .unwrap_or(&self.address);
+        match host.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{host}]"),
+            Err(_) => host.to_string(),
+        }
     }
 
-    /// The TLS server name: `serverName`, else the address.
+    /// The TLS server name: `serverName`, else the address. Never bracketed: an IP address
+    /// is verified as such and sent without SNI, as Go's TLS does.
     pub fn sni(&self) -> &str {
         if self.tls.server_name.is_empty() {
             &self.address
         } else {
             &self.tls.server_name
         }
+    }
+}
+
+/// `[::1]` → `::1`: an address given with IPv6 brackets (Xray's parser takes both forms).
+pub fn unbracket(address: &str) -> String {
+    match address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .filter(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        Some(inner) => inner.to_string(),
+        None => address.to_string(),
     }
 }
 

@@ -184,7 +184,77 @@ fn named_table(name: &str) -> String {
     }
 }
 
+/// `sessionIDTable` with `sessionIDLength`: a named or literal alphabet, checked like
+/// Xray's JSON layer (enough distinct ids), plus our rule that ids need no escaping.
+fn session_id_table(table: &str, length: Range, tp: &str, lp: &str) -> Result<SessionIdShape> {
+    let table = named_table(table);
+    // Ids go into paths, queries, headers and cookies as they are: only characters that
+    // need no escaping anywhere (RFC 3986 unreserved).
+    if let Some(c) = table
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+    {
+        return Err(Error::config(
+            tp,
+            format!("{c:?} is not allowed: use letters, digits and - . _ ~ only"),
+        ));
+    }
+    if length.to > MAX_SESSION_ID_LENGTH {
+        return Err(Error::config(
+            lp,
+            format!(
+                "at most {MAX_SESSION_ID_LENGTH} characters, got {}",
+                length.to
+            ),
+        ));
+    }
+    if length.from <= 0 {
+        return Err(Error::config(
+            lp,
+            format!(
+                "must be greater than 0 with a sessionIDTable, got {}-{}",
+                length.from, length.to
+            ),
+        ));
+    }
+    // Distinct characters only (a repeated one adds no ids), in table order.
+    let mut chars: Vec<char> = Vec::new();
+    for c in table.chars() {
+        if !chars.contains(&c) {
+            chars.push(c);
+        }
+    }
+    // Enough distinct ids to avoid collisions: sum of |table|^k over the range >= 2^31.
+    let n = chars.len() as f64;
+    let space: f64 = (length.from..=length.to).map(|k| n.powi(k as i32)).sum();
+    if space < 2f64.powi(31) {
+        return Err(Error::config(
+            lp,
+            format!(
+                "too few possible session ids ({space:.0} < 2^31) with {} characters",
+                chars.len()
+            ),
+        ));
+    }
+    Ok(SessionIdShape::Table {
+        table: chars,
+        length,
+    })
+}
+
 impl XhttpSettings {
+    /// What Xray uses when a stream has no `xhttpSettings` object at all: the protobuf
+    /// defaults, which differ from the JSON layer's only in XMUX (no limits: one
+    /// connection, reused for everything).
+    pub fn absent() -> Self {
+        // An empty object always reads; the fallback is never taken.
+        let empty = Value::Object(Default::default());
+        XhttpSettings {
+            xmux: XmuxSettings::default(),
+            ..Self::from_json("xhttpSettings", &empty).unwrap_or_default()
+        }
+    }
+
     /// Reads an `xhttpSettings` object. `extra`, when present, replaces every field except
     /// `host`, `path` and `mode` (protocol doc §7.1).
     pub fn from_json(path: &str, v: &Value) -> Result<Self> {
@@ -350,68 +420,15 @@ impl XhttpSettings {
 
         let table = f.string("sessionIDTable")?.unwrap_or_default();
         let length = f.range("sessionIDLength")?.unwrap_or_default();
-        if !table.is_empty() || !length.is_zero() {
-            let tp = f.path_of("sessionIDTable");
-            let lp = f.path_of("sessionIDLength");
-            if table.is_empty() {
-                return Err(Error::config(
-                    tp,
-                    "sessionIDLength is set but sessionIDTable is empty",
-                ));
-            }
-            let table = named_table(&table);
-            // Ids go into paths, queries, headers and cookies as they are: only characters
-            // that need no escaping anywhere (RFC 3986 unreserved).
-            if let Some(c) = table
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
-            {
-                return Err(Error::config(
-                    tp,
-                    format!("{c:?} is not allowed: use letters, digits and - . _ ~ only"),
-                ));
-            }
-            if length.to > MAX_SESSION_ID_LENGTH {
-                return Err(Error::config(
-                    lp,
-                    format!(
-                        "at most {MAX_SESSION_ID_LENGTH} characters, got {}",
-                        length.to
-                    ),
-                ));
-            }
-            if length.from <= 0 || length.to < length.from {
-                return Err(Error::config(
-                    lp,
-                    format!(
-                        "must have 0 < from <= to, got {}-{}",
-                        length.from, length.to
-                    ),
-                ));
-            }
-            // Distinct characters only (a repeated one adds no ids), in table order.
-            let mut chars: Vec<char> = Vec::new();
-            for c in table.chars() {
-                if !chars.contains(&c) {
-                    chars.push(c);
-                }
-            }
-            // Enough distinct ids to avoid collisions: sum of |table|^k over the range >= 2^31.
-            let n = chars.len() as f64;
-            let space: f64 = (length.from..=length.to).map(|k| n.powi(k as i32)).sum();
-            if space < 2f64.powi(31) {
-                return Err(Error::config(
-                    lp,
-                    format!(
-                        "too few possible session ids ({space:.0} < 2^31) with {} characters",
-                        chars.len()
-                    ),
-                ));
-            }
-            s.session_id = SessionIdShape::Table {
-                table: chars,
+        // Without a table Xray ignores sessionIDLength and uses a UUID (GenerateSessionID);
+        // so do we.
+        if !table.is_empty() {
+            s.session_id = session_id_table(
+                &table,
                 length,
-            };
+                &f.path_of("sessionIDTable"),
+                &f.path_of("sessionIDLength"),
+            )?;
         }
 
         if let Some(p) = f.string("uplinkDataPlacement")? {
@@ -428,12 +445,6 @@ impl XhttpSettings {
             _ => "X-Data".into(),
         });
         let cs = f.range("uplinkChunkSize")?.unwrap_or_default();
-        if cs.from > cs.to {
-            return Err(Error::config(
-                f.path_of("uplinkChunkSize"),
-                format!("from > to ({}-{})", cs.from, cs.to),
-            ));
-        }
         s.uplink_chunk_size = if cs.is_zero() {
             match s.uplink_data_placement {
                 DataPlacement::Cookie => Range::new(2048, 3072),
@@ -459,13 +470,8 @@ impl XhttpSettings {
                 s.sc_max_each_post_bytes = r;
             }
         }
+        // A `from` of 0 or less means no pacing at all (Go sleeps only when from > 0).
         if let Some(r) = f.range("scMinPostsIntervalMs")? {
-            if r.from < 0 {
-                return Err(Error::config(
-                    f.path_of("scMinPostsIntervalMs"),
-                    format!("must not be negative, got {}-{}", r.from, r.to),
-                ));
-            }
             if !r.is_zero() {
                 s.sc_min_posts_interval_ms = r;
             }
@@ -481,17 +487,8 @@ impl XhttpSettings {
                 s.sc_max_buffered_posts = n;
             }
         }
+        // Server only; a `to` of 0 or less disables the keep-alive padding.
         if let Some(r) = f.range("scStreamUpServerSecs")? {
-            // A negative `to` disables the keep-alive padding; otherwise the range must hold.
-            if r.to > 0 && (r.from > r.to || r.from < 0) {
-                return Err(Error::config(
-                    f.path_of("scStreamUpServerSecs"),
-                    format!(
-                        "must have 0 <= from <= to, or a negative to, got {}-{}",
-                        r.from, r.to
-                    ),
-                ));
-            }
             if !r.is_zero() {
                 s.sc_stream_up_server_secs = r;
             }
@@ -540,45 +537,47 @@ impl XhttpSettings {
                 ),
             ));
         }
-        let r = self.sc_max_each_post_bytes;
-        if r.from > r.to {
-            return Err(Error::config(
-                format!("{path}.scMaxEachPostBytes"),
-                format!("from > to ({}-{})", r.from, r.to),
-            ));
-        }
-        let r = self.padding.bytes;
-        if r.from > r.to {
-            return Err(Error::config(
-                format!("{path}.xPaddingBytes"),
-                format!("from > to ({}-{})", r.from, r.to),
-            ));
-        }
-        let r = self.sc_min_posts_interval_ms;
-        if r.from > r.to {
-            return Err(Error::config(
-                format!("{path}.scMinPostsIntervalMs"),
-                format!("from > to ({}-{})", r.from, r.to),
-            ));
-        }
         Ok(())
     }
 
-    /// `GetNormalizedPath`: the path up to `?`, with a leading `/`, and a trailing `/` only if
-    /// the session id or seq goes into the path.
+    /// The path prefix a server of Xray v26.7.11 or later checks (its `GetNormalizedPath`):
+    /// the path up to `?`, with a leading `/`, and a trailing `/` only if the session id or
+    /// seq goes into the path.
     pub fn normalized_path(&self) -> String {
-        let p = self.path.split('?').next().unwrap_or("");
-        let mut p = if p.starts_with('/') {
-            p.to_string()
-        } else {
-            format!("/{p}")
-        };
+        let mut p = self.leading_slash_path();
         let in_path =
             self.session_placement == Placement::Path || self.seq_placement == Placement::Path;
         if in_path && !p.ends_with('/') {
             p.push('/');
         }
         p
+    }
+
+    /// The path prefix a server before Xray v26.7.11 checks: always with a trailing `/`.
+    pub fn legacy_normalized_path(&self) -> String {
+        let mut p = self.leading_slash_path();
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p
+    }
+
+    /// The path this client sends (before session and seq): always with a trailing `/`,
+    /// as Xray's clients before v26.7.11 did. Servers before v26.7.11 check the prefix
+    /// `/p/`, later ones `/p` (or `/p/` with a placement in the path), and `/p/` starts
+    /// with both, so every deployed server accepts it (Xray v26.7's own client sends `/p`,
+    /// which older servers answer with 404).
+    pub fn request_path(&self) -> String {
+        self.legacy_normalized_path()
+    }
+
+    fn leading_slash_path(&self) -> String {
+        let p = self.path.split('?').next().unwrap_or("");
+        if p.starts_with('/') {
+            p.to_string()
+        } else {
+            format!("/{p}")
+        }
     }
 
     /// `GetNormalizedQuery`: whatever followed `?` in the path.

@@ -152,7 +152,19 @@ pub fn outbound(v: &Value) -> Result<Config> {
     if let Some(m) = f.take("mux") {
         vless.mux = super::MuxSettings::from_json("mux", &m)?;
     }
-    for k in ["tag", "proxySettings", "sendThrough", "targetStrategy"] {
+    if let Some(tag) = f
+        .take("proxySettings")
+        .as_ref()
+        .and_then(|p| lookup(p, "tag"))
+    {
+        if tag.as_str().is_some_and(|t| !t.is_empty()) {
+            return Err(Error::config(
+                "proxySettings.tag",
+                "chaining through another outbound is not supported; the connection would go direct",
+            ));
+        }
+    }
+    for k in ["tag", "sendThrough", "targetStrategy"] {
         f.take(k);
     }
     f.finish();
@@ -160,6 +172,51 @@ pub fn outbound(v: &Value) -> Result<Config> {
     c.vless = Some(vless);
     c.validate()?;
     Ok(c)
+}
+
+/// Settings that would change where traffic goes or whether the handshake is answered,
+/// which this client cannot honour: refused, never ignored.
+fn refuse_unhonoured(path: &str, f: &mut Fields) -> Result<()> {
+    if let Some(so) = f.take("sockopt") {
+        if let Some(p) = lookup(&so, "dialerProxy").and_then(Value::as_str) {
+            if !p.is_empty() {
+                return Err(Error::config(
+                    format!("{path}.sockopt.dialerProxy"),
+                    "chaining through another outbound is not supported; the connection would go direct",
+                ));
+            }
+        }
+        log::debug!("config: {path}.sockopt is not used by this client");
+    }
+    if let Some(fm) = f.take("finalmask") {
+        refuse_finalmask(&format!("{path}.finalmask"), &fm)?;
+    }
+    Ok(())
+}
+
+/// Xray's `finalmask` (UDP/TCP masks, QUIC parameters, port hopping) is not implemented:
+/// a server expecting a mask never answers an unmasked handshake. An empty one is fine.
+fn refuse_finalmask(field: &str, fm: &Value) -> Result<()> {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    };
+    let Value::Object(o) = fm else {
+        if empty(fm) {
+            return Ok(());
+        }
+        return Err(Error::config(field, "must be a JSON object"));
+    };
+    match o.iter().find(|(_, v)| !empty(v)) {
+        None => Ok(()),
+        Some((k, _)) => Err(Error::config(
+            format!("{field}.{k}"),
+            "finalmask (UDP masks, QUIC parameters, port hopping) is not supported yet; without it a server that expects it never answers",
+        )),
+    }
 }
 
 fn vless_settings(v: &Value) -> Result<(String, u16, VlessSettings)> {
@@ -293,16 +350,14 @@ fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Conf
         ));
     }
     let tls = TlsSettings::from_json(&format!("{path}.tlsSettings"), &tls_v)?;
-    let x = match (f.take("xhttpSettings"), f.take("splithttpSettings")) {
-        (Some(x), _) | (None, Some(x)) => x,
-        (None, None) => json!({}),
-    };
-    let mut xhttp = XhttpSettings::from_json(&format!("{path}.xhttpSettings"), &x)?;
-    for k in ["sockopt", "finalmask"] {
-        if f.take(k).is_some() {
-            log::debug!("config: {path}.{k} is not used by this client");
+    let mut xhttp = match (f.take("xhttpSettings"), f.take("splithttpSettings")) {
+        (Some(x), _) | (None, Some(x)) => {
+            XhttpSettings::from_json(&format!("{path}.xhttpSettings"), &x)?
         }
-    }
+        // No object at all: Xray's protobuf defaults, not its JSON ones.
+        (None, None) => XhttpSettings::absent(),
+    };
+    refuse_unhonoured(path, &mut f)?;
     f.finish();
     let download = match xhttp.download_settings.take() {
         Some(d) => Some(Box::new(stream_destination(
@@ -312,7 +367,7 @@ fn destination(path: &str, v: &Value, address: String, port: u16) -> Result<Conf
         None => None,
     };
     Ok(Config {
-        address,
+        address: super::unbracket(&address),
         port,
         tls,
         xhttp,
@@ -398,9 +453,14 @@ fn share_link(link: &str) -> Result<Value> {
             "Encrypted Client Hello is not supported: the server name would go out in the clear",
         ));
     }
+    if let Some(fm) = get("fm").filter(|s| !s.is_empty()) {
+        let v: Value = serde_json::from_str(fm)
+            .map_err(|err| Error::config("link.fm", format!("not valid JSON: {err}")))?;
+        refuse_finalmask("link.fm", &v)?;
+    }
     let network = get("type").unwrap_or("tcp");
     let mut tls = Map::new();
-    if let Some(s) = get("sni").filter(|s| !s.is_empty()) {
+    if let Some(s) = link_sni(get("sni"), get("host")) {
         tls.insert("serverName".into(), json!(s));
     }
     if let Some(a) = get("alpn").filter(|s| !s.is_empty()) {
@@ -448,6 +508,24 @@ fn share_link(link: &str) -> Result<Value> {
             "xhttpSettings": x,
         }
     }))
+}
+
+/// The TLS server name of a link: `sni`, else `host` when it is a domain (its first entry
+/// if it is a list), as v2rayN and v2rayNG do, so "clean IP + host=" CDN links verify the
+/// CDN's certificate; else none (the address is used).
+fn link_sni<'a>(sni: Option<&'a str>, host: Option<&'a str>) -> Option<&'a str> {
+    if let Some(s) = sni.map(str::trim).filter(|s| !s.is_empty()) {
+        return Some(s);
+    }
+    let host = host?.split(',').map(str::trim).find(|h| !h.is_empty())?;
+    let is_ip = unbracket_str(host).parse::<std::net::IpAddr>().is_ok();
+    (!is_ip).then_some(host)
+}
+
+fn unbracket_str(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
 }
 
 /// Strict percent-decoding for link parts, like Go's URL parser: a malformed `%` or

@@ -82,14 +82,27 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// The 16-byte user id: a UUID as written, or any 1–30 byte string mapped to a UUIDv5
-/// (SHA-1 over 16 zero bytes then the string, version 5, RFC 4122 variant) as Xray does.
+/// The 16-byte user id, read as Xray's `uuid.ParseString` does: 32 to 36 bytes are hex
+/// groups 8-4-4-4-12, each optionally preceded by one `-` (so dashes are optional);
+/// any 1–30 byte string is mapped to a UUIDv5 (SHA-1 over 16 zero bytes then the string,
+/// version 5, RFC 4122 variant).
 pub fn user_id(field: &str, id: &str) -> Result<[u8; 16]> {
-    let hexed: String = id.chars().filter(|&c| c != '-').collect();
-    if hexed.len() == 32 && id.len() == 36 && id.chars().filter(|&c| c == '-').count() == 4 {
-        let b = hex::decode(&hexed)
-            .map_err(|_| Error::config(field, format!("{id:?} is not a valid UUID")))?;
-        return Ok(b.try_into().expect("32 hex digits are 16 bytes"));
+    if (32..=36).contains(&id.len()) {
+        let bad = || Error::config(field, format!("{id:?} is not a valid UUID"));
+        let mut text = id.as_bytes();
+        let mut out = [0u8; 16];
+        let mut at = 0;
+        for group in [8usize, 4, 4, 4, 12] {
+            if let Some(rest) = text.strip_prefix(b"-") {
+                text = rest;
+            }
+            let digits = text.get(..group).ok_or_else(bad)?;
+            hex::decode_to_slice(digits, &mut out[at..at + group / 2]).map_err(|_| bad())?;
+            text = &text[group..];
+            at += group / 2;
+        }
+        // Like Go, whatever follows the fifth group is not looked at.
+        return Ok(out);
     }
     if id.is_empty() || id.len() > 30 {
         return Err(Error::config(
@@ -606,6 +619,17 @@ mod tests {
         assert_ne!(u, user_id("id", "hellp").unwrap());
         assert!(user_id("id", "").is_err());
         assert!(user_id("id", &"x".repeat(31)).is_err());
+        // Dashes are optional, as in Xray: 32 hex digits are the same UUID.
+        let dashed = user_id("id", "b831381d-6324-4d53-ad4f-8cda48b30811").unwrap();
+        assert_eq!(
+            user_id("id", "b831381d63244d53ad4f8cda48b30811").unwrap(),
+            dashed
+        );
+        assert_eq!(
+            user_id("id", "B831381D63244D53-AD4F8CDA48B30811").unwrap(),
+            dashed
+        );
+        assert!(user_id("id", &"g".repeat(32)).is_err());
         match user_id("settings.id", "b831381d-6324-4d53-ad4f-8cda48b3081z") {
             Err(Error::Config { field, .. }) => assert_eq!(field, "settings.id"),
             other => panic!("{other:?}"),

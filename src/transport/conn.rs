@@ -2,6 +2,7 @@
 //! releases the socket), with the h3 driver polled for the connection's whole life.
 
 use super::socket::{MobileSocket, SocketHooks};
+use super::surface::{self, Congestion};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,19 +13,13 @@ use std::time::Duration;
 pub type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
-/// QUIC transport parameters of the client.
+/// Per-destination choices on top of the fixed surface (`surface.rs`).
 #[derive(Clone, Debug)]
 pub struct QuicOptions {
-    /// `None` disables keep-alive. Xray's H3 client default is 10 s.
+    /// `None` disables keep-alive. Xray's H3 client default is 10 s (`xmux.hKeepAlivePeriod`).
     pub keep_alive: Option<Duration>,
-    /// We propose 30 s: Xray's server uses quic-go's 30 s, and the smaller side wins anyway;
-    /// a dead path is noticed in 30 s instead of Xray's client-side 300 s.
-    pub idle_timeout: Duration,
-    /// Bounded so a slow reader cannot make the connection buffer unbounded memory (iOS
-    /// network extensions die at ~50 MB).
-    pub connection_window: u32,
-    pub stream_window: u32,
-    /// `memoryLimits`: replaces the windows above (and the send window) where set.
+    pub congestion: Congestion,
+    /// `memoryLimits`: replaces the surface's windows (and the send window) where set.
     pub limits: crate::config::MemoryLimits,
 }
 
@@ -32,9 +27,7 @@ impl Default for QuicOptions {
     fn default() -> Self {
         QuicOptions {
             keep_alive: Some(Duration::from_secs(10)),
-            idle_timeout: Duration::from_secs(30),
-            connection_window: 12 * 1024 * 1024,
-            stream_window: 4 * 1024 * 1024,
+            congestion: Congestion::default(),
             limits: Default::default(),
         }
     }
@@ -42,13 +35,8 @@ impl Default for QuicOptions {
 
 impl QuicOptions {
     fn transport(&self) -> quinn::TransportConfig {
-        let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(self.keep_alive);
-        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
-        t.receive_window(self.connection_window.into());
-        t.stream_receive_window(self.stream_window.into());
-        // The server may not open bidirectional streams toward us (HTTP/3 client).
-        t.max_concurrent_bidi_streams(0u32.into());
+        let mut t = surface::transport_config(self.keep_alive);
+        self.congestion.apply(&mut t);
         super::limits::apply(&self.limits, &mut t);
         t
     }
@@ -102,7 +90,7 @@ impl H3Conn {
             .map_err(|e| fail(format!("UDP socket: {e}")))?;
         let socket = MobileSocket::wrap(socket).map_err(|e| fail(format!("UDP socket: {e}")))?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            surface::endpoint_config(),
             None,
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -110,15 +98,19 @@ impl H3Conn {
         .map_err(|e| fail(format!("QUIC endpoint: {e}")))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| fail(format!("TLS config unusable for QUIC: {e}")))?;
-        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut cc = surface::client_config(Arc::new(crypto));
         cc.transport_config(Arc::new(opts.transport()));
-        let quic = endpoint
+        let connecting = endpoint
             .connect_with(cc, remote, sni)
-            .map_err(|e| fail(format!("{e}")))?
-            .await
             .map_err(|e| fail(format!("{e}")))?;
-        let (mut driver, sender) = h3::client::builder()
-            .send_grease(false)
+        let quic = match tokio::time::timeout(surface::HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok(quic)) => quic,
+            Ok(Err(e)) => return Err(fail(handshake_failure(&e))),
+            Err(_) => {
+                return Err(fail(handshake_failure(&quinn::ConnectionError::TimedOut)));
+            }
+        };
+        let (mut driver, sender) = surface::h3_builder()
             .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
             .await
             .map_err(|e| fail(format!("HTTP/3 setup: {e}")))?;
@@ -211,6 +203,18 @@ impl H3Conn {
 impl Drop for H3Conn {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// What a failed QUIC handshake most likely means, for the connect error.
+fn handshake_failure(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TimedOut => format!(
+            "no answer to the QUIC handshake within {} s: UDP may be blocked on this network, \
+             the server may expect a UDP mask (finalmask), or nothing listens on this UDP port",
+            surface::HANDSHAKE_TIMEOUT.as_secs()
+        ),
+        other => other.to_string(),
     }
 }
 

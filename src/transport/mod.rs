@@ -3,7 +3,9 @@
 mod conn;
 mod limits;
 pub mod socket;
+pub mod surface;
 pub mod tls;
 
 pub use conn::{H3Conn, QuicOptions, RequestStream};
 pub use socket::{Protect, RawSocket, SocketHooks};
+pub use surface::Congestion;

@@ -6,6 +6,7 @@ use super::streams::{self, PacketPlan, RecvHalf, SendHalf, StreamWait};
 use super::{Counters, Shared, TunnelCore};
 use crate::config::{Config, MemoryLimits, Mode};
 use crate::error::{Error, RequestLabel, Result};
+use crate::transport::surface::RequestedGzip;
 use crate::transport::{Protect, QuicOptions, SocketHooks, tls};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
@@ -45,7 +46,7 @@ impl Side {
     /// `limits`: the client's `memoryLimits` (the download side has none of its own).
     fn new(cfg: &Config, limits: &MemoryLimits, hooks: &Arc<SocketHooks>) -> Result<Side> {
         let tls = Arc::new(tls::client_config(&cfg.tls)?);
-        let shaper = Arc::new(Shaper::new(&cfg.xhttp, cfg.authority()));
+        let shaper = Arc::new(Shaper::new(&cfg.xhttp, &cfg.authority()));
         // Fail at construction, not at the first tunnel, if a request cannot be built.
         shaper.build(RequestKind::StreamOne, None, None, &mut rand::rng())?;
         let quic = QuicOptions {
@@ -76,15 +77,16 @@ impl Side {
         kind: RequestKind,
         session: Option<&str>,
         wait: StreamWait,
-    ) -> Result<Option<(SendHalf, RecvHalf, RequestLabel)>> {
+    ) -> Result<Option<(SendHalf, RecvHalf, RequestLabel, bool)>> {
         let label = self.shaper.label(kind, session);
         let req = self.shaper.build(kind, session, None, &mut rand::rng())?;
+        let gzip = req.extensions().get::<RequestedGzip>().is_some();
         let Some(stream) = streams::open_on_slot(&self.pool, slot, req, &label, wait).await? else {
             return Ok(None);
         };
         self.pool.charge(slot.id());
         let (send, recv) = stream.split();
-        Ok(Some((send, recv, label)))
+        Ok(Some((send, recv, label, gzip)))
     }
 }
 
@@ -108,7 +110,7 @@ impl Dialer {
         cfg.validate()?;
         cfg.limits.check_windows(
             "memoryLimits",
-            Some(QuicOptions::default().connection_window),
+            Some(crate::transport::surface::CONNECTION_WINDOW),
         )?;
         let hooks = Arc::new(SocketHooks::default());
         let main = Side::new(&cfg, &cfg.limits, &hooks)?;
@@ -351,7 +353,7 @@ impl Dialer {
             _ => Some(session::generate(&s.session_id, &mut rand::rng())),
         };
         if let Some(id) = &session {
-            let Some((mut send, recv, label)) = down
+            let Some((mut send, recv, label, gzip)) = down
                 .request(
                     &down_slot,
                     RequestKind::StreamDown,
@@ -370,7 +372,7 @@ impl Dialer {
             let tx = down_tx.take().expect("download queue unused so far");
             spawn_holding(
                 &down_slot,
-                Box::pin(streams::download(recv, label, tx, shared.clone())),
+                Box::pin(streams::download(recv, label, gzip, tx, shared.clone())),
             );
         }
 
@@ -399,7 +401,7 @@ impl Dialer {
                 };
                 // Stream-up's POST never waits while the tunnel holds its GET.
                 let wait = first_wait(patient && kind == RequestKind::StreamOne);
-                let Some((send, recv, label)) =
+                let Some((send, recv, label, gzip)) =
                     main.request(&slot, kind, session.as_deref(), wait).await?
                 else {
                     return Ok(None);
@@ -407,9 +409,13 @@ impl Dialer {
                 // Stream-one: the response is the download. Stream-up: the server writes
                 // keep-alive padding into it, read and discarded.
                 keep(match down_tx.take() {
-                    Some(tx) => {
-                        Box::pin(streams::download(recv, label.clone(), tx, shared.clone()))
-                    }
+                    Some(tx) => Box::pin(streams::download(
+                        recv,
+                        label.clone(),
+                        gzip,
+                        tx,
+                        shared.clone(),
+                    )),
                     None => Box::pin(streams::drain_response(recv, label.clone(), shared.clone())),
                 });
                 keep(Box::pin(streams::stream_upload(

@@ -4,9 +4,11 @@
 use super::Shared;
 use super::queue::{QueueRx, QueueTx, TryRecvError};
 use crate::error::{Error, RequestLabel};
+use crate::transport::surface::{self, Gunzip};
 use crate::transport::{H3Conn, RequestStream};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
+use crate::xhttp::upload;
 use crate::xmux::{Pool, Slot};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
@@ -122,6 +124,15 @@ pub(crate) async fn open_on_slot(
 
 /// Waits for the response head and fails the tunnel unless it is 200.
 async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -> bool {
+    ok_response(recv, label, shared).await.is_some()
+}
+
+/// The 200 response head, or `None` once the tunnel has been failed (or ended).
+async fn ok_response(
+    recv: &mut RecvHalf,
+    label: &RequestLabel,
+    shared: &Shared,
+) -> Option<http::Response<()>> {
     let token = shared.token().clone();
     // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
     // streams are never polled again. A stream the server ends badly after our close (FIN
@@ -129,21 +140,21 @@ async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -
     // sharing the connection.
     let resp = tokio::select! {
         biased;
-        _ = token.cancelled() => return false,
+        _ = token.cancelled() => return None,
         r = recv.recv_response() => r,
     };
     match resp {
-        Ok(r) if r.status() == http::StatusCode::OK => true,
+        Ok(r) if r.status() == http::StatusCode::OK => Some(r),
         Ok(r) => {
             shared.fail(Error::Status {
                 status: r.status().as_u16(),
                 request: label.clone(),
             });
-            false
+            None
         }
         Err(e) => {
             shared.fail(request_error(label, e));
-            false
+            None
         }
     }
 }
@@ -151,25 +162,47 @@ async fn expect_ok(recv: &mut RecvHalf, label: &RequestLabel, shared: &Shared) -
 /// The download: checks the response status, then forwards body chunks to the reader
 /// until the body ends (EOF for the reader) or the tunnel ends. When another request of
 /// the tunnel fails, what this stream already received is still handed to the reader.
+///
+/// `gzip_requested`: the request's `accept-encoding: gzip` was ours, so a gzip-encoded
+/// body (a CDN compressing it) is decoded, as Go's HTTP/3 client does.
 pub(crate) async fn download(
     mut recv: RecvHalf,
     label: RequestLabel,
+    gzip_requested: bool,
     tx: QueueTx,
     shared: Arc<Shared>,
 ) {
-    if !expect_ok(&mut recv, &label, &shared).await {
+    let Some(resp) = ok_response(&mut recv, &label, &shared).await else {
         return;
-    }
+    };
+    let mut gunzip = surface::gzip_response(gzip_requested, &resp).then(Gunzip::default);
     let token = shared.token().clone();
+    let mut ended = false;
     loop {
         let chunk = tokio::select! {
             biased;
-            _ = token.cancelled() => return drain_received(&mut recv, &tx, &shared),
+            _ = token.cancelled() => return drain_received(&mut recv, &mut gunzip, &tx, &shared),
             c = recv.recv_data() => c,
         };
+        let chunk = match (chunk, gunzip.as_mut()) {
+            (Ok(Some(mut b)), Some(g)) => match g.feed(&b.copy_to_bytes(b.remaining())) {
+                Ok(plain) => Ok(Some(plain)),
+                Err(e) => return shared.fail(request_error(&label, gzip_error(e))),
+            },
+            (Ok(Some(mut b)), None) => Ok(Some(b.copy_to_bytes(b.remaining()))),
+            // The body ended: the decoder's last bytes go out first, then the end.
+            (Ok(None), Some(_)) => match gunzip.take().map(Gunzip::finish) {
+                Some(Ok(rest)) if !rest.is_empty() => {
+                    ended = true;
+                    Ok(Some(rest))
+                }
+                Some(Err(e)) => return shared.fail(request_error(&label, gzip_error(e))),
+                _ => Ok(None),
+            },
+            (other, _) => other.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
+        };
         match chunk {
-            Ok(Some(mut b)) => {
-                let mut bytes = b.copy_to_bytes(b.remaining());
+            Ok(Some(mut bytes)) => {
                 while !bytes.is_empty() {
                     let piece = bytes.split_to(bytes.len().min(super::WRITE_PIECE));
                     tokio::select! {
@@ -179,10 +212,14 @@ pub(crate) async fn download(
                             if !bytes.is_empty() {
                                 let _ = tx.push_now(bytes);
                             }
-                            return drain_received(&mut recv, &tx, &shared);
+                            return drain_received(&mut recv, &mut gunzip, &tx, &shared);
                         }
                         r = tx.send(piece.clone()) => if r.is_err() { return },
                     }
+                }
+                if ended {
+                    shared.download_ended();
+                    return;
                 }
             }
             Ok(None) => {
@@ -197,15 +234,27 @@ pub(crate) async fn download(
     }
 }
 
+fn gzip_error(e: std::io::Error) -> String {
+    format!("the gzip-encoded download is corrupt: {e}")
+}
+
 /// After a failure (not a close by this side), hands the reader what the stream has
 /// already buffered, without waiting for more. Bounded by the stream's receive window.
-fn drain_received(recv: &mut RecvHalf, tx: &QueueTx, shared: &Shared) {
+fn drain_received(recv: &mut RecvHalf, gunzip: &mut Option<Gunzip>, tx: &QueueTx, shared: &Shared) {
     use futures_util::FutureExt;
     if shared.closed_by_us() {
         return;
     }
     while let Some(Ok(Some(mut b))) = recv.recv_data().now_or_never() {
-        if tx.push_now(b.copy_to_bytes(b.remaining())).is_err() {
+        let bytes = b.copy_to_bytes(b.remaining());
+        let plain = match gunzip.as_mut() {
+            Some(g) => match g.feed(&bytes) {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            None => bytes,
+        };
+        if tx.push_now(plain).is_err() {
             return;
         }
     }
@@ -324,6 +373,8 @@ pub(crate) async fn packet_upload(
         // Finished response checks are reaped as we go: a JoinSet keeps them until joined,
         // which on a long tunnel would grow by one task per POST.
         while responses.try_join_next().is_some() {}
+        // Like Xray's upload loop: take everything queued now, then send it in POSTs of at
+        // most `max_post`; what is written meanwhile waits for the next round.
         if buf.is_empty() && open {
             let next = tokio::select! {
                 _ = token.cancelled() => return,
@@ -333,29 +384,29 @@ pub(crate) async fn packet_upload(
                 Some(b) => buf.extend_from_slice(&b),
                 None => open = false,
             }
+            while open {
+                match rx.try_recv() {
+                    Ok(b) => buf.extend_from_slice(&b),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
         }
         if buf.is_empty() {
             break;
         }
-        let gap = Duration::from_millis(plan.interval.draw(&mut rand::rng()).max(0) as u64);
-        if let Some(t) = last_start {
-            let due = t + gap;
-            if due > Instant::now() {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }
-        // Batch whatever else arrived meanwhile, up to one POST's worth.
-        while open && buf.len() < plan.max_post {
-            match rx.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => open = false,
-            }
-        }
         let chunk = buf.split_to(buf.len().min(plan.max_post)).freeze();
+        let wait = upload::pause_before_post(
+            plan.interval,
+            last_start.map(|t| t.elapsed()),
+            &mut rand::rng(),
+        );
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
         last_start = Some(Instant::now());
         let kind = RequestKind::PacketUp { seq };
         let label = shaper.label(kind, Some(&session));
@@ -373,12 +424,8 @@ pub(crate) async fn packet_upload(
         // is left for one XMUX offers, as long as it offers one with streams free; only
         // then does the POST wait for a stream.
         let stream = loop {
-            let req = match shaper.build(
-                kind,
-                Some(&session),
-                (!in_body).then_some(&chunk[..]),
-                &mut rand::rng(),
-            ) {
+            // The chunk goes in headers or cookies, or the head announces its length.
+            let req = match shaper.build(kind, Some(&session), Some(&chunk[..]), &mut rand::rng()) {
                 Ok(r) => r,
                 Err(e) => return shared.fail(e),
             };

@@ -7,3 +7,4 @@ pub mod padding;
 pub mod range;
 pub mod request;
 pub mod session;
+pub mod upload;

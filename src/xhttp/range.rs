@@ -23,8 +23,8 @@ impl Range {
         self.from == 0 && self.to == 0
     }
 
-    /// Draws a value. Validation guarantees `from <= to`; an inverted range (never produced by
-    /// our config layer) yields `from` rather than panicking.
+    /// Draws a value. Parsing guarantees `from <= to`; an inverted range built by hand yields
+    /// `from` rather than panicking.
     pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> i64 {
         if self.from >= self.to {
             self.from
@@ -34,9 +34,23 @@ impl Range {
     }
 
     /// Parses the JSON forms Xray accepts: a number, `"a-b"`, `"a"`, `""` (zero), or an object
-    /// `{"from": a, "to": b}`. The error text names what was wrong, not the field (the caller
-    /// adds that).
+    /// `{"from": a, "to": b}`. An inverted range (`"1000-100"`) is swapped, as Go's
+    /// `Int32Range.ensureOrder` does, so every config Xray takes means the same here. The
+    /// error text names what was wrong, not the field (the caller adds that).
     pub fn from_json(v: &serde_json::Value) -> Result<Range, String> {
+        Self::parse(v).map(Range::ordered)
+    }
+
+    /// `from <= to`, swapping if needed.
+    pub fn ordered(self) -> Range {
+        if self.from > self.to {
+            Range::new(self.to, self.from)
+        } else {
+            self
+        }
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Range, String> {
         use serde_json::Value;
         // Xray's ranges are int32: larger values are refused rather than overflowing later.
         let int = |v: &Value| -> Result<i64, String> {
@@ -119,6 +133,19 @@ mod tests {
         assert!(Range::from_json(&json!(1.5)).is_err());
         assert!(Range::from_json(&json!(3_000_000_000u64)).is_err());
         assert!(Range::from_json(&json!("1-9999999999")).is_err());
+        // Inverted ranges are swapped, like Go's Int32Range.
+        assert_eq!(
+            Range::from_json(&json!("1000-100")).unwrap(),
+            Range::new(100, 1000)
+        );
+        assert_eq!(
+            Range::from_json(&json!("20--1")).unwrap(),
+            Range::new(-1, 20)
+        );
+        assert_eq!(
+            Range::from_json(&json!({"from": 9, "to": 2})).unwrap(),
+            Range::new(2, 9)
+        );
     }
 
     #[test]

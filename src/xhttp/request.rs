@@ -3,8 +3,9 @@
 
 use crate::config::{DataPlacement, Placement, XhttpSettings};
 use crate::error::{Error, RequestLabel, Result};
+use crate::transport::surface::{self, Body};
 use crate::xhttp::browser;
-use crate::xhttp::escape::{escape, unescape};
+use crate::xhttp::escape::{escape, escape_invalid_query, escape_path, unescape_query};
 use crate::xhttp::padding::PaddingPlacement;
 use base64::Engine;
 use rand::Rng;
@@ -39,21 +40,68 @@ impl RequestKind {
 pub struct Shaper {
     settings: XhttpSettings,
     authority: String,
+    /// The path before session and seq, unescaped (Go's `URL.Path`).
     path: String,
-    base_query: Vec<(String, String)>,
+    /// Whatever followed `?` in the configured path, sent as is unless a key is added.
     raw_query: String,
     headers: Vec<(String, String)>,
+}
+
+/// The query of a request being built: the configured one as written, until something is
+/// added, which makes Go parse and re-encode it (`url.Values.Encode`, keys sorted).
+enum Query {
+    Raw(String),
+    Pairs(Vec<(String, String)>),
+}
+
+impl Query {
+    /// Go's `q := URL.Query(); q.Set(key, value); URL.RawQuery = q.Encode()`.
+    fn set(&mut self, key: &str, value: &str) {
+        if let Query::Raw(raw) = self {
+            *self = Query::Pairs(parse_query(raw));
+        }
+        if let Query::Pairs(pairs) = self {
+            pairs.retain(|(k, _)| k != key);
+            pairs.push((key.to_string(), value.to_string()));
+        }
+    }
+
+    fn encode(self) -> String {
+        match self {
+            Query::Raw(raw) => escape_invalid_query(&raw),
+            Query::Pairs(pairs) => encode_query(pairs),
+        }
+    }
+}
+
+/// Go's `Header.Set`: replaces every field of that name (case-insensitively), so a user
+/// header never goes out beside ours.
+fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: String) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    headers.push((name.to_string(), value));
+}
+
+/// Go's `Request.AddCookie`: appended to the first `Cookie` field with `; ` (a user's
+/// `Cookie` header included), which then replaces them all.
+fn add_cookie(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    let pair = format!("{name}={value}");
+    let joined = match headers
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("cookie") && !v.is_empty())
+    {
+        Some((_, old)) => format!("{old}; {pair}"),
+        None => pair,
+    };
+    set_header(headers, "Cookie", joined);
 }
 
 impl Shaper {
     pub fn new(settings: &XhttpSettings, authority: &str) -> Shaper {
         let mut headers = settings.headers.clone();
         browser::apply_defaults(&mut headers);
-        let raw_query = settings.normalized_query().to_string();
         Shaper {
-            path: settings.normalized_path(),
-            base_query: parse_query(&raw_query),
-            raw_query,
+            path: settings.request_path(),
+            raw_query: settings.normalized_query().to_string(),
             authority: authority.to_string(),
             headers,
             settings: settings.clone(),
@@ -103,7 +151,8 @@ impl Shaper {
     }
 
     /// Builds the request head. `session` is `None` only for stream-one. `data` is the
-    /// packet-up chunk when it is placed in headers or cookies (see [`Self::data_in_body`]).
+    /// packet-up chunk: placed in headers or cookies here, or sent as the body by the
+    /// caller (see [`Self::data_in_body`]), whose length the head then announces.
     pub fn build<R: Rng + ?Sized>(
         &self,
         kind: RequestKind,
@@ -115,6 +164,10 @@ impl Shaper {
         self.head(kind, session, data, padding, rng)
     }
 
+    /// Xray's `FillStreamRequest` / `FillPacketRequest`, step for step: the user's headers
+    /// with the browser defaults, then (packet-up) the data in headers or cookies, then the
+    /// padding, then session and seq, then the gRPC content type. Everything Xray *sets*
+    /// replaces a user header of the same name; cookies are appended.
     fn head<R: Rng + ?Sized>(
         &self,
         kind: RequestKind,
@@ -124,124 +177,122 @@ impl Shaper {
         rng: &mut R,
     ) -> Result<http::Request<()>> {
         let s = &self.settings;
-        let seq = match kind {
-            RequestKind::PacketUp { seq } => Some(seq.to_string()),
-            _ => None,
-        };
         let mut path = self.path.clone();
-        let mut query: Vec<(String, String)> = Vec::new();
-        let mut query_touched = false;
+        let mut query = Query::Raw(self.raw_query.clone());
         let mut headers: Vec<(String, String)> = self.headers.clone();
-        let mut cookies: Vec<(String, String)> = Vec::new();
-
-        let mut place =
-            |placement: Placement, key: &str, value: &str, path: &mut String| match placement {
-                Placement::Path => {
-                    if !path.ends_with('/') {
-                        path.push('/');
-                    }
-                    path.push_str(value);
-                }
-                Placement::Query => {
-                    query_touched = true;
-                    query.retain(|(k, _)| k != key);
-                    query.push((key.to_string(), value.to_string()));
-                }
-                Placement::Header => headers.push((key.to_string(), value.to_string())),
-                Placement::Cookie => cookies.push((key.to_string(), value.to_string())),
-            };
-        if let Some(id) = session {
-            place(s.session_placement, &s.session_key, id, &mut path);
-        }
-        if let Some(seq) = &seq {
-            place(s.seq_placement, &s.seq_key, seq, &mut path);
-        }
-
-        // Padding is drawn per request and placed as configured (§2.4).
-        let (placement, header, key, _) = s.padding.effective();
-        match placement {
-            PaddingPlacement::QueryInHeader => headers.push((
-                header.to_string(),
-                format!(
-                    "https://{}{}?{}={}",
-                    self.authority, self.path, key, padding
-                ),
-            )),
-            PaddingPlacement::Header => headers.push((header.to_string(), padding)),
-            PaddingPlacement::Query => {
-                query_touched = true;
-                query.push((key.to_string(), padding));
-            }
-            PaddingPlacement::Cookie => cookies.push((key.to_string(), padding)),
-        }
 
         if let (Some(data), false) = (data, self.data_in_body()) {
             let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
             let mut rest = encoded.as_str();
             let mut i = 0;
             while !rest.is_empty() {
-                let n = (s.uplink_chunk_size.draw(rng).max(64) as usize).min(rest.len());
+                let n = (s.uplink_chunk_size.draw(rng).max(1) as usize).min(rest.len());
                 let (piece, tail) = rest.split_at(n);
                 if s.uplink_data_placement == DataPlacement::Cookie {
-                    cookies.push((format!("{}_{i}", s.uplink_data_key), piece.to_string()));
+                    add_cookie(&mut headers, &format!("{}_{i}", s.uplink_data_key), piece);
                 } else {
-                    headers.push((format!("{}-{i}", s.uplink_data_key), piece.to_string()));
+                    set_header(
+                        &mut headers,
+                        &format!("{}-{i}", s.uplink_data_key),
+                        piece.to_string(),
+                    );
                 }
                 rest = tail;
                 i += 1;
             }
         }
 
-        if matches!(kind, RequestKind::StreamUp | RequestKind::StreamOne) && !s.no_grpc_header {
-            headers.push(("Content-Type".into(), "application/grpc".into()));
-        }
-        if !cookies.is_empty() {
-            let joined: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            headers.push(("Cookie".into(), joined.join("; ")));
+        // Padding is drawn per request and placed as configured (§2.4). The URL in a
+        // `queryInHeader` value is the request's before session and seq, its query replaced.
+        let (placement, header, key, _) = s.padding.effective();
+        match placement {
+            PaddingPlacement::QueryInHeader => set_header(
+                &mut headers,
+                header,
+                format!(
+                    "https://{}{}?{}={}",
+                    self.authority,
+                    escape_path(&self.path),
+                    key,
+                    padding
+                ),
+            ),
+            PaddingPlacement::Header => set_header(&mut headers, header, padding),
+            PaddingPlacement::Query => query.set(key, &padding),
+            PaddingPlacement::Cookie => add_cookie(&mut headers, key, &padding),
         }
 
-        // Go re-encodes (sorted) only when something was added to the query.
-        let query = if query_touched {
-            let mut all = self.base_query.clone();
-            for (k, v) in query {
-                all.retain(|(bk, _)| *bk != k);
-                all.push((k, v));
+        let seq = match kind {
+            RequestKind::PacketUp { seq } => Some(seq.to_string()),
+            _ => None,
+        };
+        let meta = [
+            (session, s.session_placement, &s.session_key),
+            (seq.as_deref(), s.seq_placement, &s.seq_key),
+        ];
+        for (value, placement, key) in meta {
+            let Some(value) = value else { continue };
+            match placement {
+                Placement::Path => {
+                    if !path.ends_with('/') {
+                        path.push('/');
+                    }
+                    path.push_str(value);
+                }
+                Placement::Query => query.set(key, value),
+                Placement::Header => set_header(&mut headers, key, value.to_string()),
+                Placement::Cookie => add_cookie(&mut headers, key, value),
             }
-            encode_query(all)
-        } else {
-            self.raw_query.clone()
-        };
-        let target = if query.is_empty() {
-            path
-        } else {
-            format!("{path}?{query}")
-        };
+        }
+
+        if matches!(kind, RequestKind::StreamUp | RequestKind::StreamOne) && !s.no_grpc_header {
+            set_header(&mut headers, "Content-Type", "application/grpc".into());
+        }
+
+        let query = query.encode();
+        let mut target = escape_path(&path);
+        if !query.is_empty() {
+            target.push('?');
+            target.push_str(&query);
+        }
         let uri = format!("https://{}{}", self.authority, target);
         let mut b = http::Request::builder().method(self.method(kind)).uri(&uri);
         for (k, v) in &headers {
             b = b.header(k.as_str(), v.as_str());
         }
-        b.body(()).map_err(|e| {
+        let mut req = b.body(()).map_err(|e| {
             Error::config(
                 "xhttpSettings",
                 format!("cannot build request {uri:?}: {e} (check host, path and headers)"),
             )
-        })
+        })?;
+        let body = match kind {
+            RequestKind::StreamDown => Body::None,
+            RequestKind::StreamUp | RequestKind::StreamOne => Body::Streaming,
+            RequestKind::PacketUp { .. } if self.data_in_body() => {
+                Body::Sized(data.map_or(0, |d| d.len() as u64))
+            }
+            RequestKind::PacketUp { .. } => Body::None,
+        };
+        surface::go_request_headers(&mut req, body);
+        Ok(req)
     }
 }
 
-/// Go's `url.ParseQuery` for the base query: `&`-separated, `+` is a space.
+/// Go's `url.ParseQuery` for the base query: `&`-separated, `+` is a space; a pair with a
+/// `;` or a bad escape is dropped, as Go drops it (with an error nobody reads).
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
+        .filter(|p| !p.is_empty() && !p.contains(';'))
+        .filter_map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (unescape(k), unescape(v))
+            Some((unescape_query(k)?, unescape_query(v)?))
         })
         .collect()
 }
 
-/// Go's `url.Values.Encode`: keys sorted, values escaped with `QueryEscape`.
+/// Go's `url.Values.Encode`: keys sorted (values of one key keep their order), escaped
+/// with `QueryEscape`.
 pub fn encode_query(mut pairs: Vec<(String, String)>) -> String {
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
     pairs
@@ -293,6 +344,18 @@ mod tests {
             ("POST", "/xh/S/7")
         );
         assert_eq!(hdr(&post, "content-type"), None);
+        // What Go's HTTP/3 client adds: the body's length, and gzip.
+        let post = s
+            .build(
+                RequestKind::PacketUp { seq: 8 },
+                Some("S"),
+                Some(&[1u8; 1234][..]),
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(hdr(&post, "content-length"), Some("1234"));
+        assert_eq!(hdr(&post, "accept-encoding"), Some("gzip"));
+        assert_eq!(hdr(&get, "content-length"), None);
 
         let up = s
             .build(RequestKind::StreamUp, Some("S"), None, &mut rng)
@@ -308,6 +371,7 @@ mod tests {
             ("POST", "/xh/")
         );
         assert_eq!(hdr(&one, "content-type"), Some("application/grpc"));
+        assert_eq!(hdr(&one, "content-length"), None);
         assert!(hdr(&one, "user-agent").unwrap().contains("Chrome/"));
         assert_eq!(one.uri().authority().unwrap().as_str(), "example.com");
     }
@@ -332,7 +396,126 @@ mod tests {
                 &mut rand::rng(),
             )
             .unwrap();
-        assert_eq!(target(&r), "/q?a=x+y&x_seq=3&x_session=S&z=1");
+        // Sent with a trailing slash: servers before v26.7.11 check the prefix `/q/`.
+        assert_eq!(target(&r), "/q/?a=x+y&x_seq=3&x_session=S&z=1");
+        // Untouched, the configured query goes out as written; a pair Go cannot parse is
+        // dropped once the query is re-encoded.
+        let s = shaper(json!({"path": "/r?b=%zz&a=1;2&c=3"}));
+        let r = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+            .unwrap();
+        assert_eq!(target(&r), "/r/S?b=%zz&a=1;2&c=3");
+        let s = shaper(json!({"path": "/r?b=%zz&a=1;2&c=3", "sessionIDPlacement": "query"}));
+        let r = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+            .unwrap();
+        assert_eq!(target(&r), "/r/?c=3&x_session=S");
+    }
+
+    #[test]
+    fn paths_are_sent_as_gos_escaped_path() {
+        let cases = [
+            ("/a%20b", "/a%2520b/S"),
+            ("/\u{fc}ber", "/%C3%BCber/S"),
+            ("/a b/c", "/a%20b/c/S"),
+            ("/x!*'()", "/x%21%2A%27%28%29/S"),
+            ("/k:@&=+$,;", "/k:@&=+$,;/S"),
+        ];
+        for (path, want) in cases {
+            let s = shaper(json!({ "path": path }));
+            let r = s
+                .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+                .unwrap();
+            assert_eq!(target(&r), want, "{path}");
+            let referer = hdr(&r, "referer").unwrap();
+            let base = want.strip_suffix("S").unwrap();
+            assert!(
+                referer.starts_with(&format!("https://example.com{base}?x_padding=")),
+                "{referer}"
+            );
+        }
+        // A raw query keeps what a URI allows and escapes the rest.
+        let s = shaper(json!({"path": "/p?a=x y&b=\u{fc}"}));
+        let r = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+            .unwrap();
+        assert_eq!(target(&r), "/p/S?a=x%20y&b=%C3%BC");
+    }
+
+    #[test]
+    fn user_headers_that_collide_with_ours_are_replaced() {
+        let mut rng = rand::rng();
+        let s = shaper(json!({"path": "/p", "mode": "stream-up", "headers": {
+            "Referer": "https://cdn.example/", "content-type": "text/plain",
+            "X-Session": "mine", "Cookie": "a=1", "X-Custom": "kept"},
+            "sessionIDPlacement": "header", "seqPlacement": "cookie"}));
+        let r = s
+            .build(RequestKind::StreamUp, Some("S"), None, &mut rng)
+            .unwrap();
+        let all = |k: &str| {
+            r.headers()
+                .get_all(k)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let referer = all("referer");
+        assert_eq!(referer.len(), 1, "{referer:?}");
+        assert!(referer[0].starts_with("https://example.com/p/?x_padding=X"));
+        assert_eq!(all("content-type"), ["application/grpc"]);
+        assert_eq!(all("x-session"), ["S"]);
+        assert_eq!(all("x-custom"), ["kept"]);
+        // Cookies are appended to the user's, in one field.
+        assert_eq!(all("cookie"), ["a=1"]);
+        let r = s
+            .build(RequestKind::PacketUp { seq: 5 }, Some("S"), None, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hdr(&r, "cookie"), Some("a=1; x_seq=5"));
+
+        // Obfs padding header and data headers replace the user's too; cookies go in
+        // Xray's order: data, padding, session, seq.
+        let s = shaper(json!({"mode": "packet-up", "xPaddingObfsMode": true,
+            "xPaddingPlacement": "header", "xPaddingBytes": 10,
+            "uplinkDataPlacement": "header", "headers": {"X-Padding": "u", "X-Data-0": "u"}}));
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 0 },
+                Some("S"),
+                Some(&b"hi"[..]),
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(r.headers().get_all("x-padding").iter().count(), 1);
+        assert_eq!(hdr(&r, "x-padding"), Some("XXXXXXXXXX"));
+        assert_eq!(hdr(&r, "x-data-0"), Some("aGk"));
+        let s = shaper(json!({"mode": "packet-up", "xPaddingObfsMode": true,
+            "xPaddingPlacement": "cookie", "xPaddingBytes": 3, "uplinkDataPlacement": "cookie",
+            "sessionIDPlacement": "cookie", "seqPlacement": "cookie"}));
+        let r = s
+            .build(
+                RequestKind::PacketUp { seq: 2 },
+                Some("S"),
+                Some(&b"hi"[..]),
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(
+            hdr(&r, "cookie"),
+            Some("x_data_0=aGk; x_padding=XXX; x_session=S; x_seq=2")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_authority_is_bracketed() {
+        let s = Shaper::new(
+            &XhttpSettings::from_json("x", &json!({"path": "/p"})).unwrap(),
+            "[::1]",
+        );
+        let r = s
+            .build(RequestKind::StreamDown, Some("S"), None, &mut rand::rng())
+            .unwrap();
+        assert_eq!(r.uri().authority().unwrap().as_str(), "[::1]");
+        assert!(hdr(&r, "referer").unwrap().starts_with("https://[::1]/p/?"));
     }
 
     #[test]
@@ -348,7 +531,7 @@ mod tests {
                 &mut rng,
             )
             .unwrap();
-        assert_eq!(target(&r), "/p");
+        assert_eq!(target(&r), "/p/");
         assert_eq!(hdr(&r, "x-session"), Some("abc"));
         assert_eq!(hdr(&r, "cookie"), Some("x_seq=0"));
 
@@ -444,6 +627,8 @@ mod tests {
                 &mut rng,
             )
             .unwrap();
+        // No body: Go announces a zero length on a POST.
+        assert_eq!(hdr(&r, "content-length"), Some("0"));
         let mut joined = String::new();
         for i in 0.. {
             match hdr(&r, &format!("x-data-{i}")) {
@@ -468,6 +653,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.method(), "GET");
+        assert_eq!(hdr(&r, "content-length"), None);
         let cookie = hdr(&r, "cookie").unwrap();
         let joined: String = cookie
             .split("; ")
@@ -503,5 +689,18 @@ mod tests {
             assert!(!text.contains("s3cr3tsess"), "{placement}: {text}");
             assert!(text.contains("<session>"), "{placement}: {text}");
         }
+    }
+
+    #[test]
+    fn base_query_is_parsed_like_go() {
+        assert_eq!(
+            parse_query("a=1&b&c=%4&d;=2&e=x+y"),
+            [
+                ("a".into(), "1".into()),
+                ("b".into(), String::new()),
+                ("e".into(), "x y".into())
+            ]
+        );
+        assert_eq!(encode_query(parse_query("z=1&a=x y&a=2")), "a=x+y&a=2&z=1");
     }
 }

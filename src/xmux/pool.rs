@@ -26,12 +26,17 @@ pub struct Connector {
 
 impl Connector {
     async fn resolve(&self) -> Result<SocketAddr> {
-        let addr = format!("{}:{}", self.address, self.port);
+        let addr = if self.address.contains(':') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        };
         let fail = |detail: String| Error::Connect {
             addr: addr.clone(),
             detail,
         };
-        tokio::net::lookup_host(&addr)
+        // (host, port), not "host:port": an IPv6 literal has colons of its own.
+        tokio::net::lookup_host((self.address.as_str(), self.port))
             .await
             .map_err(|e| fail(format!("resolve: {e}")))?
             .next()

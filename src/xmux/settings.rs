@@ -48,19 +48,8 @@ impl XmuxSettings {
             ("hMaxReusableSecs", &mut s.h_max_reusable_secs),
         ];
         for (name, slot) in ranges {
+            // Negative values are accepted like Xray: a draw of 0 or less means no limit.
             if let Some(r) = f.range(name)? {
-                if r.from < 0 || r.to < 0 {
-                    return Err(Error::config(
-                        f.path_of(name),
-                        format!("must not be negative, got {}-{}", r.from, r.to),
-                    ));
-                }
-                if r.from > r.to {
-                    return Err(Error::config(
-                        f.path_of(name),
-                        format!("from must not exceed to, got {}-{}", r.from, r.to),
-                    ));
-                }
                 *slot = r;
             }
         }
@@ -131,23 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn negative_and_inverted_ranges_are_taken_like_xray() {
+        let s = parse(json!({"maxConcurrency": -1, "cMaxReuseTimes": "5-2",
+            "hMaxRequestTimes": "-3-4"}))
+        .unwrap();
+        assert_eq!(s.max_concurrency, Range::fixed(-1));
+        assert_eq!(s.c_max_reuse_times, Range::new(2, 5));
+        assert_eq!(s.h_max_request_times, Range::new(-3, 4));
+        // Negative values are not "all zero": Xray's defaults are not applied.
+        assert_ne!(s, XmuxSettings::xray_defaults());
+    }
+
+    #[test]
     fn invalid_settings_name_the_field() {
         let cases = [
-            (
-                json!({"maxConcurrency": -1}),
-                "xhttpSettings.xmux.maxConcurrency",
-                "negative",
-            ),
-            (
-                json!({"cMaxReuseTimes": "5-2"}),
-                "xhttpSettings.xmux.cMaxReuseTimes",
-                "exceed",
-            ),
-            (
-                json!({"hMaxRequestTimes": "-3-4"}),
-                "xhttpSettings.xmux.hMaxRequestTimes",
-                "negative",
-            ),
             (
                 json!({"maxConnections": 2, "maxConcurrency": 2}),
                 "xhttpSettings.xmux.maxConnections",

@@ -50,7 +50,7 @@ fn outbound_flat_and_vnext_forms() {
         crate::proxy::vless::user_id("x", "my-user").unwrap()
     );
     assert_eq!(
-        (c.xhttp.path.as_str(), c.authority()),
+        (c.xhttp.path.as_str(), c.authority().as_str()),
         ("/s", "cdn.example")
     );
 }
@@ -322,4 +322,117 @@ fn the_mux_object_shapes_udp_and_is_checked() {
         "packetEncoding"
     );
     assert_eq!(err(own(json!({"mux": {"enabled": true}}))).0, "mux");
+}
+
+#[test]
+fn what_would_change_where_traffic_goes_is_refused_by_name() {
+    let with = |extra: Value| {
+        let mut o = outbound_json(h3_stream(json!({"path": "/x"})));
+        o.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        o.to_string()
+    };
+    let stream_with = |k: &str, v: Value| {
+        let mut s = h3_stream(json!({"path": "/x"}));
+        s[k] = v;
+        outbound_json(s).to_string()
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            with(json!({"proxySettings": {"tag": "chain"}})),
+            "proxySettings.tag",
+            "go direct",
+        ),
+        (
+            stream_with("sockopt", json!({"dialerProxy": "chain"})),
+            "streamSettings.sockopt.dialerProxy",
+            "go direct",
+        ),
+        (
+            stream_with("finalmask", json!({"udp": [{"type": "salamander"}]})),
+            "streamSettings.finalmask.udp",
+            "finalmask",
+        ),
+        (
+            stream_with("finalmask", json!({"quicParams": {"congestion": "bbr"}})),
+            "streamSettings.finalmask.quicParams",
+            "finalmask",
+        ),
+        (
+            format!(
+                "vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&fm=%7B%22udp%22%3A%5B%7B%22type%22%3A%22salamander%22%7D%5D%7D"
+            ),
+            "link.fm.udp",
+            "finalmask",
+        ),
+        (
+            format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&fm=%7Bx"),
+            "link.fm",
+            "not valid JSON",
+        ),
+    ];
+    for (input, field, rule) in cases {
+        let (f, r) = err(import(&input));
+        assert_eq!(f, field, "for {input}");
+        assert!(r.contains(rule), "for {input}: {r}");
+    }
+    // What changes nothing is accepted: a disabled mux, empty masks, other sockopt fields.
+    for ok in [
+        with(json!({"mux": {"enabled": false, "concurrency": -1}, "proxySettings": {}})),
+        stream_with("finalmask", json!({"udp": [], "tcp": []})),
+        stream_with("sockopt", json!({"dialerProxy": "", "tcpFastOpen": true})),
+        format!("vless://{ID}@e:443?type=xhttp&security=tls&alpn=h3&fm="),
+    ] {
+        import(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn links_without_sni_use_a_domain_host() {
+    let link = |q: &str| format!("vless://{ID}@104.16.0.1:443?type=xhttp&security=tls&alpn=h3{q}");
+    let c = import(&link("&host=cdn.example.com")).unwrap();
+    assert_eq!(c.sni(), "cdn.example.com");
+    assert_eq!(c.authority(), "cdn.example.com");
+    let c = import(&link("&host=a.example,b.example")).unwrap();
+    assert_eq!(c.sni(), "a.example");
+    // An explicit sni wins; an IP host is no server name.
+    let c = import(&link("&host=cdn.example.com&sni=other.example")).unwrap();
+    assert_eq!(c.sni(), "other.example");
+    for ip in ["10.0.0.1", "%5B2001%3Adb8%3A%3A1%5D", "2001:db8::1"] {
+        let c = import(&link(&format!("&host={ip}"))).unwrap();
+        assert_eq!(c.sni(), "104.16.0.1", "{ip}");
+    }
+}
+
+#[test]
+fn ids_and_stream_settings_xray_accepts() {
+    // A UUID without dashes.
+    let mut o = outbound_json(h3_stream(json!({})));
+    o["settings"]["id"] = json!("b831381d63244d53ad4f8cda48b30811");
+    let c = import(&o.to_string()).unwrap();
+    assert_eq!(
+        c.vless.unwrap().id,
+        crate::proxy::vless::user_id("x", ID).unwrap()
+    );
+    // No xhttpSettings object: no XMUX limits, as Xray's protobuf defaults.
+    let mut s = h3_stream(json!({}));
+    s.as_object_mut().unwrap().remove("xhttpSettings");
+    let c = import(&outbound_json(s).to_string()).unwrap();
+    assert_eq!(c.xhttp.xmux, crate::xmux::XmuxSettings::default());
+    let c = import(&outbound_json(h3_stream(json!({}))).to_string()).unwrap();
+    assert_eq!(c.xhttp.xmux, crate::xmux::XmuxSettings::xray_defaults());
+    // An IPv6 address in brackets.
+    let mut o = outbound_json(h3_stream(json!({})));
+    o["settings"]["address"] = json!("[2001:db8::1]");
+    o["streamSettings"]["tlsSettings"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serverName");
+    let c = import(&o.to_string()).unwrap();
+    assert_eq!(
+        (c.address.as_str(), c.sni()),
+        ("2001:db8::1", "2001:db8::1")
+    );
+    assert_eq!(c.authority(), "[2001:db8::1]");
 }
