@@ -289,6 +289,11 @@ xh_result xh_set_log_callback(xh_log_callback cb, void *ctx, xh_log_level max_le
 // to its handle. Does no network I/O: the first tunnel connects.
 // Starts the library's runtime threads if no other client or tunnel is live.
 //
+// Memory: the library JSON's `memoryLimits` (`streamReceiveWindow`,
+// `connectionReceiveWindow`, `sendWindow`, `downloadQueue`, `uploadQueue`, in bytes) bounds
+// what the client buffers; smaller windows cap a tunnel's throughput at about one stream
+// window per round trip (measured numbers: README, "Memory limits").
+//
 // Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (`config` or `out` NULL),
 // `XH_RESULT_INVALID_ARGUMENT` (`config` is not UTF-8), `XH_RESULT_INVALID_CONFIG` (not
 // JSON, or a field breaks a rule: the last error names it), `XH_RESULT_TOO_MANY_HANDLES`,

@@ -65,6 +65,14 @@ fn udp_echo() -> u16 {
     })
 }
 
+/// A freedom outbound that may reach loopback (our echo servers): newer Xray (v26.7.x)
+/// blocks private addresses behind a VLESS inbound unless `finalRules` allow them; older
+/// versions ignore the key.
+fn loopback_freedom() -> Value {
+    json!({"protocol": "freedom",
+        "settings": {"finalRules": [{"action": "allow", "ip": ["127.0.0.0/8"]}]}})
+}
+
 fn start_xray(inbounds: Vec<Value>, outbounds: Vec<Value>) -> Xray {
     let cfg = json!({"log": {"loglevel": "warning"}, "inbounds": inbounds, "outbounds": outbounds});
     let path = cert().dir.join(format!("xray-{}.json", free_udp_port()));
@@ -259,7 +267,11 @@ fn matrix_modes_inbounds_and_settings() {
     }
     let _x = start_xray(
         inbounds,
-        vec![json!({"protocol": "freedom", "tag": "direct"})],
+        vec![{
+            let mut f = loopback_freedom();
+            f["tag"] = json!("direct");
+            f
+        }],
     );
     for mode in MODES {
         let vs = variants(mode);
@@ -288,7 +300,7 @@ fn vless_udp_datagrams() {
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("udp", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![loopback_freedom()],
     );
     for mode in MODES {
         let c = client(&outbound(port, json!({"path": "/xh/", "mode": mode})), true);
@@ -340,7 +352,7 @@ fn download_settings_through_a_second_route() {
     let up = free_udp_port();
     let _x = start_xray(
         vec![inbound("split", up, false, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![loopback_freedom()],
     );
     let down = udp_relay(up);
     for mode in ["packet-up", "stream-up"] {
@@ -396,7 +408,7 @@ fn curl_through_xh_socks_downloads_64_mib_intact() {
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![loopback_freedom()],
     );
     let file = std::sync::Arc::new(pattern(64, 64 << 20));
     let web = http_file_server(file.clone());
@@ -447,7 +459,7 @@ fn socks_udp_associate_dns_style_exchange_through_xray() {
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![loopback_freedom()],
     );
     let c = client(
         &outbound(port, json!({"path": "/xh/", "mode": "packet-up"})),
@@ -595,7 +607,7 @@ fn short_flow_churn_through_socks_in_every_mode() {
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom"})],
+        vec![loopback_freedom()],
     );
     let echo = tcp_echo();
     for mode in MODES {
@@ -677,15 +689,12 @@ impl RecordingEcho {
     }
 }
 
-/// Xray with a VLESS inbound and a freedom outbound that may reach loopback: newer Xray
-/// (v26.7.x) blocks private addresses behind a VLESS inbound unless `finalRules` allow them;
-/// older versions ignore the key.
+/// Xray with a VLESS inbound and a freedom outbound that may reach loopback.
 fn xudp_xray() -> (Xray, u16) {
     let port = free_udp_port();
     let x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
-        vec![json!({"protocol": "freedom",
-            "settings": {"finalRules": [{"action": "allow", "ip": ["127.0.0.0/8"]}]}})],
+        vec![loopback_freedom()],
     );
     (x, port)
 }
