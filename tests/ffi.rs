@@ -157,6 +157,30 @@ fn write(t: usize, data: &[u8], timeout_ms: u32) -> Result<usize, u32> {
     }
 }
 
+/// A writer and a reader thread keeping tunnel `t` busy both ways until a call fails (the
+/// tunnel or its client was closed or freed).
+struct Busy([std::thread::JoinHandle<()>; 2]);
+
+impl Busy {
+    fn join(self) {
+        for h in self.0 {
+            h.join().unwrap();
+        }
+    }
+}
+
+fn busy_both_ways(t: usize) -> Busy {
+    let writer = std::thread::spawn(move || {
+        let data = [7u8; 16 * 1024];
+        while write(t, &data, T_MS).is_ok() {}
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(read(t, &mut buf, T_MS), Ok(n) if n > 0) {}
+    });
+    Busy([writer, reader])
+}
+
 fn stats(c: usize) -> Result<Stats, u32> {
     let mut s = Stats::default();
     // SAFETY: valid out-param.
@@ -1039,19 +1063,11 @@ fn log_swaps_during_client_free_under_traffic_never_deadlock() {
                     let c = new_client(&json).expect("client");
                     let t = open(c, T_MS).expect("open");
                     // Both directions busy, so the connection is sending when freed.
-                    let writer = std::thread::spawn(move || {
-                        let data = [7u8; 16 * 1024];
-                        while write(t, &data, T_MS).is_ok() {}
-                    });
-                    let reader = std::thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while matches!(read(t, &mut buf, T_MS), Ok(n) if n > 0) {}
-                    });
+                    let busy = busy_both_ways(t);
                     std::thread::sleep(Duration::from_millis(2 + frees % 10));
                     // Freed while its connection sends: closing logs the connection.
                     assert_eq!(free_c(c), OK);
-                    writer.join().unwrap();
-                    reader.join().unwrap();
+                    busy.join();
                     assert_eq!(free_t(t), OK);
                     frees += 1;
                     progress.fetch_add(1, Ordering::SeqCst);
@@ -1173,14 +1189,7 @@ fn a_swap_while_a_free_waits_for_a_connection_its_logging_thread_holds_does_not_
         let c = f.client("stream-one");
         let t = open(c, T_MS).expect("open");
         // Both directions busy, so quinn's connection logs on the runtime threads.
-        let writer = std::thread::spawn(move || {
-            let data = [7u8; 16 * 1024];
-            while write(t, &data, T_MS).is_ok() {}
-        });
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 16 * 1024];
-            while matches!(read(t, &mut buf, T_MS), Ok(n) if n > 0) {}
-        });
+        let busy = busy_both_ways(t);
         HOLD.release.store(false, Ordering::SeqCst);
         HOLD.armed.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1203,8 +1212,7 @@ fn a_swap_while_a_free_waits_for_a_connection_its_logging_thread_holds_does_not_
         HOLD.release.store(true, Ordering::SeqCst);
         assert_eq!(free.join().unwrap(), OK);
         assert_eq!(swap.join().unwrap(), OK);
-        writer.join().unwrap();
-        reader.join().unwrap();
+        busy.join();
         assert_eq!(free_t(t), OK);
         rounds_done.fetch_add(1, Ordering::SeqCst);
     }
