@@ -7,26 +7,27 @@
  *   Out-parameters are written only on success. On failure, xh_last_error() gives the
  *   detail on the same thread; xh_result_message() gives a fixed text for any code.
  *
- * Handles. xh_client and xh_tunnel pointers are opaque handles, not addresses: the
- *   library never dereferences them. They resolve through a registry with generations, so
- *   a freed handle, a copy of a freed handle, a handle of the other kind or a made-up
- *   value gives XH_RESULT_INVALID_HANDLE and does nothing; it can never crash. Passing
+ * Handles. xh_client, xh_tunnel, xh_udp and xh_socks pointers are opaque handles, not
+ *   addresses: the library never dereferences them. They resolve through a registry with
+ *   generations, so a freed handle, a copy of a freed handle, a handle of another kind or
+ *   a made-up value gives XH_RESULT_INVALID_HANDLE and does nothing; it can never crash. Passing
  *   NULL as a handle gives XH_RESULT_NULL_ARGUMENT, except to *_close and *_free, where
  *   NULL is ignored (XH_RESULT_OK).
  *
  * Ownership. The caller owns every handle it receives and frees each once with its
  *   *_free. *_close ends the activity (wakes blocked calls with XH_RESULT_CLOSED) and
  *   keeps the handle; *_free closes if needed and releases it. Both are idempotent;
- *   a second free returns XH_RESULT_INVALID_HANDLE and does nothing. Freeing a client
- *   closes its tunnels, whose handles then answer XH_RESULT_CLOSED until freed. No memory
+ *   a second free returns XH_RESULT_INVALID_HANDLE and does nothing. Closing or freeing
+ *   a client closes its tunnels and UDP sessions and stops its SOCKS servers; their
+ *   handles then answer XH_RESULT_CLOSED until freed. No memory
  *   is handed to the caller: strings are copied into caller buffers or are static.
  *
  * Threads. Every function may be called from any thread, on the same handle from several
  *   threads at once; close and free may race reads and writes. The library runs its
  *   networking on its own runtime threads, started with the first client and stopped
  *   (joined, with a bound) when the last client is freed; the app never runs an event
- *   loop for it. Blocking calls (open, probe, network_changed, read, write,
- *   shutdown_write) made on a library thread or inside another tokio runtime return
+ *   loop for it. Blocking calls (open, connect_tcp, probe, network_changed, read, write,
+ *   shutdown_write, send_to, recv_from, socks stop) made on a library thread or inside another tokio runtime return
  *   XH_RESULT_WRONG_THREAD instead of blocking, and every fallible function called from
  *   inside a library callback (log, socket protect) returns XH_RESULT_WRONG_THREAD: the
  *   return lists below leave that case out, as they leave out XH_RESULT_FORKED (see
@@ -52,8 +53,8 @@
  *
  * fork. The library's runtime belongs to the process that started it (with its first
  *   client). In a child made by fork() while a client or tunnel was live, every function
- *   returns XH_RESULT_FORKED and does nothing, except: xh_client_close, xh_client_free,
- *   xh_tunnel_close, xh_tunnel_free and removing the log callback return XH_RESULT_OK at
+ *   returns XH_RESULT_FORKED and does nothing, except: every *_close, *_free and
+ *   xh_socks_stop, and removing the log callback return XH_RESULT_OK at
  *   once and do nothing (the objects behind inherited handles belong to the parent:
  *   closing them would reset the parent's connections, and their memory stays allocated
  *   in the child); xh_version, xh_result_message and xh_last_error work. The child never
@@ -93,6 +94,17 @@
 // A buffer of this many bytes always holds an address written by `xh_tunnel_local_addr`
 // or `xh_tunnel_peer_addr` (the longest IPv6 form with port, plus the NUL).
 #define XH_ADDR_BUF_LEN 64
+
+// `xh_socks_start` flag: allow a listen address other than loopback without a username
+// and password (anyone who can reach it could then use the server).
+#define XH_SOCKS_ALLOW_OPEN 1
+
+// The largest datagram `xh_udp_send_to` takes: what an Xray server carries intact.
+#define XH_UDP_MAX_DATAGRAM 8192
+
+// A buffer of this many bytes always holds a source written by `xh_udp_recv_from`
+// (a 255-byte domain, `:`, a 5-digit port and the NUL).
+#define XH_TARGET_BUF_LEN 262
 
 // What every fallible `xh_` function returns. `XH_RESULT_OK` (0) is success; any other
 // value is a failure whose detail `xh_last_error` gives on the same thread.
@@ -160,12 +172,29 @@ typedef uint32_t xh_result;
 // `xh_client_free`; usable from any thread, by several threads at once.
 typedef struct xh_client xh_client;
 
+// A local SOCKS5 server (RFC 1928; CONNECT and UDP ASSOCIATE; optional RFC 1929
+// username/password) whose flows go through its client: with VLESS configured, each
+// CONNECT is a VLESS TCP flow and each UDP ASSOCIATE app address one full-cone UDP
+// session (as `xh_client_connect_tcp` and `xh_client_open_udp`); without it, each CONNECT
+// is a raw tunnel and UDP ASSOCIATE is refused. An opaque handle like `xh_tunnel`.
+// Created by `xh_socks_start`, released by `xh_socks_free`; any thread.
+typedef struct xh_socks xh_socks;
+
 // A tunnel: one bidirectional byte stream through the server. An opaque handle: the
 // library never dereferences it, so any value may be passed safely (a wrong one gives
-// `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_open`, released by
+// `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_open` (raw) or
+// `xh_client_connect_tcp` (a VLESS TCP flow), released by
 // `xh_tunnel_free`; usable from any thread, by several threads at once (typically one
 // reading and one writing).
 typedef struct xh_tunnel xh_tunnel;
+
+// A full-cone UDP session through the server: one handle sends datagrams to any number of
+// destinations and receives datagrams from any source, the way Xray's client carries UDP
+// (XUDP over Mux.Cool in one tunnel, with a plain VLESS UDP flow per destination for
+// ports 53 and 443). An opaque handle like `xh_tunnel`: any value may be passed safely.
+// Created by `xh_client_open_udp`, released by `xh_udp_free`; usable from any thread, by
+// several threads at once.
+typedef struct xh_udp xh_udp;
 
 // A log level: one of the `XH_LOG_LEVEL_*` values.
 typedef uint32_t xh_log_level;
@@ -188,14 +217,24 @@ typedef void (*xh_log_callback)(void *ctx,
 
 // What a client has done so far (`xh_client_stats`).
 typedef struct {
-  // Bytes accepted by `xh_tunnel_write` on this client's tunnels.
+  // Bytes accepted for upload on this client's tunnels and flows (app payload: VLESS
+  // headers and XUDP framing are not counted).
   uint64_t bytes_up;
-  // Bytes returned by `xh_tunnel_read` on this client's tunnels.
+  // Bytes read from this client's tunnels and flows (app payload).
   uint64_t bytes_down;
-  // Tunnels opened and not yet closed or failed.
+  // Tunnels open now: the sum of the four counts below.
   uint64_t open_tunnels;
   // QUIC connections open now.
   uint64_t live_connections;
+  // Of `open_tunnels`: raw tunnels (`xh_client_open`, or inbounds without VLESS).
+  uint64_t raw_tunnels;
+  // Of `open_tunnels`: VLESS TCP flows (`xh_client_connect_tcp`, SOCKS CONNECT).
+  uint64_t tcp_flows;
+  // Of `open_tunnels`: VLESS UDP flows to one destination each (UDP to ports 53 and
+  // 443, or `packetEncoding` not `xudp`).
+  uint64_t udp_flows;
+  // Of `open_tunnels`: Mux.Cool tunnels carrying XUDP, one per UDP session.
+  uint64_t mux_tunnels;
 } xh_stats;
 
 // What `xh_client_probe` measured, in microseconds.
@@ -321,6 +360,29 @@ xh_result xh_client_new(const char *config, xh_client **out);
 // it to `xh_tunnel_free` once (freeing the client does not free it).
 xh_result xh_client_open(const xh_client *client, uint32_t timeout_ms, xh_tunnel **out);
 
+// Opens a VLESS TCP flow through `client` to `target` and sets `*out` to its handle: an
+// `xh_tunnel` whose reads and writes carry the flow's payload (the VLESS headers are the
+// library's business), used and released exactly like one from `xh_client_open`. The
+// client's config must carry VLESS (`vlessId`, an Xray VLESS outbound or a `vless://`
+// link). `target` is `"host:port"`, `"1.2.3.4:port"` or `"[v6]:port"`: the server
+// connects there. Blocks, and is woken, as `xh_client_open`. The request header goes out
+// with the first write (or alone 200 ms after the open, for protocols where the server
+// speaks first), as Xray's client sends it. Whether the server reached `target` shows
+// only as data or as the end of the download, as with Xray's own client.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT`
+// (`target` is not UTF-8 or not `host:port`: no port, port 0, an IPv6 address without
+// brackets, a host over 255 bytes; the last error names it), `XH_RESULT_INVALID_CONFIG`
+// (the config has no VLESS id), and the results of `xh_client_open`.
+//
+// # Safety
+// `target` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a
+// write. The caller owns the new handle and must pass it to `xh_tunnel_free` once.
+xh_result xh_client_connect_tcp(const xh_client *client,
+                                const char *target,
+                                uint32_t timeout_ms,
+                                xh_tunnel **out);
+
 // Writes the client's counters to `*out`. Never blocks; any thread; also after
 // `xh_client_close`.
 //
@@ -397,6 +459,60 @@ xh_result xh_client_close(xh_client *client);
 // Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
 // (already freed or not a client: nothing was done, so a double free is harmless).
 xh_result xh_client_free(xh_client *client);
+
+// Starts a SOCKS5 server for `client` on `listen` (`"127.0.0.1:1080"`, `"[::1]:0"`; port
+// 0 picks a free one, see `xh_socks_local_addr`) and sets `*out` to its handle. With `user`
+// and `pass` (both, or both NULL) every SOCKS client must give them. A listen address that
+// is not loopback needs them, or `XH_SOCKS_ALLOW_OPEN` in `flags`. The config's `policy`
+// sets its timeouts. A SOCKS client that speaks garbage gets its connection closed; the
+// server and its other flows carry on. Stopping or freeing it, or closing or freeing the
+// client, closes its flows. Several servers may run on one client. Any thread except the
+// library's own.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (the
+// last error names `listen`, `user`, `pass` or `flags`), `XH_RESULT_INVALID_HANDLE`,
+// `XH_RESULT_CLOSED` (the client is closed), `XH_RESULT_OTHER` (the address could not be
+// bound, e.g. the port is in use: the last error says so), `XH_RESULT_TOO_MANY_HANDLES`,
+// `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `listen` must be NULL or a NUL-terminated string; `user` and `pass` must each be NULL
+// or a NUL-terminated string; `out` must be NULL or valid for a write. The caller owns the
+// new handle and must pass it to `xh_socks_free` once.
+xh_result xh_socks_start(const xh_client *client,
+                         const char *listen,
+                         const char *user,
+                         const char *pass,
+                         uint32_t flags,
+                         xh_socks **out);
+
+// Writes the address the server listens on (`"127.0.0.1:40123"`, with the real port when
+// started on port 0) into `buf` with a NUL and sets `*out_len` to its length without the
+// NUL; `XH_ADDR_BUF_LEN` bytes always suffice. Never blocks; still answers after a stop.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`len`
+// 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_BUFFER_TOO_SMALL` (nothing written).
+//
+// # Safety
+// `buf` must be NULL or valid for writes of `len` bytes; `out_len` must be NULL or valid
+// for a write.
+xh_result xh_socks_local_addr(const xh_socks *socks, char *buf, size_t len, size_t *out_len);
+
+// Stops the server: it accepts no more connections, every flow it carries is closed (app
+// sockets and tunnels), and its port is free when this returns (it waits a few seconds at
+// most for that). The handle stays valid until `xh_socks_free`. Idempotent; any thread
+// except the library's own.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored, and for a server already
+// stopped) or `XH_RESULT_INVALID_HANDLE`.
+xh_result xh_socks_stop(xh_socks *socks);
+
+// Releases the handle, stopping the server first (see `xh_socks_stop`); the handle, and
+// every copy of it, is invalid afterwards.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
+// (already freed or not a SOCKS server: nothing was done).
+xh_result xh_socks_free(xh_socks *socks);
 
 // Reads downloaded bytes into `buf` (at most `cap`) and sets `*out_read` to how many.
 // `*out_read == 0` with `XH_RESULT_OK` means the server ended the download (end of
@@ -496,6 +612,84 @@ xh_result xh_tunnel_close(xh_tunnel *tunnel);
 // Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
 // (already freed or not a tunnel: nothing was done, so a double free is harmless).
 xh_result xh_tunnel_free(xh_tunnel *tunnel);
+
+// Opens a full-cone UDP session through `client` and sets `*out` to its handle. Does no
+// network I/O: the first datagram to a destination opens the tunnel it needs, within that
+// `xh_udp_send_to`'s timeout. The client's config must carry VLESS. Closing or freeing the
+// client closes the session. Any thread.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`,
+// `XH_RESULT_INVALID_CONFIG` (no VLESS id), `XH_RESULT_CLOSED` (the client is closed),
+// `XH_RESULT_TOO_MANY_HANDLES`, `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `out` must be NULL or valid for a write. The caller owns the new handle and must pass
+// it to `xh_udp_free` once (freeing the client does not free it).
+xh_result xh_client_open_udp(const xh_client *client, xh_udp **out);
+
+// Sends one datagram of `len` bytes to `target` (`"host:port"`, `"1.2.3.4:port"`,
+// `"[v6]:port"`). Returns once it is queued whole (opening the tunnel it needs first, if
+// any), or fails having queued none of it. Waits at most `timeout_ms`
+// (`XH_TIMEOUT_INFINITE`: no limit). As with any UDP, a queued datagram may still be lost
+// on the way. A close or free on another thread wakes it with `XH_RESULT_CLOSED`.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT`
+// (`target` not `host:port` or port 0, `len` 0 or above `XH_UDP_MAX_DATAGRAM`; the last
+// error names it), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED`, `XH_RESULT_TIMEOUT`,
+// `XH_RESULT_CONNECT_FAILED` / `XH_RESULT_SERVER_STATUS` / `XH_RESULT_REQUEST_FAILED`
+// (the tunnel could not be opened or failed; the next send opens a new one),
+// `XH_RESULT_OTHER` (refused by the config: UDP to port 443 under
+// `mux.xudpProxyUDP443: "reject"`), `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `target` must be NULL or a NUL-terminated string; `buf` must be NULL or valid for reads
+// of `len` bytes during the call.
+xh_result xh_udp_send_to(const xh_udp *udp,
+                         const char *target,
+                         const uint8_t *buf,
+                         size_t len,
+                         uint32_t timeout_ms);
+
+// Receives the next datagram from any source into `buf` and sets `*out_len` to its
+// length; when `from` is not NULL, writes the source there with a NUL (`"ip:port"`,
+// `"[v6]:port"`, or `"name:port"` when the server reports the name the datagram was sent
+// to; `XH_TARGET_BUF_LEN` bytes always suffice). Waits until a datagram is there or
+// `timeout_ms` runs out (`XH_TIMEOUT_INFINITE`: no limit; 0: only take one already
+// there). A close or free on another thread wakes it with `XH_RESULT_CLOSED`.
+//
+// A datagram is never cut: when it does not fit `cap` (or its source does not fit
+// `from_len`), nothing is written but `*out_len`, which is set to the datagram's length,
+// the result is `XH_RESULT_BUFFER_TOO_SMALL`, and the datagram stays first in line for
+// the next receive.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (`cap`
+// 0), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED`, `XH_RESULT_TIMEOUT`,
+// `XH_RESULT_BUFFER_TOO_SMALL`, `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `buf` must be NULL or valid for writes of `cap` bytes; `from` must be NULL or valid
+// for writes of `from_len` bytes; `out_len` must be NULL or valid for a write.
+xh_result xh_udp_recv_from(const xh_udp *udp,
+                           uint8_t *buf,
+                           size_t cap,
+                           char *from,
+                           size_t from_len,
+                           uint32_t timeout_ms,
+                           size_t *out_len);
+
+// Closes the session: blocked sends and receives on any thread return
+// `XH_RESULT_CLOSED` at once, its tunnels are closed. The handle stays valid, answering
+// `XH_RESULT_CLOSED`, until `xh_udp_free`. Idempotent; never blocks; any thread.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`.
+xh_result xh_udp_close(xh_udp *udp);
+
+// Releases the handle, closing the session first (see `xh_udp_close`); the handle, and
+// every copy of it, is invalid afterwards. Safe while another thread is blocked on it.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
+// (already freed or not a UDP session: nothing was done).
+xh_result xh_udp_free(xh_udp *udp);
 
 #ifdef __cplusplus
 }  // extern "C"

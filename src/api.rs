@@ -84,12 +84,30 @@ impl Client {
     pub fn open(&self, timeout: Option<Duration>) -> Result<Tunnel> {
         let d = self.dialer.clone();
         let core = self.run(timeout, async move { d.open().await })?;
-        Ok(Tunnel {
+        Ok(self.tunnel(core))
+    }
+
+    /// Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a [`Tunnel`]: its
+    /// reads and writes move the flow's payload (the VLESS headers are the tunnel's own
+    /// business). The config must carry a VLESS id. `timeout` bounds the open as in
+    /// [`open`](Self::open).
+    pub fn connect_tcp(&self, target: &str, timeout: Option<Duration>) -> Result<Tunnel> {
+        let target = Target::parse(target)?;
+        vless::configured_id(&self.dialer)?;
+        let d = self.dialer.clone();
+        let core = self.run(timeout, async move {
+            vless::open(&d, vless::Command::Tcp, &target).await
+        })?;
+        Ok(self.tunnel(core))
+    }
+
+    fn tunnel(&self, core: TunnelCore) -> Tunnel {
+        Tunnel {
             core: Arc::new(core),
             client_closed: self.closed.clone(),
             _dialer: self.dialer.clone(),
             rt: self.rt.clone(),
-        })
+        }
     }
 
     /// Bytes up/down, open tunnels, live connections.
@@ -100,20 +118,6 @@ impl Client {
     /// XMUX introspection: live and draining connections, running slots, charged requests.
     pub fn pool_stats(&self) -> crate::xmux::PoolStats {
         self.dialer.pool_stats()
-    }
-
-    /// Opens a VLESS TCP tunnel to `target` (`host:port`); the config must carry a VLESS id.
-    pub fn open_vless(&self, target: &str, timeout: Option<Duration>) -> Result<VlessStream> {
-        let target = Target::parse(target)?;
-        let d = self.dialer.clone();
-        let t = self.run(timeout, async move {
-            vless::open(&d, vless::Command::Tcp, &target).await
-        })?;
-        Ok(VlessStream {
-            inner: Arc::new(t),
-            _dialer: self.dialer.clone(),
-            rt: self.rt.clone(),
-        })
     }
 
     /// Opens a VLESS UDP tunnel to `target`: datagrams each way, length-prefixed inside.
@@ -174,6 +178,11 @@ impl Client {
         // already see the client closed.
         self.closed.cancel();
         self.dialer.close();
+    }
+
+    /// [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
     }
 
     /// Measures the config's latency on a connection of its own (the pool is untouched):
@@ -257,12 +266,29 @@ impl Client {
             let d = client.dialer.clone();
             let work = until_closed(client.closed.clone(), async move { d.open().await });
             let core = settle(&client.closed, client.rt.hand_off(deadline, work).await)?;
-            Ok(Tunnel {
-                core: Arc::new(core),
-                client_closed: client.closed.clone(),
-                _dialer: client.dialer,
-                rt: client.rt,
-            })
+            Ok(client.tunnel(core))
+        }
+    }
+
+    /// [`connect_tcp`](Self::connect_tcp) as a future any executor can poll; dropped, it
+    /// closes a flow it already opened.
+    pub fn connect_tcp_async(
+        &self,
+        target: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Tunnel>> + Send + 'static {
+        let client = self.clone();
+        let deadline = Deadline::after(timeout);
+        let target =
+            Target::parse(target).and_then(|t| vless::configured_id(&self.dialer).map(|_| t));
+        async move {
+            let target = target?;
+            let d = client.dialer.clone();
+            let work = until_closed(client.closed.clone(), async move {
+                vless::open(&d, vless::Command::Tcp, &target).await
+            });
+            let core = settle(&client.closed, client.rt.hand_off(deadline, work).await)?;
+            Ok(client.tunnel(core))
         }
     }
 
@@ -316,6 +342,9 @@ impl Inbound {
         F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        if client.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
         let fail = |e: std::io::Error| Error::Other(format!("{what} inbound on {listen}: {e}"));
         let std_listener = std::net::TcpListener::bind(listen).map_err(fail)?;
         std_listener.set_nonblocking(true).map_err(fail)?;
@@ -583,32 +612,6 @@ impl Drop for PartialWrite<'_> {
                 self.queued, self.total
             )));
         }
-    }
-}
-
-/// A VLESS TCP stream to one destination.
-#[derive(Clone)]
-pub struct VlessStream {
-    inner: Arc<vless::VlessTunnel>,
-    _dialer: Arc<Dialer>,
-    rt: Arc<Runtime>,
-}
-
-impl VlessStream {
-    pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize> {
-        self.rt.block_on(timeout, self.inner.read(buf))
-    }
-
-    pub fn write(&self, data: &[u8], timeout: Option<Duration>) -> Result<usize> {
-        self.rt.block_on(timeout, self.inner.write(data))
-    }
-
-    pub fn shutdown_write(&self) -> Result<()> {
-        self.rt.block_on(None, self.inner.shutdown_write())
-    }
-
-    pub fn close(&self) {
-        self.inner.close();
     }
 }
 

@@ -252,7 +252,7 @@ impl Fixture {
     fn assert_all_released(&self) {
         assert_eq!(
             xhttp_mobile::ffi::live_handles(),
-            (0, 0),
+            (0, 0, 0, 0),
             "handles left behind"
         );
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -128,7 +128,7 @@ fn roundtrip(c: &Client, vless: bool, mode: &str, size: usize) {
     let target = format!("127.0.0.1:{}", tcp_echo());
     let data = pattern(size as u64 ^ 0x55, size);
     let got = if vless {
-        let t = c.open_vless(&target, T).expect("open vless");
+        let t = c.connect_tcp(&target, T).expect("open vless");
         exchange(
             size,
             &data,

@@ -85,7 +85,7 @@ fn a_debug_log_of_every_mode_holds_no_secret() {
     for mode in ["packet-up", "stream-up", "stream-one", "auto"] {
         let l = link(&e, mode, "/xh");
         let c = xhttp_mobile::Client::from_json(&l).expect("client from the link");
-        let s = c.open_vless(&echo, T).expect("VLESS stream");
+        let s = c.connect_tcp(&echo, T).expect("VLESS stream");
         let data = pattern(7, 300_000);
         for piece in data.chunks(50_000) {
             assert_eq!(s.write(piece, T).unwrap(), piece.len());
@@ -105,7 +105,7 @@ fn a_debug_log_of_every_mode_holds_no_secret() {
     // A tunnel that fails (wrong path: 404) logs its request's label.
     let l = link(&e, "packet-up", "/wrong");
     let c = xhttp_mobile::Client::from_json(&l).expect("client from the link");
-    if let Ok(s) = c.open_vless(&echo, T) {
+    if let Ok(s) = c.connect_tcp(&echo, T) {
         let mut buf = [0u8; 16];
         assert!(s.read(&mut buf, T).is_err(), "a 404 tunnel fails");
     }

@@ -1,10 +1,12 @@
-//! Entry points on clients: create, open tunnels, stats, close, free.
+//! Entry points on clients: create, open tunnels and VLESS TCP flows, stats, close, free.
+//! (UDP sessions and SOCKS servers are created in [`super::udp`] and [`super::socks`].)
 
 use super::handles::{Kind, Registry};
 use super::result::{Failure, xh_result};
 use super::tunnel::{TUNNELS, TunnelEntry, xh_tunnel};
 use super::{call, call_release, non_null, put, timeout};
 use crate::api::Client;
+use crate::api::Tunnel;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -33,52 +35,71 @@ pub struct xh_probe {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct xh_stats {
-    /// Bytes accepted by `xh_tunnel_write` on this client's tunnels.
+    /// Bytes accepted for upload on this client's tunnels and flows (app payload: VLESS
+    /// headers and XUDP framing are not counted).
     pub bytes_up: u64,
-    /// Bytes returned by `xh_tunnel_read` on this client's tunnels.
+    /// Bytes read from this client's tunnels and flows (app payload).
     pub bytes_down: u64,
-    /// Tunnels opened and not yet closed or failed.
+    /// Tunnels open now: the sum of the four counts below.
     pub open_tunnels: u64,
     /// QUIC connections open now.
     pub live_connections: u64,
+    /// Of `open_tunnels`: raw tunnels (`xh_client_open`, or inbounds without VLESS).
+    pub raw_tunnels: u64,
+    /// Of `open_tunnels`: VLESS TCP flows (`xh_client_connect_tcp`, SOCKS CONNECT).
+    pub tcp_flows: u64,
+    /// Of `open_tunnels`: VLESS UDP flows to one destination each (UDP to ports 53 and
+    /// 443, or `packetEncoding` not `xudp`).
+    pub udp_flows: u64,
+    /// Of `open_tunnels`: Mux.Cool tunnels carrying XUDP, one per UDP session.
+    pub mux_tunnels: u64,
 }
 
-/// What a client handle names: the client and the tunnels opened through it, so closing
-/// it can detach them (their handles then answer "closed" and no longer hold the runtime).
+/// What a client's close must end besides the client itself: tunnels, UDP sessions and
+/// SOCKS servers made through it (their handles then answer "closed" and no longer hold
+/// the runtime).
+pub(crate) trait Dependent: Send + Sync {
+    /// Ends it and lets go of what it holds. Idempotent, never blocks for long.
+    fn detach(&self);
+}
+
+/// What a client handle names: the client and what was made through it.
 pub(crate) struct ClientEntry {
-    client: Client,
-    tunnels: Mutex<Tunnels>,
+    pub(crate) client: Client,
+    dependents: Mutex<Dependents>,
 }
 
-struct Tunnels {
+struct Dependents {
     closed: bool,
-    list: Vec<Weak<TunnelEntry>>,
+    list: Vec<Weak<dyn Dependent>>,
 }
 
 impl ClientEntry {
-    /// Closes the client, its tunnels and its connections. Idempotent, does not block.
+    /// Closes the client, its tunnels and its connections. Idempotent, does not block
+    /// (stopping a SOCKS server waits a moment for its listener to close).
     fn close(&self) {
         self.client.close();
         let list = {
-            let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-            t.closed = true;
-            std::mem::take(&mut t.list)
+            let mut d = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+            d.closed = true;
+            std::mem::take(&mut d.list)
         };
-        for t in list.iter().filter_map(Weak::upgrade) {
-            t.detach();
+        for d in list.iter().filter_map(Weak::upgrade) {
+            d.detach();
         }
     }
 
-    /// Records a tunnel just opened; a client closed meanwhile closes it at once.
-    fn adopt(&self, t: &Arc<TunnelEntry>) -> Result<(), Failure> {
-        let mut tunnels = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-        if tunnels.closed {
-            drop(tunnels);
-            t.detach();
+    /// Records something just made through the client; a client closed meanwhile ends it
+    /// at once.
+    pub(crate) fn adopt(&self, d: Arc<dyn Dependent>) -> Result<(), Failure> {
+        let mut deps = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+        if deps.closed {
+            drop(deps);
+            d.detach();
             return Err(crate::Error::Closed.into());
         }
-        tunnels.list.retain(|w| w.strong_count() > 0);
-        tunnels.list.push(Arc::downgrade(t));
+        deps.list.retain(|w| w.strong_count() > 0);
+        deps.list.push(Arc::downgrade(&d));
         Ok(())
     }
 }
@@ -89,7 +110,7 @@ fn handle(p: *const xh_client) -> usize {
     p.addr()
 }
 
-fn entry(p: *const xh_client) -> Result<Arc<ClientEntry>, Failure> {
+pub(crate) fn entry(p: *const xh_client) -> Result<Arc<ClientEntry>, Failure> {
     CLIENTS
         .get(handle(p))
         .map_err(|why| Failure::bad_handle("client", Kind::Client, why))
@@ -129,7 +150,7 @@ pub unsafe extern "C" fn xh_client_new(
         let client = Client::from_json(json)?;
         let e = Arc::new(ClientEntry {
             client,
-            tunnels: Mutex::new(Tunnels {
+            dependents: Mutex::new(Dependents {
                 closed: false,
                 list: Vec::new(),
             }),
@@ -167,22 +188,70 @@ pub unsafe extern "C" fn xh_client_open(
     call("xh_client_open", || {
         non_null(out, "out")?;
         let c = entry(client)?;
-        let t = Arc::new(TunnelEntry::new(c.client.open(timeout(timeout_ms))?));
-        c.adopt(&t)?;
-        let h = match TUNNELS.insert(t.clone()) {
-            Some(h) => h,
-            None => {
-                t.detach();
-                return Err(Failure::new(
-                    xh_result::TooManyHandles,
-                    "too many live tunnels",
-                ));
-            }
-        };
-        // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
-        unsafe { put(out, std::ptr::without_provenance_mut(h)) };
-        Ok(())
+        let t = c.client.open(timeout(timeout_ms))?;
+        // SAFETY: forwarded caller promise.
+        unsafe { hand_out(&c, t, out) }
     })
+}
+
+/// Opens a VLESS TCP flow through `client` to `target` and sets `*out` to its handle: an
+/// `xh_tunnel` whose reads and writes carry the flow's payload (the VLESS headers are the
+/// library's business), used and released exactly like one from `xh_client_open`. The
+/// client's config must carry VLESS (`vlessId`, an Xray VLESS outbound or a `vless://`
+/// link). `target` is `"host:port"`, `"1.2.3.4:port"` or `"[v6]:port"`: the server
+/// connects there. Blocks, and is woken, as `xh_client_open`. The request header goes out
+/// with the first write (or alone 200 ms after the open, for protocols where the server
+/// speaks first), as Xray's client sends it. Whether the server reached `target` shows
+/// only as data or as the end of the download, as with Xray's own client.
+///
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT`
+/// (`target` is not UTF-8 or not `host:port`: no port, port 0, an IPv6 address without
+/// brackets, a host over 255 bytes; the last error names it), `XH_RESULT_INVALID_CONFIG`
+/// (the config has no VLESS id), and the results of `xh_client_open`.
+///
+/// # Safety
+/// `target` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a
+/// write. The caller owns the new handle and must pass it to `xh_tunnel_free` once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn xh_client_connect_tcp(
+    client: *const xh_client,
+    target: *const c_char,
+    timeout_ms: u32,
+    out: *mut *mut xh_tunnel,
+) -> xh_result {
+    call("xh_client_connect_tcp", || {
+        non_null(out, "out")?;
+        // SAFETY: forwarded caller promise.
+        let target = unsafe { super::target_arg(target, "target") }?;
+        let c = entry(client)?;
+        let t = c
+            .client
+            .connect_tcp(&target.to_string(), timeout(timeout_ms))?;
+        // SAFETY: forwarded caller promise.
+        unsafe { hand_out(&c, t, out) }
+    })
+}
+
+/// Registers a new tunnel of `c` and writes its handle to `*out`.
+///
+/// # Safety
+/// `out` non-NULL and valid for a write.
+unsafe fn hand_out(c: &ClientEntry, t: Tunnel, out: *mut *mut xh_tunnel) -> Result<(), Failure> {
+    let t = Arc::new(TunnelEntry::new(t));
+    c.adopt(t.clone())?;
+    let h = match TUNNELS.insert(t.clone()) {
+        Some(h) => h,
+        None => {
+            t.detach();
+            return Err(Failure::new(
+                xh_result::TooManyHandles,
+                "too many live tunnels",
+            ));
+        }
+    };
+    // SAFETY: `out` checked non-NULL by the caller, who vouches it is writable.
+    unsafe { put(out, std::ptr::without_provenance_mut(h)) };
+    Ok(())
 }
 
 /// Writes the client's counters to `*out`. Never blocks; any thread; also after
@@ -205,6 +274,10 @@ pub unsafe extern "C" fn xh_client_stats(
             bytes_down: s.bytes_down,
             open_tunnels: s.open_tunnels,
             live_connections: s.live_connections,
+            raw_tunnels: s.raw_tunnels,
+            tcp_flows: s.tcp_flows,
+            udp_flows: s.udp_flows,
+            mux_tunnels: s.mux_tunnels,
         };
         // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
         unsafe { put(out, stats) };

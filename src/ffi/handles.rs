@@ -1,4 +1,5 @@
-//! The handle registry: what an `xh_client *` or `xh_tunnel *` really is.
+//! The handle registry: what an `xh_client *`, `xh_tunnel *`, `xh_udp *` or `xh_socks *`
+//! really is.
 //!
 //! A handle is a pointer-sized integer, never an address: the library never dereferences
 //! it. It packs, from the low bit up:
@@ -6,19 +7,19 @@
 //! | bits | meaning |
 //! |---|---|
 //! | 1 | always 1 (so a handle is never NULL and never an aligned pointer) |
-//! | 2 | kind tag: 1 = client, 2 = tunnel |
+//! | 3 | kind tag: 1 = client, 2 = tunnel, 3 = UDP session, 4 = SOCKS server |
 //! | `INDEX_BITS` | slot index in that kind's registry |
 //! | the rest | the slot's generation when the handle was issued |
 //!
 //! A slot's generation changes every time its value is removed, so a freed handle (and any
-//! copy of it) stops resolving even after the slot is reused; a handle of the other kind,
+//! copy of it) stops resolving even after the slot is reused; a handle of another kind,
 //! a forged integer or a real pointer fail the tag, index or generation check.
 //!
 //! Freed slots are reused oldest first, and only once `QUARANTINE` of them wait, so an
 //! app that opens and frees one tunnel at a time spreads its handles over many slots
-//! instead of wearing out one. A slot's generation wraps after its whole space (2^37 uses
-//! on 64-bit targets, 2^17 on 32-bit ones, which have 4096 indices per kind): a stale
-//! handle could only alias a new one after the app opened and freed some 5×10^8 handles
+//! instead of wearing out one. A slot's generation wraps after its whole space (2^36 uses
+//! on 64-bit targets, 2^16 on 32-bit ones, which have 4096 indices per kind): a stale
+//! handle could only alias a new one after the app opened and freed some 2.6×10^8 handles
 //! (32-bit; 10^18 on 64-bit) while holding on to it. Retiring spent slots instead would
 //! make that impossible but would run a 32-bit VPN out of handles after as many.
 //!
@@ -34,7 +35,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const MARK_BITS: u32 = 1;
-const TAG_BITS: u32 = 2;
+const TAG_BITS: u32 = 3;
 const INDEX_BITS: u32 = if usize::BITS >= 64 { 24 } else { 12 };
 const GEN_BITS: u32 = usize::BITS - MARK_BITS - TAG_BITS - INDEX_BITS;
 const INDEX_SHIFT: u32 = MARK_BITS + TAG_BITS;
@@ -50,6 +51,8 @@ const QUARANTINE: usize = if usize::BITS >= 64 { 1024 } else { 256 };
 pub(crate) enum Kind {
     Client = 1,
     Tunnel = 2,
+    Udp = 3,
+    Socks = 4,
 }
 
 impl Kind {
@@ -57,6 +60,8 @@ impl Kind {
         match tag {
             1 => Some(Kind::Client),
             2 => Some(Kind::Tunnel),
+            3 => Some(Kind::Udp),
+            4 => Some(Kind::Socks),
             _ => None,
         }
     }
@@ -65,6 +70,8 @@ impl Kind {
         match self {
             Kind::Client => "client",
             Kind::Tunnel => "tunnel",
+            Kind::Udp => "UDP session",
+            Kind::Socks => "SOCKS server",
         }
     }
 }
@@ -74,7 +81,7 @@ impl Kind {
 pub(crate) enum BadHandle {
     /// The pointer was NULL.
     Null,
-    /// A valid handle of the other kind (a tunnel passed as a client, or the reverse).
+    /// A valid handle of another kind (a tunnel passed as a client, …).
     WrongKind(Kind),
     /// Not a handle this library issued, or one already freed.
     Unknown,

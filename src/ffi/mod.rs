@@ -7,20 +7,24 @@
 //! the log callback. Out-parameters are written only when the result is `XH_RESULT_OK`.
 //!
 //! Modules: [`handles`] (the generation-checked registry), [`result`] (codes and last
-//! error), [`log`] (the log callback), [`client`] and [`tunnel`] (the entry points on each
-//! handle kind). Free-standing entry points (version, messages, last error, logging) are
+//! error), [`log`] (the log callback), [`client`], [`tunnel`], [`udp`] and [`socks`] (the
+//! entry points on each handle kind). Free-standing entry points (version, messages, last error, logging) are
 //! below.
 
 pub mod client;
 pub(crate) mod handles;
 pub mod log;
 pub mod result;
+pub mod socks;
 pub mod tunnel;
+pub mod udp;
 
 pub use client::{xh_client, xh_stats};
 pub use log::{xh_log_callback, xh_log_level};
 pub use result::xh_result;
+pub use socks::xh_socks;
 pub use tunnel::xh_tunnel;
+pub use udp::xh_udp;
 
 use result::{Failure, record};
 use std::any::Any;
@@ -90,6 +94,46 @@ pub(crate) fn non_null<T>(p: *const T, name: &str) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// Checks a caller's buffer argument: non-NULL, non-empty, and a size Rust can address.
+pub(crate) fn check_buffer<T>(buf: *const T, len: usize, name: &str) -> Result<(), Failure> {
+    non_null(buf, name)?;
+    if len == 0 {
+        return Err(Failure::invalid(format!("`{name}` has length 0")));
+    }
+    if len > isize::MAX as usize {
+        return Err(Failure::invalid(format!(
+            "`{name}` length {len} is too large"
+        )));
+    }
+    Ok(())
+}
+
+/// A C string argument as UTF-8 text, or an error naming `name`.
+///
+/// # Safety
+/// `p` must be NULL or a NUL-terminated string that lives for the call.
+pub(crate) unsafe fn text_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> {
+    non_null(p, name)?;
+    // SAFETY: non-NULL and NUL-terminated (caller's promise); only read during the call.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|e| Failure::invalid(format!("`{name}` is not UTF-8: {e}")))
+}
+
+/// A destination argument (`host:port`, `[v6]:port`), or `XH_RESULT_INVALID_ARGUMENT`
+/// naming `name` and the rule it breaks.
+///
+/// # Safety
+/// As [`text_arg`].
+pub(crate) unsafe fn target_arg(
+    p: *const c_char,
+    name: &str,
+) -> Result<crate::proxy::vless::Target, Failure> {
+    // SAFETY: forwarded caller promise.
+    let text = unsafe { text_arg(p, name) }?;
+    crate::proxy::vless::Target::parse(text).map_err(|e| Failure::invalid(format!("`{name}`: {e}")))
 }
 
 /// Writes an out-parameter.
@@ -215,9 +259,15 @@ pub unsafe extern "C" fn xh_set_log_callback(
     }
 }
 
-/// Live handles of each kind `(clients, tunnels)`: for tests and leak checks (Rust only).
-pub fn live_handles() -> (usize, usize) {
-    (client::CLIENTS.len(), tunnel::TUNNELS.len())
+/// Live handles of each kind `(clients, tunnels, UDP sessions, SOCKS servers)`: for tests
+/// and leak checks (Rust only).
+pub fn live_handles() -> (usize, usize, usize, usize) {
+    (
+        client::CLIENTS.len(),
+        tunnel::TUNNELS.len(),
+        udp::UDP.len(),
+        socks::SOCKS.len(),
+    )
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::handles::{Kind, Registry};
 use super::result::{Failure, xh_result};
-use super::{call, call_release, copy_text, non_null, put, timeout};
+use super::{call, call_release, check_buffer, copy_text, non_null, put, timeout};
 use crate::api::Tunnel;
 use std::ffi::c_char;
 use std::mem::MaybeUninit;
@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 /// A tunnel: one bidirectional byte stream through the server. An opaque handle: the
 /// library never dereferences it, so any value may be passed safely (a wrong one gives
-/// `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_open`, released by
+/// `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_open` (raw) or
+/// `xh_client_connect_tcp` (a VLESS TCP flow), released by
 /// `xh_tunnel_free`; usable from any thread, by several threads at once (typically one
 /// reading and one writing).
 #[allow(non_camel_case_types)]
@@ -55,6 +56,12 @@ impl TunnelEntry {
     }
 }
 
+impl super::client::Dependent for TunnelEntry {
+    fn detach(&self) {
+        TunnelEntry::detach(self);
+    }
+}
+
 pub(crate) static TUNNELS: Registry<TunnelEntry> = Registry::new(Kind::Tunnel);
 
 fn handle(p: *const xh_tunnel) -> usize {
@@ -65,20 +72,6 @@ fn entry(p: *const xh_tunnel) -> Result<Arc<TunnelEntry>, Failure> {
     TUNNELS
         .get(handle(p))
         .map_err(|why| Failure::bad_handle("tunnel", Kind::Tunnel, why))
-}
-
-/// Checks a caller's buffer argument: non-NULL, non-empty, and a size Rust can address.
-fn check_buffer<T>(buf: *const T, len: usize, name: &str) -> Result<(), Failure> {
-    non_null(buf, name)?;
-    if len == 0 {
-        return Err(Failure::invalid(format!("`{name}` has length 0")));
-    }
-    if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!(
-            "`{name}` length {len} is too large"
-        )));
-    }
-    Ok(())
 }
 
 /// Reads downloaded bytes into `buf` (at most `cap`) and sets `*out_read` to how many.

@@ -7,59 +7,44 @@
 //! ended, so it never ends the download of a flow the app has closed.
 
 pub use super::policy::IdleTimeouts;
-use super::vless::{Command, Target, VlessTunnel};
+use super::vless::{self, Command, Target};
 use crate::error::{Error, Result};
 use crate::tunnel::{Dialer, TunnelCore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Per direction per connection: small, since a phone may hold hundreds of connections.
 const BUF: usize = 32 * 1024;
 
-/// How long the download waits for the app's first bytes before reading, so that the VLESS
-/// request header travels with the first payload (Xray's client waits up to 500 ms too);
-/// protocols where the server speaks first pay this once.
-const HEADER_HOLD: Duration = Duration::from_millis(200);
-
-/// A tunnel as a local inbound uses it.
-pub enum Flow {
-    /// Raw bytes: the server's inbound (Xray `tunnel`/`dokodemo-door`) picks the destination.
-    Raw(TunnelCore),
-    /// VLESS to the destination in its request header.
-    Vless(VlessTunnel),
-}
+/// A tunnel as a local inbound uses it: raw bytes when the config has no VLESS id (the
+/// server's inbound, Xray `tunnel`/`dokodemo-door`, picks the destination), else framed as
+/// VLESS to the destination in its request header.
+pub struct Flow(TunnelCore);
 
 impl Flow {
     /// A VLESS tunnel to `target` when the config has a VLESS id; otherwise a raw tunnel, and
     /// `target` is not sent anywhere (the server decides where raw bytes go).
     pub async fn open(dialer: &Dialer, cmd: Command, target: &Target) -> Result<Flow> {
-        let core = dialer.open().await?;
-        Ok(match &dialer.config().vless {
-            Some(v) => Flow::Vless(VlessTunnel::new(core, &v.id, cmd, target)),
-            None => Flow::Raw(core),
-        })
+        Ok(Flow(match &dialer.config().vless {
+            Some(_) => vless::open(dialer, cmd, target).await?,
+            None => dialer.open().await?,
+        }))
     }
 
     pub async fn open_raw(dialer: &Dialer) -> Result<Flow> {
-        Ok(Flow::Raw(dialer.open().await?))
+        Ok(Flow(dialer.open().await?))
     }
 
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        match self {
-            Flow::Raw(t) => t.read(buf).await,
-            Flow::Vless(t) => t.read(buf).await,
-        }
+        self.0.read(buf).await
     }
 
     pub async fn write(&self, data: &[u8]) -> Result<usize> {
-        match self {
-            Flow::Raw(t) => t.write(data).await,
-            Flow::Vless(t) => t.write(data).await,
-        }
+        self.0.write(data).await
     }
 
     /// Queues all of `data`, or fails: a short count never passes silently.
@@ -75,22 +60,12 @@ impl Flow {
     }
 
     pub async fn shutdown_write(&self) -> Result<()> {
-        match self {
-            Flow::Raw(t) => t.shutdown_write().await,
-            Flow::Vless(t) => t.shutdown_write().await,
-        }
+        self.0.shutdown_write().await
     }
 
     /// Idempotent, never blocks.
     pub fn close(&self) {
-        match self {
-            Flow::Raw(t) => t.close(),
-            Flow::Vless(t) => t.close(),
-        }
-    }
-
-    fn is_vless(&self) -> bool {
-        matches!(self, Flow::Vless(_))
+        self.0.close();
     }
 }
 
@@ -213,15 +188,12 @@ pub async fn relay(
     idle: IdleTimeouts,
 ) -> Result<(), RelayError> {
     let (mut rd, mut wr) = tcp.split();
-    let (wrote, first_write) = oneshot::channel::<()>();
     let activity = Activity::new(idle.conn_idle);
     let up = async {
-        let mut wrote = Some(wrote);
         if !first.is_empty() {
             flow.write_all(first)
                 .await
                 .map_err(|e| RelayError::Tunnel(format!("write: {e}")))?;
-            wrote.take();
         }
         let mut buf = vec![0u8; BUF];
         loop {
@@ -240,14 +212,9 @@ pub async fn relay(
             flow.write_all(&buf[..n])
                 .await
                 .map_err(|e| RelayError::Tunnel(format!("write: {e}")))?;
-            // Dropping the sender wakes the download.
-            wrote.take();
         }
     };
     let down = async {
-        if flow.is_vless() {
-            let _ = tokio::time::timeout(HEADER_HOLD, first_write).await;
-        }
         let mut buf = vec![0u8; BUF];
         loop {
             let n = flow

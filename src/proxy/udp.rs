@@ -13,11 +13,11 @@
 //!   for the server's end, then closed) in the background.
 
 use super::mux::{ClientAction, FrameReader, client_action};
-use super::vless::{self, Target, UdpDeframer, VlessTunnel};
+use super::vless::{self, Target, UdpDeframer};
 use super::xudp::{self, UdpPath, XudpWriter};
 use crate::config::VlessSettings;
 use crate::error::{Error, Result};
-use crate::tunnel::Dialer;
+use crate::tunnel::{Dialer, TunnelCore};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,27 +272,29 @@ impl Activity {
 /// One tunnel of a session: its end token and idle clock; a supervisor task runs its
 /// download and ends it (see [`supervise`]).
 struct Carrier {
-    tunnel: Arc<VlessTunnel>,
+    tunnel: Arc<TunnelCore>,
     ended: CancellationToken,
     activity: Arc<Activity>,
 }
 
 impl Carrier {
-    /// Opens a tunnel whose first write carries `header` and starts its supervisor over the
+    /// Opens a tunnel whose first write carries `header` (of a `cmd` connection) and starts its supervisor over the
     /// download `download` makes.
     async fn open<F, Fut>(
         session: &Arc<Inner>,
+        cmd: vless::Command,
         header: Vec<u8>,
         what: String,
         download: F,
     ) -> Result<Carrier>
     where
-        F: FnOnce(Weak<Inner>, Arc<VlessTunnel>, Arc<Activity>) -> Fut,
+        F: FnOnce(Weak<Inner>, Arc<TunnelCore>, Arc<Activity>) -> Fut,
         Fut: std::future::Future<Output = Result<String>> + Send + 'static,
     {
         let core = session.dialer.open().await?;
+        vless::frame(&core, cmd, header);
         let c = Carrier {
-            tunnel: Arc::new(VlessTunnel::with_header(core, header)),
+            tunnel: Arc::new(core),
             ended: CancellationToken::new(),
             activity: Arc::new(Activity::new()),
         };
@@ -356,7 +358,7 @@ where
         };
         let clean = closed.is_cancelled() || why.starts_with("idle");
         ended.cancel();
-        if clean && !download_done && !tunnel.core().is_closed() {
+        if clean && !download_done && !tunnel.is_closed() {
             // Like Xray's client closing the connection: the upload ends; what the server
             // still sends until it ends the response is read and dropped.
             let _ = tunnel.shutdown_write().await;
@@ -378,6 +380,7 @@ impl XudpTunnel {
         let first_dest = first.clone();
         let carrier = Carrier::open(
             session,
+            vless::Command::Mux,
             vless::mux_request_header(&session.vless.id),
             format!("XUDP tunnel (first destination {first})"),
             move |s, t, a| xudp_download(s, t, first_dest, a),
@@ -401,7 +404,7 @@ impl XudpTunnel {
 /// The download of an XUDP tunnel: frames → replies. Returns why it ended.
 async fn xudp_download(
     session: Weak<Inner>,
-    tunnel: Arc<VlessTunnel>,
+    tunnel: Arc<TunnelCore>,
     first: Target,
     activity: Arc<Activity>,
 ) -> Result<String> {
@@ -452,6 +455,7 @@ impl PlainFlow {
         let dest = target.clone();
         let carrier = Carrier::open(
             session,
+            vless::Command::Udp,
             vless::request_header(&session.vless.id, vless::Command::Udp, target),
             format!("VLESS UDP tunnel to {target}"),
             move |s, t, a| plain_download(s, t, dest, a),
@@ -474,7 +478,7 @@ impl PlainFlow {
 
 async fn plain_download(
     session: Weak<Inner>,
-    tunnel: Arc<VlessTunnel>,
+    tunnel: Arc<TunnelCore>,
     target: Target,
     activity: Arc<Activity>,
 ) -> Result<String> {

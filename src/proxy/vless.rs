@@ -1,10 +1,11 @@
 //! VLESS framing (protocol doc §8): the request header, the response header, UDP datagram
-//! framing, and a tunnel wrapper that sends the header with the first payload.
+//! framing, and how a tunnel carries them ([`frame`]: the header with the first payload).
 
 use crate::error::{Error, Result};
-use crate::tunnel::TunnelCore;
+use crate::tunnel::{Carries, Framing, TunnelCore};
 use sha1::{Digest, Sha1};
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// VLESS command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,102 +340,70 @@ impl UdpDeframer {
     }
 }
 
-/// A tunnel carrying one VLESS connection. The request header goes out with the first
-/// write (or alone, right before the first read if the app reads first, for protocols where
-/// the server speaks first); the response header is stripped from the download.
-pub struct VlessTunnel {
-    inner: TunnelCore,
-    /// Held across the write that queues it, so no payload can overtake the header.
-    header: tokio::sync::Mutex<Option<Vec<u8>>>,
-    response: tokio::sync::Mutex<ResponseHeader>,
-}
-
-impl VlessTunnel {
-    pub fn new(inner: TunnelCore, id: &[u8; 16], cmd: Command, target: &Target) -> Self {
-        Self::with_header(inner, request_header(id, cmd, target))
+impl crate::tunnel::ResponsePrefix for ResponseHeader {
+    fn consume(&mut self, data: &[u8]) -> Result<usize> {
+        ResponseHeader::consume(self, data)
     }
 
-    /// A tunnel whose first write carries `header` (e.g. [`mux_request_header`]).
-    pub fn with_header(inner: TunnelCore, header: Vec<u8>) -> Self {
-        VlessTunnel {
-            inner,
-            header: tokio::sync::Mutex::new(Some(header)),
-            response: tokio::sync::Mutex::new(ResponseHeader::default()),
-        }
-    }
-
-    /// Queues the request header if it has not gone yet. The header is smaller than one
-    /// write piece, so it is queued whole or (if this is cancelled) not at all and kept.
-    async fn send_header(&self) -> Result<()> {
-        let mut h = self.header.lock().await;
-        if let Some(hdr) = h.as_ref() {
-            self.inner.write(hdr).await?;
-            *h = None;
-        }
-        Ok(())
-    }
-
-    /// Writes `data`; the first write carries the header right before it (both are queued
-    /// before the upload task takes them, so packet-up sends them in one POST).
-    pub async fn write(&self, data: &[u8]) -> Result<usize> {
-        self.send_header().await?;
-        self.inner.write(data).await
-    }
-
-    pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        self.send_header().await?;
-        let mut resp = self.response.lock().await;
-        loop {
-            let n = self.inner.read(buf).await?;
-            if n == 0 || resp.done() {
-                return Ok(n);
-            }
-            let used = resp.consume(&buf[..n])?;
-            if used < n {
-                buf.copy_within(used..n, 0);
-                return Ok(n - used);
-            }
-        }
-    }
-
-    pub async fn shutdown_write(&self) -> Result<()> {
-        self.send_header().await?;
-        self.inner.shutdown_write().await
-    }
-
-    pub fn close(&self) {
-        self.inner.close();
-    }
-
-    pub fn core(&self) -> &TunnelCore {
-        &self.inner
+    fn done(&self) -> bool {
+        ResponseHeader::done(self)
     }
 }
 
-/// Opens a VLESS tunnel through `dialer` to `target`; the config must carry a VLESS id.
+/// How long the request header waits for the app's first bytes, so that it travels with
+/// the first payload (Xray's client waits up to 500 ms too); protocols where the server
+/// speaks first pay this once.
+pub const HEADER_HOLD: Duration = Duration::from_millis(200);
+
+/// Makes `core` carry one VLESS connection of `cmd`: `header` (a request header, or
+/// [`mux_request_header`]) goes out ahead of the upload, with the first write or alone
+/// after [`HEADER_HOLD`]; the response header is stripped from the download. Every read
+/// and write of the tunnel then moves payload only. Runs on the runtime.
+pub fn frame(core: &TunnelCore, cmd: Command, header: Vec<u8>) {
+    core.frame(Framing {
+        carries: match cmd {
+            Command::Tcp => Carries::VlessTcp,
+            Command::Udp => Carries::VlessUdp,
+            Command::Mux => Carries::Mux,
+        },
+        preamble: header.into(),
+        hold: HEADER_HOLD,
+        response: Box::new(ResponseHeader::default()),
+    });
+}
+
+/// The VLESS id of `dialer`'s config, or an error naming `vlessId`.
+pub fn configured_id(dialer: &crate::tunnel::Dialer) -> Result<[u8; 16]> {
+    dialer
+        .config()
+        .vless
+        .as_ref()
+        .map(|v| v.id)
+        .ok_or_else(|| Error::config("vlessId", "VLESS is not configured for this client"))
+}
+
+/// Opens a tunnel through `dialer` carrying a VLESS connection to `target`; the config
+/// must carry a VLESS id.
 pub async fn open(
     dialer: &crate::tunnel::Dialer,
     cmd: Command,
     target: &Target,
-) -> Result<VlessTunnel> {
-    let id = dialer
-        .config()
-        .vless
-        .as_ref()
-        .ok_or_else(|| Error::config("vlessId", "VLESS is not configured for this client"))?
-        .id;
+) -> Result<TunnelCore> {
+    let id = configured_id(dialer)?;
     let core = dialer.open().await?;
-    Ok(VlessTunnel::new(core, &id, cmd, target))
+    frame(&core, cmd, request_header(&id, cmd, target));
+    Ok(core)
 }
 
 /// A VLESS UDP tunnel: one datagram per call each way.
 pub struct UdpTunnel {
-    inner: VlessTunnel,
+    inner: TunnelCore,
     deframer: tokio::sync::Mutex<UdpDeframer>,
 }
 
 impl UdpTunnel {
-    pub fn new(inner: VlessTunnel) -> Self {
+    /// `inner` must already be framed as VLESS UDP ([`open`] with [`Command::Udp`]).
+    pub fn new(inner: TunnelCore) -> Self {
         UdpTunnel {
             inner,
             deframer: tokio::sync::Mutex::new(UdpDeframer::default()),

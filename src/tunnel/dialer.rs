@@ -3,7 +3,7 @@
 //! it, and starts the tasks.
 
 use super::streams::{self, PacketPlan, RecvHalf, SendHalf, StreamWait};
-use super::{Counters, Shared, TunnelCore};
+use super::{Carries, Counters, Shared, TunnelCore};
 use crate::config::{Config, MemoryLimits, Mode};
 use crate::error::{Error, RequestLabel, Result};
 use crate::transport::surface::RequestedGzip;
@@ -101,6 +101,12 @@ pub struct ClientStats {
     pub open_tunnels: u64,
     /// QUIC connections currently open.
     pub live_connections: u64,
+    /// Of `open_tunnels`, by what they carry: raw bytes, VLESS TCP flows, VLESS UDP flows
+    /// to one destination each, Mux.Cool tunnels carrying XUDP.
+    pub raw_tunnels: u64,
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+    pub mux_tunnels: u64,
 }
 
 impl Dialer {
@@ -179,18 +185,25 @@ impl Dialer {
     }
 
     pub fn stats(&self) -> ClientStats {
-        let open = self
+        let mut by_kind = [0u64; 4];
+        for t in self
             .tunnels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|t| !t.token().is_cancelled())
-            .count();
+        {
+            by_kind[t.carries() as usize] += 1;
+        }
         ClientStats {
             bytes_up: self.counters.up.load(Ordering::Relaxed),
             bytes_down: self.counters.down.load(Ordering::Relaxed),
-            open_tunnels: open as u64,
+            open_tunnels: by_kind.iter().sum(),
+            raw_tunnels: by_kind[Carries::Raw as usize],
+            tcp_flows: by_kind[Carries::VlessTcp as usize],
+            udp_flows: by_kind[Carries::VlessUdp as usize],
+            mux_tunnels: by_kind[Carries::Mux as usize],
             live_connections: (self.main.pool.stats().live_connections
                 + self
                     .download

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     download_ended: AtomicBool,
     /// Runs exactly once when the tunnel ends however it ends (XMUX slot release).
     on_end: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// A [`Carries`], set by the framing.
+    carries: std::sync::atomic::AtomicU8,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             failure: OnceLock::new(),
             download_ended: AtomicBool::new(false),
             on_end: Mutex::new(None),
+            carries: std::sync::atomic::AtomicU8::new(Carries::Raw as u8),
         })
     }
 
@@ -111,10 +114,64 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
+    pub(crate) fn carries(&self) -> Carries {
+        Carries::from_u8(self.carries.load(Ordering::Relaxed))
+    }
+
     /// The download task saw the server end the body.
     pub(crate) fn download_ended(&self) {
         self.download_ended.store(true, Ordering::Release);
     }
+}
+
+/// How a protocol carried inside a tunnel frames it (VLESS: a request header ahead of the
+/// upload, a response header ahead of the download), applied by the tunnel itself so that
+/// every way of reading and writing (blocking, async, C, bindings, inbounds) sees only the
+/// payload.
+pub struct Framing {
+    /// What the framed tunnel carries (counted in [`ClientStats`]).
+    pub carries: Carries,
+    /// Goes out first. Held back up to `hold` so that it travels with the first write (one
+    /// POST in packet-up, one DATA frame in the stream modes), as Xray's client does; sent
+    /// alone after that, for protocols where the server speaks first.
+    pub preamble: Bytes,
+    pub hold: Duration,
+    /// Strips the response's prefix from the start of the download.
+    pub response: Box<dyn ResponsePrefix>,
+}
+
+/// What a tunnel carries, as [`ClientStats`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Carries {
+    /// Raw bytes (no framing): for a `tunnel`/`dokodemo-door` inbound.
+    Raw = 0,
+    /// One VLESS TCP flow.
+    VlessTcp = 1,
+    /// One VLESS UDP flow to one destination.
+    VlessUdp = 2,
+    /// Mux.Cool carrying XUDP: every UDP flow of one full-cone session.
+    Mux = 3,
+}
+
+impl Carries {
+    fn from_u8(v: u8) -> Carries {
+        match v {
+            1 => Carries::VlessTcp,
+            2 => Carries::VlessUdp,
+            3 => Carries::Mux,
+            _ => Carries::Raw,
+        }
+    }
+}
+
+/// The start of a download that belongs to the framing, not to the payload.
+pub trait ResponsePrefix: Send {
+    /// Consumes prefix bytes from the start of `data`; returns how many were prefix. An
+    /// error (a malformed prefix) fails the tunnel.
+    fn consume(&mut self, data: &[u8]) -> Result<usize>;
+    /// The whole prefix has been consumed.
+    fn done(&self) -> bool;
 }
 
 /// Byte counters shared by a client's tunnels.
@@ -132,6 +189,9 @@ pub struct TunnelCore {
     /// `None` once the upload is shut down. In an `Arc` so that an [`Upload`] can hold it
     /// across threads.
     up: Arc<tokio::sync::Mutex<Option<queue::QueueTx>>>,
+    /// The framing's preamble until it is queued. Taken only while holding `up`, so it is
+    /// queued ahead of every payload byte.
+    preamble: Arc<Mutex<Option<Bytes>>>,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -145,6 +205,32 @@ struct Download {
     /// After a failure, the download task's hand-over did not end within its bound: the
     /// failure is reported without waiting again.
     drained: bool,
+    /// The framing's response prefix, until it has been stripped.
+    prefix: Option<Box<dyn ResponsePrefix>>,
+}
+
+impl Download {
+    /// Takes `b` as the next pending bytes, less what belongs to the response prefix.
+    fn take(&mut self, mut b: Bytes) -> Result<()> {
+        if let Some(p) = self.prefix.as_mut() {
+            let used = p.consume(&b)?;
+            let _ = b.split_to(used);
+            if p.done() {
+                self.prefix = None;
+            }
+        }
+        self.pending = b;
+        Ok(())
+    }
+}
+
+/// Queues the preamble if it has not gone yet. The caller holds the upload lock.
+fn queue_preamble(preamble: &Mutex<Option<Bytes>>, tx: &queue::QueueTx) {
+    let p = preamble.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(p) = p {
+        // Outside the byte bound: it is small and taken before any payload.
+        let _ = tx.push_now(p);
+    }
 }
 
 impl TunnelCore {
@@ -165,11 +251,46 @@ impl TunnelCore {
                 eof: false,
                 rx_closed: false,
                 drained: false,
+                prefix: None,
             }),
             up: Arc::new(tokio::sync::Mutex::new(Some(up))),
+            preamble: Arc::new(Mutex::new(None)),
             local,
             remote,
         }
+    }
+
+    /// Applies `framing` to a tunnel nobody has read or written yet: the preamble goes with
+    /// the first write (or alone after `framing.hold`, or at `shutdown_write`), the response
+    /// prefix is stripped from the download. Must run on the runtime (it starts the hold's
+    /// timer).
+    pub fn frame(&self, framing: Framing) {
+        let Framing {
+            carries,
+            preamble,
+            hold,
+            response,
+        } = framing;
+        self.shared.carries.store(carries as u8, Ordering::Relaxed);
+        *self.preamble.lock().unwrap_or_else(|p| p.into_inner()) = Some(preamble);
+        self.down
+            .try_lock()
+            .expect("framing is applied before the tunnel is handed out")
+            .prefix = Some(response);
+        let (up, pre, token) = (
+            self.up.clone(),
+            self.preamble.clone(),
+            self.shared.cancel.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(hold) => {}
+            }
+            if let Some(tx) = up.lock().await.as_ref() {
+                queue_preamble(&pre, tx);
+            }
+        });
     }
 
     /// Reads downloaded bytes into `buf`, as many as are queued (up to `buf.len()`), waiting
@@ -235,7 +356,11 @@ impl TunnelCore {
             }
         };
         match next {
-            Some(b) => down.pending = b,
+            Some(b) => {
+                if let Err(e) = down.take(b) {
+                    self.shared.fail(e);
+                }
+            }
             // The queue is closed: `try_read` tells EOF from an error by how it closed.
             None => down.rx_closed = true,
         }
@@ -258,7 +383,8 @@ impl TunnelCore {
         if self.shared.closed_by_us() {
             return Some(Err(Error::Closed));
         }
-        if down.pending.is_empty() && !down.eof {
+        // A loop only while a chunk held nothing but the framing's prefix.
+        while down.pending.is_empty() && !down.eof {
             let next = match down.rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(queue::TryRecvError::Disconnected) => None,
@@ -269,7 +395,12 @@ impl TunnelCore {
                 Err(queue::TryRecvError::Empty) => return None,
             };
             match next {
-                Some(b) => down.pending = b,
+                Some(b) => {
+                    if let Err(e) = down.take(b) {
+                        self.shared.fail(e.clone());
+                        return Some(Err(self.shared.end_error()));
+                    }
+                }
                 None if self.shared.download_ended.load(Ordering::Acquire) => down.eof = true,
                 None if self.shared.cancel.is_cancelled() => {
                     return Some(Err(self.shared.end_error()));
@@ -351,6 +482,7 @@ impl TunnelCore {
         let Some(tx) = up.as_ref() else {
             return Err(Error::WriteShutdown);
         };
+        queue_preamble(&self.preamble, tx);
         let mut sent = 0;
         for piece in data.chunks(WRITE_PIECE) {
             tokio::select! {
@@ -392,6 +524,7 @@ impl TunnelCore {
         }
         Ok(Upload {
             guard,
+            preamble: self.preamble.clone(),
             shared: self.shared.clone(),
             counters: self.counters.clone(),
         })
@@ -408,7 +541,12 @@ impl TunnelCore {
         tokio::select! {
             biased;
             _ = token.cancelled() => return Err(self.shared.end_error()),
-            mut up = self.up.lock() => { up.take(); }
+            mut up = self.up.lock() => {
+                if let Some(tx) = up.as_ref() {
+                    queue_preamble(&self.preamble, tx);
+                }
+                up.take();
+            }
         }
         Ok(())
     }
@@ -445,6 +583,7 @@ impl TunnelCore {
 /// part-way.
 pub struct Upload {
     guard: tokio::sync::OwnedMutexGuard<Option<queue::QueueTx>>,
+    preamble: Arc<Mutex<Option<Bytes>>>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
 }
@@ -496,6 +635,7 @@ impl Upload {
         if self.shared.cancel.is_cancelled() {
             return Err(self.shared.end_error());
         }
+        queue_preamble(&self.preamble, self.tx());
         if self.tx().commit(room, data, WRITE_PIECE).is_err() {
             return Err(if self.shared.cancel.is_cancelled() {
                 self.shared.end_error()
@@ -533,6 +673,128 @@ mod tests {
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         let t = TunnelCore::new(shared.clone(), Arc::default(), down_rx, up_tx, addr, addr);
         (t, down_tx, shared)
+    }
+
+    fn core_and_upload() -> (TunnelCore, queue::QueueTx, queue::QueueRx, Arc<Shared>) {
+        let shared = Shared::new();
+        let (down_tx, down_rx) = queue::queue(1 << 20);
+        let (up_tx, up_rx) = queue::queue(1 << 20);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let t = TunnelCore::new(shared.clone(), Arc::default(), down_rx, up_tx, addr, addr);
+        (t, down_tx, up_rx, shared)
+    }
+
+    /// A prefix of `n` bytes, each of which must be `b'#'`.
+    struct Hashes(usize);
+
+    impl ResponsePrefix for Hashes {
+        fn consume(&mut self, data: &[u8]) -> Result<usize> {
+            let n = self.0.min(data.len());
+            if data[..n].iter().any(|&b| b != b'#') {
+                return Err(Error::Other("bad prefix".into()));
+            }
+            self.0 -= n;
+            Ok(n)
+        }
+        fn done(&self) -> bool {
+            self.0 == 0
+        }
+    }
+
+    fn framing(prefix: usize) -> Framing {
+        Framing {
+            carries: Carries::VlessTcp,
+            preamble: Bytes::from_static(b"HDR"),
+            hold: Duration::from_millis(200),
+            response: Box::new(Hashes(prefix)),
+        }
+    }
+
+    fn queued(rx: &mut queue::QueueRx) -> Vec<u8> {
+        let mut all = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            all.extend_from_slice(&b);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn the_preamble_rides_with_the_first_write_and_goes_once() {
+        let (t, _down, mut up, _s) = core_and_upload();
+        t.frame(framing(0));
+        assert!(queued(&mut up).is_empty(), "held until a write");
+        t.write(b"abc").await.unwrap();
+        t.write(b"de").await.unwrap();
+        assert_eq!(queued(&mut up), b"HDRabcde");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            queued(&mut up).is_empty(),
+            "the hold's timer sent nothing twice"
+        );
+        // Through the two-step upload the async API uses, too.
+        let (t, _down, mut up, _s) = core_and_upload();
+        t.frame(framing(0));
+        let u = t.upload().await.unwrap();
+        let room = u.room(2).await.unwrap();
+        u.commit(room, b"xy").unwrap();
+        assert_eq!(queued(&mut up), b"HDRxy");
+    }
+
+    #[tokio::test]
+    async fn the_preamble_goes_alone_after_the_hold_or_at_shutdown() {
+        let (t, _down, mut up, _s) = core_and_upload();
+        t.frame(framing(0));
+        assert!(queued(&mut up).is_empty());
+        // The hold is 200 ms; real time, so only "at least" is checked.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(queued(&mut up), b"HDR");
+        t.write(b"z").await.unwrap();
+        assert_eq!(queued(&mut up), b"z");
+
+        let (t, _down, mut up, _s) = core_and_upload();
+        t.frame(framing(0));
+        t.shutdown_write().await.unwrap();
+        assert_eq!(queued(&mut up), b"HDR");
+    }
+
+    #[tokio::test]
+    async fn the_response_prefix_is_stripped_across_chunks() {
+        let (t, tx, _up, shared) = core_and_upload();
+        t.frame(framing(4));
+        for c in [&b"#"[..], b"##", b"#pay", b"load"] {
+            tx.send(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        shared.download_ended();
+        drop(tx);
+        let (got, end) = read_all(&t).await;
+        assert_eq!(got, b"payload");
+        assert!(matches!(end, Ok(0)), "{end:?}");
+
+        // Through the non-waiting read the async API uses: a chunk of prefix alone is
+        // "nothing yet", not EOF.
+        let (t, tx, _up, _s) = core_and_upload();
+        t.frame(framing(2));
+        tx.send(Bytes::from_static(b"##")).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert!(t.try_read(&mut buf).is_none());
+        tx.send(Bytes::from_static(b"ok")).await.unwrap();
+        assert_eq!(t.try_read(&mut buf).unwrap().unwrap(), 2);
+        assert_eq!(&buf[..2], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_response_prefix_fails_the_tunnel() {
+        let (t, tx, _up, _s) = core_and_upload();
+        t.frame(framing(2));
+        tx.send(Bytes::from_static(b"#x rest")).await.unwrap();
+        let (got, end) = read_all(&t).await;
+        assert!(got.is_empty());
+        assert!(
+            matches!(&end, Err(Error::Other(m)) if m == "bad prefix"),
+            "{end:?}"
+        );
+        assert!(t.is_closed());
+        assert!(matches!(t.write(b"a").await, Err(Error::Other(_))));
     }
 
     async fn read_all(t: &TunnelCore) -> (Vec<u8>, Result<usize>) {
