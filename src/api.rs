@@ -234,7 +234,11 @@ impl Client {
     }
 
     /// [`Client::start_socks`] with every option (the config's `policy` is not consulted).
+    /// Refused, with an error naming the field: credentials outside 1-255 bytes, or a
+    /// listen address that is not loopback without credentials unless `opts.allow_open`.
     pub fn start_socks_with(&self, listen: SocketAddr, opts: SocksOptions) -> Result<Inbound> {
+        let auth = opts.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        socks::check_start(listen, auth, opts.allow_open)?;
         let dialer = self.dialer.clone();
         Inbound::start(self, listen, "SOCKS", move |l, stop| {
             socks::serve(l, dialer, opts, stop)

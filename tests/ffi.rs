@@ -32,6 +32,10 @@ struct Stats {
     bytes_down: u64,
     open_tunnels: u64,
     live_connections: u64,
+    raw_tunnels: u64,
+    tcp_flows: u64,
+    udp_flows: u64,
+    mux_tunnels: u64,
 }
 
 type LogCb = Option<unsafe extern "C" fn(*mut c_void, u32, *const c_char, *const c_char)>;

@@ -5,6 +5,7 @@ use super::handles::{Kind, Registry};
 use super::result::{Failure, xh_result};
 use super::{call, call_release, check_buffer, copy_text, non_null, put, text_arg};
 use crate::api::Inbound;
+use crate::proxy::socks::SocksOptions;
 use std::ffi::c_char;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -63,14 +64,15 @@ fn entry(p: *const xh_socks) -> Result<Arc<SocksEntry>, Failure> {
         .map_err(|why| Failure::bad_handle("socks", Kind::Socks, why))
 }
 
-/// Checks what `xh_socks_start` is asked for: a listen address, credentials both given
-/// or both absent (each 1-255 bytes, RFC 1929), and no server open to the network without
-/// them unless the caller says so.
+/// Checks what `xh_socks_start` is asked for (the same rules as the Rust API, reported as
+/// `XH_RESULT_INVALID_ARGUMENT`): a listen address, credentials both given or both absent
+/// (each 1-255 bytes, RFC 1929), and no server open to the network without them unless the
+/// caller says so.
 fn check_start(
     listen: &str,
     auth: Option<(&str, &str)>,
     flags: u32,
-) -> Result<(SocketAddr, Option<(String, String)>), Failure> {
+) -> Result<(SocketAddr, Option<(String, String)>, bool), Failure> {
     if flags & !XH_SOCKS_ALLOW_OPEN != 0 {
         return Err(Failure::invalid(format!(
             "`flags` {flags:#x} has bits that are not XH_SOCKS_ALLOW_OPEN"
@@ -81,23 +83,22 @@ fn check_start(
             "`listen` {listen:?} is not ip:port (e.g. \"127.0.0.1:1080\", \"[::1]:0\")"
         ))
     })?;
-    if let Some((user, pass)) = auth {
-        for (name, v) in [("user", user), ("pass", pass)] {
-            if v.is_empty() || v.len() > 255 {
-                return Err(Failure::invalid(format!(
-                    "`{name}` must be 1-255 bytes (RFC 1929), got {}",
-                    v.len()
-                )));
-            }
-        }
-    }
-    if !addr.ip().is_loopback() && auth.is_none() && flags & XH_SOCKS_ALLOW_OPEN == 0 {
-        return Err(Failure::invalid(format!(
-            "`listen` {addr} is not loopback: give a user and password, or pass \
-             XH_SOCKS_ALLOW_OPEN to serve anyone who can reach it"
-        )));
-    }
-    Ok((addr, auth.map(|(u, p)| (u.to_string(), p.to_string()))))
+    let allow_open = flags & XH_SOCKS_ALLOW_OPEN != 0;
+    crate::proxy::socks::check_start(addr, auth, allow_open).map_err(|e| {
+        Failure::invalid(match e {
+            crate::Error::Config { field, .. } if field == "listen" => format!(
+                "`listen` {addr} is not loopback: give a user and password, or pass \
+                 XH_SOCKS_ALLOW_OPEN to serve anyone who can reach it"
+            ),
+            crate::Error::Config { field, rule } => format!("`{field}` {rule}"),
+            e => e.to_string(),
+        })
+    })?;
+    Ok((
+        addr,
+        auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        allow_open,
+    ))
 }
 
 /// Starts a SOCKS5 server for `client` on `listen` (`"127.0.0.1:1080"`, `"[::1]:0"`; port
@@ -142,9 +143,14 @@ pub unsafe extern "C" fn xh_socks_start(
                 ));
             }
         };
-        let (addr, auth) = check_start(listen, auth, flags)?;
+        let (addr, auth, allow_open) = check_start(listen, auth, flags)?;
         let c = client_entry(client)?;
-        let inbound = c.client.start_socks(addr, auth)?;
+        let opts = SocksOptions {
+            auth,
+            allow_open,
+            ..SocksOptions::from_policy(&c.client.dialer().config().policy)
+        };
+        let inbound = c.client.start_socks_with(addr, opts)?;
         let e = Arc::new(SocksEntry {
             addr: inbound.local_addr(),
             inbound: Mutex::new(Some(inbound)),

@@ -41,6 +41,39 @@ pub struct SocksOptions {
     pub udp_idle_timeout: Duration,
     /// When a quiet TCP flow is closed.
     pub idle: IdleTimeouts,
+    /// Listen on an address other than loopback without credentials (anyone who reaches it
+    /// may use the server); refused unless set.
+    pub allow_open: bool,
+}
+
+/// Checks what a SOCKS inbound is asked to start with: credentials of 1-255 bytes each (RFC
+/// 1929), and no server open to the network without them unless `allow_open`. The error
+/// names `listen`, `user` or `pass`.
+pub fn check_start(
+    listen: SocketAddr,
+    auth: Option<(&str, &str)>,
+    allow_open: bool,
+) -> Result<(), Error> {
+    if let Some((user, pass)) = auth {
+        for (name, v) in [("user", user), ("pass", pass)] {
+            if v.is_empty() || v.len() > 255 {
+                return Err(Error::config(
+                    name,
+                    format!("must be 1-255 bytes (RFC 1929), got {}", v.len()),
+                ));
+            }
+        }
+    }
+    if !listen.ip().is_loopback() && auth.is_none() && !allow_open {
+        return Err(Error::config(
+            "listen",
+            format!(
+                "{listen} is not loopback: give a user and password, or allow an open \
+                 server explicitly"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl SocksOptions {
@@ -52,6 +85,7 @@ impl SocksOptions {
             open_timeout: p.open_timeout,
             udp_idle_timeout: Duration::from_secs(60),
             idle: p.idle,
+            allow_open: false,
         }
     }
 }

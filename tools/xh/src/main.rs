@@ -3,10 +3,13 @@
 //! - `xh demo [--mib N]`: starts the in-repo XHTTP/H3 test server on loopback (self-signed
 //!   certificate, trusted by pin), moves N MiB (default 16) each way through one tunnel per
 //!   mode, checks SHA-256 both ways and prints `<mode> ok <bytes> bytes <MB/s> MB/s`.
-//! - `xh serve [--listen ADDR]`: runs the test server (echo target) until killed and prints
-//!   a client config for it.
-//! - `xh socks --config <file|json> --listen ADDR [--user U --pass P]`: a local SOCKS5 inbound
-//!   (VLESS flows with `vlessId`, raw tunnels without) until SIGINT/SIGTERM.
+//! - `xh serve [--listen ADDR] [--vless UUID]`: runs the test server until killed and prints
+//!   a client config for it. Its target is an echo, or with `--vless` a VLESS inbound that
+//!   connects where each flow asks (TCP, UDP, XUDP; loopback included: a test server).
+//! - `xh socks --config <file|json> --listen ADDR [--user U --pass P] [--allow-open]`: a
+//!   local SOCKS5 inbound (VLESS flows with `vlessId`, raw tunnels without) until
+//!   SIGINT/SIGTERM; a listen address that is not loopback needs credentials or
+//!   `--allow-open`.
 //! - `xh forward --config <file|json> --listen ADDR [--to HOST:PORT]`: each accepted TCP
 //!   connection becomes one tunnel (raw; VLESS to `--to` when the config has `vlessId`).
 //! - `xh probe --config <file|json> [--count N]`: times connecting and the mode's first
@@ -28,8 +31,8 @@ use xhttp_testserver::{ServerOptions, Target, TestServer};
 
 const USAGE: &str = "usage:
   xh demo [--mib N]
-  xh serve [--listen 127.0.0.1:PORT]
-  xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P]
+  xh serve [--listen 127.0.0.1:PORT] [--vless UUID]
+  xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P] [--allow-open]
   xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]
   xh probe --config <file|json> [--count N]
 every command: [--log off|error|warn|info|debug|trace] (default warn; else RUST_LOG)";
@@ -107,8 +110,13 @@ fn socks(args: &[String]) -> Result<bool, String> {
         _ => return Err("--user and --pass go together".into()),
     };
     let client = client_from_flags(args)?;
+    let opts = xhttp_mobile::proxy::socks::SocksOptions {
+        auth,
+        allow_open: args.iter().any(|a| a == "--allow-open"),
+        ..xhttp_mobile::proxy::socks::SocksOptions::from_policy(&client.dialer().config().policy)
+    };
     let inbound = client
-        .start_socks(listen, auth)
+        .start_socks_with(listen, opts)
         .map_err(|e| e.to_string())?;
     run_until_signal(&client, inbound)
 }
@@ -210,17 +218,32 @@ fn serve(args: &[String]) -> Result<bool, String> {
     let bind = listen
         .parse()
         .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+    let vless = flag(args, "--vless")
+        .map(|id| {
+            xhttp_mobile::proxy::vless::user_id("--vless", id)
+                .map(|bytes| (id.to_string(), bytes))
+                .map_err(|e| e.to_string())
+        })
+        .transpose()?;
     let rt = server_runtime()?;
     let server = rt.block_on(async {
         let mut o = ServerOptions::default();
         o.settings.path = "/xh".into();
         o.bind = bind;
-        o.target = Target::Echo;
+        o.target = match &vless {
+            Some((_, id)) => Target::Vless { id: *id },
+            None => Target::Echo,
+        };
         TestServer::start(o)
             .await
             .map_err(|e| format!("server: {e}"))
     })?;
-    println!("{}", client_json(&server, "/xh", "auto"));
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&client_json(&server, "/xh", "auto")).expect("our own JSON");
+    if let Some((id, _)) = &vless {
+        cfg["vlessId"] = id.as_str().into();
+    }
+    println!("{cfg}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

@@ -1,0 +1,72 @@
+/*
+ * What the C test programs (harness.c, proxy.c) share: pass/fail counting with the
+ * library's last error in every failure line, clocks, and deterministic test data.
+ * Test code only; every function is static inline so each program takes what it uses.
+ */
+#ifndef XH_TEST_CHECK_H
+#define XH_TEST_CHECK_H
+
+#include "xhttp.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+#define T_MS 60000u /* a generous bound for one blocking call, valgrind included */
+
+static atomic_int g_passed;
+static atomic_int g_failed;
+
+static inline void last_error(char *buf, size_t len) {
+    size_t n = 0;
+    if (xh_last_error(buf, len, &n) != XH_RESULT_OK) snprintf(buf, len, "(xh_last_error failed)");
+}
+
+static inline void check_at(int ok, const char *file, int line, const char *what) {
+    if (ok) {
+        atomic_fetch_add(&g_passed, 1);
+        return;
+    }
+    atomic_fetch_add(&g_failed, 1);
+    fprintf(stderr, "FAIL %s:%d: %s\n", file, line, what);
+}
+#define CHECK(cond) check_at((cond) ? 1 : 0, __FILE__, __LINE__, #cond)
+
+static inline void expect_rc_at(xh_result got, xh_result want, const char *file, int line, const char *call) {
+    if (got == want) {
+        atomic_fetch_add(&g_passed, 1);
+        return;
+    }
+    char err[512];
+    last_error(err, sizeof err);
+    atomic_fetch_add(&g_failed, 1);
+    fprintf(stderr, "FAIL %s:%d: %s returned %u (%s), expected %u (%s); last error: %s\n", file, line,
+            call, (unsigned)got, xh_result_message(got), (unsigned)want, xh_result_message(want), err);
+}
+#define EXPECT_RC(call, want) expect_rc_at((call), (want), __FILE__, __LINE__, #call)
+
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* xorshift64*: deterministic test data and random choices. */
+static inline uint64_t next_rand(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+static inline void fill(uint64_t *s, uint8_t *buf, size_t len) {
+    for (size_t i = 0; i < len; i++) buf[i] = (uint8_t)(next_rand(s) >> 56);
+}
+
+#endif
