@@ -3,8 +3,9 @@
 # formatting, lint, unit and integration tests, the library alone (no server or CLI code)
 # and its check for the Android targets (scripts/cross.sh),
 # `xh demo`, the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
-# under ASan and under valgrind, the README's C example), and the uniffi bindings
-# (tests/kotlin/run.sh: freshness, and the generated Kotlin run on the JVM). Builds are
+# under ASan and under valgrind, the proxy surface against the test server and the real
+# Xray, the README's C example), and the uniffi bindings (tests/kotlin/run.sh: freshness,
+# and the generated Kotlin run on the JVM, also against Xray). Builds are
 # cached outside the repo so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,16 +38,8 @@ cargo build --lib
 # Android targets, -D warnings (installs rustup targets, clang, glibc headers when missing).
 bash scripts/cross.sh
 
-step "C ABI: header freshness, C harness (plain, ASan, valgrind), README C example"
-bash tests/c/run.sh
-
-step "uniffi bindings: freshness (Kotlin, Swift), the Kotlin test on the JVM"
-bash tests/kotlin/run.sh
-
-step "cargo test (workspace)"
-cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
-
-# Xray-core for the interop tests: from the Go module proxy, pinned, cached outside the repo.
+# Xray-core for the interop tests and the C and Kotlin runs against a real VLESS server:
+# from the Go module proxy, pinned, cached outside the repo.
 # The proxy serves Xray's Go-compatible tags (v1.YYMMDD.N); v1.260327.0 is release v26.3.27,
 # the newest it serves (the v26.7.28 commit pseudo-version is refused).
 XRAY_VERSION=v1.260327.0
@@ -59,6 +52,15 @@ if [ ! -x "$XRAY_BIN" ]; then
 fi
 # Not `| head -1`: with pipefail, head closing the pipe early kills the producer (SIGPIPE, exit 141).
 "$XRAY_BIN" version | sed -n 1p
+
+step "C ABI: header freshness, C harness (plain, ASan, valgrind), proxy surface against xh serve and Xray, README C example"
+bash tests/c/run.sh
+
+step "uniffi bindings: freshness (Kotlin, Swift), the Kotlin test on the JVM"
+bash tests/kotlin/run.sh
+
+step "cargo test (workspace)"
+cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
 
 step "interop tests against Xray-core"
 cargo build -p xh  # the interop tests run the CLI too

@@ -7,7 +7,10 @@
 #  3. unloading (tests/c/dlopen.c): dlopen/use/dlclose cycles of the library as apps link
 #     it (no default features) keep no fd and no heap (every allocation counted), plain
 #     and under valgrind;
-#  4. the README's "Use from C" example, compiled and run against the same server.
+#  4. the proxy surface (tests/c/proxy.c: VLESS TCP flows, UDP sessions, SOCKS5) against
+#     `xh serve --vless` and the real Xray (XRAY_BIN; scripts/test.sh sets it), plain, under
+#     AddressSanitizer and valgrind;
+#  5. the README's "Use from C" example, compiled and run against the same server.
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds; default target/),
 # XH_VALGRIND_ITERS (iterations per thread of the misuse run under valgrind; default
@@ -18,6 +21,7 @@ cd "$(dirname "$0")/../.."
 
 CBINDGEN_VERSION=0.29.4
 source tests/support/serve.sh
+source tests/support/xray.sh
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -pedantic -g -O1 -Iinclude -Itests/c)
 
 step "cbindgen $CBINDGEN_VERSION: include/xhttp.h is fresh"
@@ -62,6 +66,10 @@ cc "${CFLAGS[@]}" "${SRC[@]}" "${LINK[@]}" -o "$WORK/harness"
 cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer "${SRC[@]}" "${LINK[@]}" \
     -o "$WORK/harness-asan"
 cc "${CFLAGS[@]}" -fsanitize=thread "${SRC[@]}" "${LINK[@]}" -o "$WORK/harness-tsan"
+PROXY_SRC=(tests/c/proxy.c tests/c/sha256.c)
+cc "${CFLAGS[@]}" "${PROXY_SRC[@]}" "${LINK[@]}" -o "$WORK/proxy"
+cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer "${PROXY_SRC[@]}" "${LINK[@]}" \
+    -o "$WORK/proxy-asan"
 # -rdynamic: the allocator wrappers in dlopen.c must be what the library and libc call.
 cc "${CFLAGS[@]}" -rdynamic tests/c/dlopen.c -ldl -lpthread -o "$WORK/dlopen"
 export LD_LIBRARY_PATH="$LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -94,6 +102,19 @@ VALGRIND=(valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds
     --suppressions=tests/c/valgrind.supp)
 XH_HARNESS_ITERS="${XH_VALGRIND_ITERS:-10000}" XH_RACE_ROUNDS="${XH_RACE_ROUNDS:-8}" \
     "${VALGRIND[@]}" "$WORK/harness"
+
+step "proxy surface (VLESS TCP, UDP, SOCKS5) against xh serve --vless and Xray"
+start_xh_serve_vless
+start_xray_vless
+PROXY_CONFIGS=("$XH_VLESS_CONFIG")
+if [ -n "${XH_XRAY_CONFIG:-}" ]; then PROXY_CONFIGS+=("$XH_XRAY_CONFIG"); fi
+"$WORK/proxy" "${PROXY_CONFIGS[@]}"
+step "proxy surface: AddressSanitizer"
+LSAN_OPTIONS=suppressions=tests/c/lsan.supp:print_suppressions=1 \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
+    "$WORK/proxy-asan" "${PROXY_CONFIGS[@]}"
+step "proxy surface: valgrind"
+"${VALGRIND[@]}" "$WORK/proxy" "${PROXY_CONFIGS[@]}"
 
 step "unloading: dlopen/use/dlclose cycles of the mobile build keep no fd or heap"
 "$WORK/dlopen" "$WORK/mobile/libxhttp_mobile.so" 40 worker
