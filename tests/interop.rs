@@ -181,8 +181,10 @@ fn exchange(
 }
 
 /// Settings variants of the matrix: (name, server xhttpSettings, client xhttpSettings).
-/// The pinned Xray (v1.260327.0) still calls the session keys `sessionPlacement`/`sessionKey`
-/// and always normalises the path with a trailing slash.
+/// The pinned Xray (v1.260327.0) calls the session keys `sessionPlacement`/`sessionKey`;
+/// v26.7.x renamed them `sessionIDPlacement`/`sessionIDKey` and ignores the old names (as
+/// every Xray ignores unknown keys), so the server configs carry both spellings and run on
+/// either. Our client reads both.
 fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
     let base = |extra: Value| {
         let mut v = json!({"path": "/xh/", "mode": mode});
@@ -202,7 +204,8 @@ fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
         ("default", json!({"path": "/xh/"}), base(json!({}))),
         (
             "placements",
-            json!({"path": "/xh/", "sessionPlacement": "header", "seqPlacement": "query"}),
+            json!({"path": "/xh/", "sessionPlacement": "header", "sessionIDPlacement": "header",
+                "seqPlacement": "query"}),
             base(placements),
         ),
         (
