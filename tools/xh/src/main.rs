@@ -158,32 +158,29 @@ fn probe(args: &[String]) -> Result<bool, String> {
 /// Announces the address, waits for SIGINT or SIGTERM, then stops the inbound (closing every
 /// flow) and the client.
 fn run_until_signal(client: &Client, inbound: Inbound) -> Result<bool, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("signal runtime: {e}"))?;
-    let signal = rt.block_on(async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            // Handlers are installed: only now is it safe to say we are ready.
-            println!("listening on {}", inbound.local_addr());
-            let _ = std::io::stdout().flush();
-            tokio::select! {
-                _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
-                _ = int.recv() => Ok("SIGINT"),
-            }
+    #[cfg(unix)]
+    let signal = {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| format!("installing signal handlers: {e}"))?;
+        // Handlers are installed: only now is it safe to say we are ready.
+        println!("listening on {}", inbound.local_addr());
+        let _ = std::io::stdout().flush();
+        match signals.forever().next() {
+            Some(SIGTERM) => "SIGTERM",
+            Some(_) => "SIGINT",
+            None => return Err("waiting for a signal: the handler closed".into()),
         }
-        #[cfg(not(unix))]
-        {
-            println!("listening on {}", inbound.local_addr());
-            let _ = std::io::stdout().flush();
-            tokio::signal::ctrl_c().await.map(|_| "Ctrl-C")
+    };
+    #[cfg(not(unix))]
+    let signal: &str = {
+        // No signals to wait for: run until the process is killed.
+        println!("listening on {}", inbound.local_addr());
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::park();
         }
-    });
-    let signal = signal.map_err(|e| format!("waiting for a signal: {e}"))?;
+    };
     inbound.stop();
     client.close();
     eprintln!("xh: {signal}: stopped");
