@@ -64,15 +64,19 @@ fn entry(p: *const xh_socks) -> Result<Arc<SocksEntry>, Failure> {
         .map_err(|why| Failure::bad_handle("socks", Kind::Socks, why))
 }
 
+/// What `xh_socks_start` was asked for, checked.
+#[derive(Debug)]
+struct StartArgs {
+    addr: SocketAddr,
+    auth: Option<(String, String)>,
+    allow_open: bool,
+}
+
 /// Checks what `xh_socks_start` is asked for (the same rules as the Rust API, reported as
 /// `XH_RESULT_INVALID_ARGUMENT`): a listen address, credentials both given or both absent
 /// (each 1-255 bytes, RFC 1929), and no server open to the network without them unless the
 /// caller says so.
-fn check_start(
-    listen: &str,
-    auth: Option<(&str, &str)>,
-    flags: u32,
-) -> Result<(SocketAddr, Option<(String, String)>, bool), Failure> {
+fn check_start(listen: &str, auth: Option<(&str, &str)>, flags: u32) -> Result<StartArgs, Failure> {
     if flags & !XH_SOCKS_ALLOW_OPEN != 0 {
         return Err(Failure::invalid(format!(
             "`flags` {flags:#x} has bits that are not XH_SOCKS_ALLOW_OPEN"
@@ -94,11 +98,11 @@ fn check_start(
             e => e.to_string(),
         })
     })?;
-    Ok((
+    Ok(StartArgs {
         addr,
-        auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         allow_open,
-    ))
+    })
 }
 
 /// Starts a SOCKS5 server for `client` on `listen` (`"127.0.0.1:1080"`, `"[::1]:0"`; port
@@ -143,14 +147,14 @@ pub unsafe extern "C" fn xh_socks_start(
                 ));
             }
         };
-        let (addr, auth, allow_open) = check_start(listen, auth, flags)?;
+        let args = check_start(listen, auth, flags)?;
         let c = client_entry(client)?;
         let opts = SocksOptions {
-            auth,
-            allow_open,
+            auth: args.auth,
+            allow_open: args.allow_open,
             ..SocksOptions::from_policy(&c.client.dialer().config().policy)
         };
-        let inbound = c.client.start_socks_with(addr, opts)?;
+        let inbound = c.client.start_socks_with(args.addr, opts)?;
         let e = Arc::new(SocksEntry {
             addr: inbound.local_addr(),
             inbound: Mutex::new(Some(inbound)),
