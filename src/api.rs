@@ -329,7 +329,7 @@ async fn until_closed<T>(
 const STOP_BOUND: Duration = Duration::from_secs(3);
 
 /// A local inbound (SOCKS5 server or TCP forwarder) running on the library's runtime.
-/// Stops on [`Inbound::stop`] or when dropped.
+/// Stops on [`Inbound::stop`], when dropped, or when its client is closed.
 pub struct Inbound {
     addr: SocketAddr,
     stop: CancellationToken,
@@ -358,7 +358,8 @@ impl Inbound {
             let _in_runtime = rt.handle().enter();
             tokio::net::TcpListener::from_std(std_listener).map_err(fail)?
         };
-        let stop = CancellationToken::new();
+        // The client's close stops it too (and with it its flows).
+        let stop = client.closed.child_token();
         let task = rt.handle().spawn(run(listener, stop.clone()));
         log::info!("{what} inbound listening on {addr}");
         Ok(Inbound {

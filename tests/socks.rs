@@ -371,6 +371,28 @@ fn stop_closes_the_listener_and_every_flow() {
     drop(socks);
 }
 
+#[test]
+fn closing_the_client_stops_its_servers() {
+    let e = vless_env();
+    let (c, socks) = vless_socks(&e, "stream-up");
+    let addr = socks.local_addr();
+    let mut s = connect(addr, tcp_echo(), None);
+    echo_once(&mut s, b"open");
+    c.close();
+    assert!(is_closed(&mut s), "flow closed by the client's close");
+    // The close does not wait for the listener: it closes soon after.
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(
+            Instant::now() < until,
+            "listener open after the client's close"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(socks.is_stopped());
+    socks.stop();
+}
+
 /// A one-file HTTP/1.1 server: answers every GET with `body` and closes.
 fn http_file_server(body: Arc<Vec<u8>>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
