@@ -31,6 +31,7 @@ use crate::proxy::vless::{self, Target};
 use crate::proxy::{forward, socks, udp};
 use crate::runtime::{Deadline, Runtime};
 use crate::tunnel::{Dialer, TunnelCore, Upload};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -166,6 +167,7 @@ impl Client {
         )?;
         Ok(UdpSession {
             inner: Arc::new(inner),
+            taken: Arc::default(),
             _dialer: self.dialer.clone(),
             rt: self.rt.clone(),
         })
@@ -648,8 +650,55 @@ impl VlessUdp {
 #[derive(Clone)]
 pub struct UdpSession {
     inner: Arc<udp::UdpSession>,
+    taken: Arc<Taken>,
     _dialer: Arc<Dialer>,
     rt: Arc<Runtime>,
+}
+
+/// Datagrams taken off a session by a receive whose caller may be gone (a cancelled
+/// [`UdpSession::recv_from_async`]): every receive returns these first, so a cancelled
+/// receive loses no datagram.
+#[derive(Default)]
+struct Taken {
+    /// Held while taking a datagram off the session: whoever holds it next sees what the
+    /// previous holder took.
+    gate: tokio::sync::Mutex<()>,
+    queue: Mutex<VecDeque<(bytes::Bytes, Target)>>,
+}
+
+impl Taken {
+    /// The first datagram queued here, unless the session is closed.
+    fn pop(&self, session: &udp::UdpSession) -> Result<Option<(Vec<u8>, Target)>> {
+        if session.is_closed() {
+            return Err(Error::Closed);
+        }
+        let d = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        Ok(d.map(|(d, from)| (d.to_vec(), from)))
+    }
+
+    /// Waits until a datagram is queued here (taking the session's next one, unless one
+    /// already is).
+    async fn fill(&self, session: &udp::UdpSession) -> Result<()> {
+        let _gate = self.gate.lock().await;
+        if self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            let d = session.recv_from().await?;
+            // No await between the receive and this: a cancelled fill took nothing.
+            self.queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(d);
+        }
+        Ok(())
+    }
 }
 
 impl UdpSession {
@@ -675,9 +724,54 @@ impl UdpSession {
     /// domain when the server reports the name the datagram was sent to).
     pub fn recv_from(&self, timeout: Option<Duration>) -> Result<(Vec<u8>, Target)> {
         self.rt.block_on(timeout, async {
-            let (d, from) = self.inner.recv_from().await?;
-            Ok((d.to_vec(), from))
+            loop {
+                if let Some(d) = self.taken.pop(&self.inner)? {
+                    return Ok(d);
+                }
+                self.taken.fill(&self.inner).await?;
+            }
         })
+    }
+
+    /// [`send_to_target`](Self::send_to_target) as a future any executor can poll. Dropped,
+    /// the datagram was queued whole or not at all (and, as any datagram, may be lost).
+    pub fn send_to_target_async(
+        &self,
+        target: Target,
+        data: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let (inner, rt) = (self.inner.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        async move {
+            rt.hand_off(deadline, async move { inner.send_to(&target, &data).await })
+                .await
+        }
+    }
+
+    /// [`recv_from`](Self::recv_from) as a future any executor can poll. The wait runs on
+    /// the runtime; the datagram is handed over in the poll that returns it: dropped
+    /// earlier, it took none (the next receive gets it).
+    pub fn recv_from_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<(Vec<u8>, Target)>> + Send + 'static {
+        let (inner, taken, rt) = (self.inner.clone(), self.taken.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        async move {
+            loop {
+                if let Some(d) = taken.pop(&inner)? {
+                    return Ok(d);
+                }
+                // Queued but taken by another receiver first, past the deadline.
+                if deadline.passed() {
+                    return Err(deadline.error());
+                }
+                let (s, t) = (inner.clone(), taken.clone());
+                rt.hand_off(deadline, async move { t.fill(&s).await })
+                    .await?;
+            }
+        }
     }
 
     /// Ends the session and its tunnels. Idempotent, never blocks, any thread.

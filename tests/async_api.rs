@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+use xhttp_mobile::proxy::vless::Target;
 use xhttp_mobile::{Client, Config, Error, Tunnel};
 use xhttp_testserver::{Event, Outcome};
 
@@ -406,4 +407,51 @@ fn a_close_wakes_a_long_write_which_returns_the_count_it_queued() {
     drop(w);
     assert_eq!(run(t.write_async(b"more".to_vec(), T)), Err(Error::Closed));
     assert_eq!(run(t.read_async(16, T)), Err(Error::Closed));
+}
+
+#[test]
+fn a_dropped_or_timed_out_udp_receive_takes_no_datagram() {
+    const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
+    let e = env(|o| o.target = xhttp_testserver::Target::Vless { id });
+    let c = e.vless_client(json!({"path": "/xh", "mode": "stream-up"}), ID);
+    let u = c.open_udp(T).expect("open_udp");
+    // The destination answers by hand: two datagrams to one request.
+    let dest = UdpSocket::bind("127.0.0.1:0").unwrap();
+    dest.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let to = Target::parse(&dest.local_addr().unwrap().to_string()).unwrap();
+
+    assert_eq!(
+        run(u.recv_from_async(Some(Duration::from_millis(150)))),
+        Err(Error::Timeout(150))
+    );
+    // The wait took "one" off the session (its task finished) but the future was dropped
+    // before it was polled again: the next receive gets it, then "two".
+    let mut r = Box::pin(u.recv_from_async(T));
+    assert!(poll_for(&mut r, Duration::from_millis(50)).is_none());
+    run(u.send_to_target_async(to.clone(), b"ping".to_vec(), T)).expect("send");
+    let mut b = [0u8; 64];
+    let (n, session_addr) = dest.recv_from(&mut b).expect("the datagram arrives");
+    assert_eq!(&b[..n], b"ping");
+    dest.send_to(b"one", session_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    dest.send_to(b"two", session_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(r);
+    assert_eq!(u.recv_from(T), Ok((b"one".to_vec(), to.clone())));
+    assert_eq!(run(u.recv_from_async(T)), Ok((b"two".to_vec(), to.clone())));
+
+    // A close wakes a pending receive; a closed session refuses both calls.
+    let mut r = Box::pin(u.recv_from_async(T));
+    assert!(poll_for(&mut r, Duration::from_millis(100)).is_none());
+    u.close();
+    assert_eq!(
+        poll_for(&mut r, Duration::from_secs(2)),
+        Some(Err(Error::Closed))
+    );
+    assert_eq!(
+        run(u.send_to_target_async(to, b"late".to_vec(), T)),
+        Err(Error::Closed)
+    );
 }
