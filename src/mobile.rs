@@ -3,14 +3,18 @@
 //!
 //! Names: uniffi-generated Kotlin does not compile with a method named `close` or
 //! `destroy` (uniffi#2955; the generated class already has them for freeing the object),
-//! so ending a client or tunnel is `shutdown()`. Freeing is the binding's own `close()` /
-//! `destroy()` (Kotlin) or deinit (Swift); both are idempotent.
+//! so ending a client, tunnel, UDP session or SOCKS server is `shutdown()`. Freeing is
+//! the binding's own `close()` / `destroy()` (Kotlin) or deinit (Swift); both are
+//! idempotent.
 //!
 //! Timeouts are milliseconds as in the C ABI: `XH_TIMEOUT_INFINITE` (u32::MAX) waits
 //! without limit, 0 does not wait.
 
 use crate::api;
 use crate::error::Error;
+use crate::proxy::socks::SocksOptions;
+use crate::proxy::vless::Target;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Every failure, as one exception type with a kind and the library's text in `detail`
@@ -69,13 +73,29 @@ fn timeout(ms: u32) -> Option<std::time::Duration> {
     crate::ffi::timeout(ms)
 }
 
-/// What a client has done so far.
+/// A `host:port` argument (`target`), refused as a `Config` error naming it.
+fn target_arg(target: &str) -> Result<Target, Error> {
+    Target::parse(target).map_err(|e| Error::config("target", e.to_string()))
+}
+
+/// What a client has done so far. `open_tunnels` is the sum of the four counts after
+/// `live_connections`.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct XhStats {
+    /// App payload queued for upload (VLESS headers and XUDP framing not counted).
     pub bytes_up: u64,
+    /// App payload read.
     pub bytes_down: u64,
     pub open_tunnels: u64,
     pub live_connections: u64,
+    /// Raw tunnels (`open`, or SOCKS CONNECT without VLESS).
+    pub raw_tunnels: u64,
+    /// VLESS TCP flows (`connectTcp`, SOCKS CONNECT).
+    pub tcp_flows: u64,
+    /// VLESS UDP flows to one destination each (UDP to ports 53 and 443).
+    pub udp_flows: u64,
+    /// Mux.Cool tunnels carrying XUDP, one per UDP session in use.
+    pub mux_tunnels: u64,
 }
 
 /// What a latency probe measured, in microseconds.
@@ -158,6 +178,61 @@ impl XhClient {
         Ok(Arc::new(XhTunnel { inner: t }))
     }
 
+    /// Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a tunnel whose
+    /// reads and writes are the flow's payload. The config must carry a VLESS id. A bad
+    /// target is a `Config` error naming `target`.
+    pub fn connect_tcp(&self, target: String, timeout_ms: u32) -> R<Arc<XhTunnel>> {
+        target_arg(&target)?;
+        let t = self.inner.connect_tcp(&target, timeout(timeout_ms))?;
+        Ok(Arc::new(XhTunnel { inner: t }))
+    }
+
+    /// Opens a full-cone UDP session (see [`XhUdp`]). Does no network I/O: the first
+    /// datagram to a destination opens the tunnel it needs. The config must carry a VLESS
+    /// id. `shutdown()` of the client ends the session.
+    pub fn open_udp(&self) -> R<Arc<XhUdp>> {
+        Ok(Arc::new(XhUdp {
+            inner: self.inner.open_udp(None)?,
+        }))
+    }
+
+    /// Starts a local SOCKS5 server (CONNECT and UDP ASSOCIATE) on `listen` (`ip:port`;
+    /// port 0 picks a free one, see `localAddr()`), its flows going through this client.
+    /// With `user` and `pass` (both or neither, 1-255 bytes each) every SOCKS client must
+    /// give them. A listen address that is not loopback needs them, or `allow_open`.
+    /// Refused with a `Config` error naming `listen`, `user` or `pass`; a port in use is
+    /// `Other`. Several may run on one client; `shutdown()` of the client stops them.
+    pub fn start_socks(
+        &self,
+        listen: String,
+        user: Option<String>,
+        pass: Option<String>,
+        allow_open: bool,
+    ) -> R<Arc<XhSocksServer>> {
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            Error::config(
+                "listen",
+                format!("{listen:?} is not ip:port (e.g. \"127.0.0.1:1080\", \"[::1]:0\")"),
+            )
+        })?;
+        let auth = match (user, pass) {
+            (None, None) => None,
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(_), None) => return Err(Error::config("pass", "missing: `user` is given").into()),
+            (None, Some(_)) => return Err(Error::config("user", "missing: `pass` is given").into()),
+        };
+        let opts = SocksOptions {
+            auth,
+            allow_open,
+            ..SocksOptions::from_policy(&self.inner.dialer().config().policy)
+        };
+        let inbound = self.inner.start_socks_with(addr, opts)?;
+        Ok(Arc::new(XhSocksServer {
+            addr: inbound.local_addr().to_string(),
+            inner: inbound,
+        }))
+    }
+
     pub fn stats(&self) -> XhStats {
         let s = self.inner.stats();
         XhStats {
@@ -165,6 +240,10 @@ impl XhClient {
             bytes_down: s.bytes_down,
             open_tunnels: s.open_tunnels,
             live_connections: s.live_connections,
+            raw_tunnels: s.raw_tunnels,
+            tcp_flows: s.tcp_flows,
+            udp_flows: s.udp_flows,
+            mux_tunnels: s.mux_tunnels,
         }
     }
 
@@ -259,6 +338,17 @@ impl XhClient {
         Ok(Arc::new(XhTunnel { inner: t }))
     }
 
+    /// `connectTcp` without blocking a thread. Cancelled, it opens nothing (a flow it
+    /// already opened is closed).
+    pub async fn connect_tcp_async(&self, target: String, timeout_ms: u32) -> R<Arc<XhTunnel>> {
+        target_arg(&target)?;
+        let t = self
+            .inner
+            .connect_tcp_async(&target, timeout(timeout_ms))
+            .await?;
+        Ok(Arc::new(XhTunnel { inner: t }))
+    }
+
     /// `probe` without blocking a thread.
     pub async fn probe_async(&self, timeout_ms: u32) -> R<XhProbe> {
         Ok(self.inner.probe_async(timeout(timeout_ms)).await?.into())
@@ -287,6 +377,113 @@ impl XhTunnel {
     /// taken effect.
     pub async fn shutdown_write_async(&self, timeout_ms: u32) -> R<()> {
         Ok(self.inner.shutdown_write_async(timeout(timeout_ms)).await?)
+    }
+}
+
+/// One datagram received by [`XhUdp`], and its source: `ip:port`, `[v6]:port`, or
+/// `name:port` when the server reports the name the datagram was sent to.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct XhDatagram {
+    pub data: Vec<u8>,
+    pub from: String,
+}
+
+/// A full-cone UDP session through the server: one object sends datagrams to any number of
+/// destinations and receives datagrams from any source, as Xray's client carries UDP (XUDP
+/// over Mux.Cool in one tunnel; a plain VLESS UDP flow per destination for ports 53 and
+/// 443). Any thread, several at once.
+#[derive(uniffi::Object)]
+pub struct XhUdp {
+    inner: api::UdpSession,
+}
+
+impl XhUdp {
+    /// The destination and datagram of a send, refused as `Config` errors naming `target`
+    /// (not `host:port`, port 0) or `data` (empty, over 8192 bytes).
+    fn datagram_args(target: &str, data: &[u8]) -> Result<Target, Error> {
+        let t = target_arg(target)?;
+        crate::proxy::xudp::check_datagram(&t, data.len())
+            .map_err(|e| Error::config("data", e.to_string()))?;
+        Ok(t)
+    }
+}
+
+#[uniffi::export]
+impl XhUdp {
+    /// Sends one datagram (1-8192 bytes) to `target` (`host:port`, `[v6]:port`). Returns
+    /// once it is queued whole (opening the tunnel it needs first), or fails having queued
+    /// none of it. As with any UDP, a queued datagram may still be lost on the way.
+    pub fn send_to(&self, target: String, data: Vec<u8>, timeout_ms: u32) -> R<()> {
+        let t = Self::datagram_args(&target, &data)?;
+        Ok(self.inner.send_to_target(&t, &data, timeout(timeout_ms))?)
+    }
+
+    /// The next datagram from any source, whole. Timeout 0 takes only one already there.
+    pub fn recv_from(&self, timeout_ms: u32) -> R<XhDatagram> {
+        let (data, from) = self.inner.recv_from(timeout(timeout_ms))?;
+        Ok(XhDatagram {
+            data,
+            from: from.to_string(),
+        })
+    }
+
+    /// `sendTo` without blocking a thread. Cancelled, the datagram was queued whole or not
+    /// at all.
+    pub async fn send_to_async(&self, target: String, data: Vec<u8>, timeout_ms: u32) -> R<()> {
+        let t = Self::datagram_args(&target, &data)?;
+        Ok(self
+            .inner
+            .send_to_target_async(t, data, timeout(timeout_ms))
+            .await?)
+    }
+
+    /// `recvFrom` without blocking a thread. Cancelled (or timed out), it took no datagram:
+    /// the next receive gets it.
+    pub async fn recv_from_async(&self, timeout_ms: u32) -> R<XhDatagram> {
+        let (data, from) = self.inner.recv_from_async(timeout(timeout_ms)).await?;
+        Ok(XhDatagram {
+            data,
+            from: from.to_string(),
+        })
+    }
+
+    /// Ends the session and its tunnels: blocked sends and receives fail with `Closed`.
+    /// Idempotent, never blocks, any thread.
+    pub fn shutdown(&self) {
+        self.inner.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
+
+/// A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
+/// CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
+/// each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
+#[derive(uniffi::Object)]
+pub struct XhSocksServer {
+    inner: api::Inbound,
+    addr: String,
+}
+
+#[uniffi::export]
+impl XhSocksServer {
+    /// The address it listens on, with the real port when started on port 0. Still
+    /// answers after `shutdown()`.
+    pub fn local_addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// Stops the server: it accepts no more connections and closes every flow it carries;
+    /// its port is free when this returns (it waits a few seconds at most). Idempotent;
+    /// any thread.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.is_stopped()
     }
 }
 
