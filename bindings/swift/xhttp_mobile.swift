@@ -843,6 +843,19 @@ public func FfiConverterTypeSocketProtector_lower(_ value: SocketProtector) -> U
 public protocol XhClientProtocol: AnyObject, Sendable {
     
     /**
+     * Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a tunnel whose
+     * reads and writes are the flow's payload. The config must carry a VLESS id. A bad
+     * target is a `Config` error naming `target`.
+     */
+    func connectTcp(target: String, timeoutMs: UInt32) throws  -> XhTunnel
+    
+    /**
+     * `connectTcp` without blocking a thread. Cancelled, it opens nothing (a flow it
+     * already opened is closed).
+     */
+    func connectTcpAsync(target: String, timeoutMs: UInt32) async throws  -> XhTunnel
+    
+    /**
      * The device changed networks: every connection moves to a new, protected socket.
      */
     func networkChanged() throws  -> UInt32
@@ -857,6 +870,13 @@ public protocol XhClientProtocol: AnyObject, Sendable {
      * opened is closed).
      */
     func openAsync(timeoutMs: UInt32) async throws  -> XhTunnel
+    
+    /**
+     * Opens a full-cone UDP session (see [`XhUdp`]). Does no network I/O: the first
+     * datagram to a destination opens the tunnel it needs. The config must carry a VLESS
+     * id. `shutdown()` of the client ends the session.
+     */
+    func openUdp() throws  -> XhUdp
     
     /**
      * Latency of the config on a connection of its own (the pool is untouched).
@@ -878,6 +898,16 @@ public protocol XhClientProtocol: AnyObject, Sendable {
      * Closes every tunnel and connection of this client. Idempotent, never blocks.
      */
     func shutdown() 
+    
+    /**
+     * Starts a local SOCKS5 server (CONNECT and UDP ASSOCIATE) on `listen` (`ip:port`;
+     * port 0 picks a free one, see `localAddr()`), its flows going through this client.
+     * With `user` and `pass` (both or neither, 1-255 bytes each) every SOCKS client must
+     * give them. A listen address that is not loopback needs them, or `allow_open`.
+     * Refused with a `Config` error naming `listen`, `user` or `pass`; a port in use is
+     * `Other`. Several may run on one client; `shutdown()` of the client stops them.
+     */
+    func startSocks(listen: String, user: String?, pass: String?, allowOpen: Bool) throws  -> XhSocksServer
     
     func stats()  -> XhStats
     
@@ -969,6 +999,42 @@ public static func withMemoryLimits(config: String, memoryLimits: String)throws 
 
     
     /**
+     * Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a tunnel whose
+     * reads and writes are the flow's payload. The config must carry a VLESS id. A bad
+     * target is a `Config` error naming `target`.
+     */
+open func connectTcp(target: String, timeoutMs: UInt32)throws  -> XhTunnel  {
+    return try  FfiConverterTypeXhTunnel_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(target),
+        FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * `connectTcp` without blocking a thread. Cancelled, it opens nothing (a flow it
+     * already opened is closed).
+     */
+open func connectTcpAsync(target: String, timeoutMs: UInt32)async throws  -> XhTunnel  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp_async(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(target),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_u64,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_u64,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_u64,
+            liftFunc: FfiConverterTypeXhTunnel_lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
      * The device changed networks: every connection moves to a new, protected socket.
      */
 open func networkChanged()throws  -> UInt32  {
@@ -1011,6 +1077,20 @@ open func openAsync(timeoutMs: UInt32)async throws  -> XhTunnel  {
             liftFunc: FfiConverterTypeXhTunnel_lift,
             errorHandler: FfiConverterTypeXhException_lift
         )
+}
+    
+    /**
+     * Opens a full-cone UDP session (see [`XhUdp`]). Does no network I/O: the first
+     * datagram to a destination opens the tunnel it needs. The config must carry a VLESS
+     * id. `shutdown()` of the client ends the session.
+     */
+open func openUdp()throws  -> XhUdp  {
+    return try  FfiConverterTypeXhUdp_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhclient_open_udp(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -1069,6 +1149,27 @@ open func shutdown()  {try! rustCall() {
 }
 }
     
+    /**
+     * Starts a local SOCKS5 server (CONNECT and UDP ASSOCIATE) on `listen` (`ip:port`;
+     * port 0 picks a free one, see `localAddr()`), its flows going through this client.
+     * With `user` and `pass` (both or neither, 1-255 bytes each) every SOCKS client must
+     * give them. A listen address that is not loopback needs them, or `allow_open`.
+     * Refused with a `Config` error naming `listen`, `user` or `pass`; a port in use is
+     * `Other`. Several may run on one client; `shutdown()` of the client stops them.
+     */
+open func startSocks(listen: String, user: String?, pass: String?, allowOpen: Bool)throws  -> XhSocksServer  {
+    return try  FfiConverterTypeXhSocksServer_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhclient_start_socks(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(listen),
+        FfiConverterOptionString.lower(user),
+        FfiConverterOptionString.lower(pass),
+        FfiConverterBool.lower(allowOpen),uniffiCallStatus
+    )
+})
+}
+    
 open func stats() -> XhStats  {
     return try!  FfiConverterTypeXhStats_lift(try! rustCall() {
         uniffiCallStatus in
@@ -1121,6 +1222,172 @@ public func FfiConverterTypeXhClient_lift(_ handle: UInt64) throws -> XhClient {
 #endif
 public func FfiConverterTypeXhClient_lower(_ value: XhClient) -> UInt64 {
     return FfiConverterTypeXhClient.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
+ * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
+ * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
+ */
+public protocol XhSocksServerProtocol: AnyObject, Sendable {
+    
+    func isStopped()  -> Bool
+    
+    /**
+     * The address it listens on, with the real port when started on port 0. Still
+     * answers after `shutdown()`.
+     */
+    func localAddr()  -> String
+    
+    /**
+     * Stops the server: it accepts no more connections and closes every flow it carries;
+     * its port is free when this returns (it waits a few seconds at most). Idempotent;
+     * any thread.
+     */
+    func shutdown() 
+    
+}
+/**
+ * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
+ * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
+ * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
+ */
+open class XhSocksServer: XhSocksServerProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_xhttp_mobile_fn_clone_xhsocksserver(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_xhttp_mobile_fn_free_xhsocksserver(handle, $0) }
+    }
+
+    
+
+    
+open func isStopped() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhsocksserver_is_stopped(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The address it listens on, with the real port when started on port 0. Still
+     * answers after `shutdown()`.
+     */
+open func localAddr() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Stops the server: it accepts no more connections and closes every flow it carries;
+     * its port is free when this returns (it waits a few seconds at most). Idempotent;
+     * any thread.
+     */
+open func shutdown()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhSocksServer: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = XhSocksServer
+
+    public static func lift(_ handle: UInt64) throws -> XhSocksServer {
+        return XhSocksServer(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: XhSocksServer) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhSocksServer {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: XhSocksServer, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhSocksServer_lift(_ handle: UInt64) throws -> XhSocksServer {
+    return try FfiConverterTypeXhSocksServer.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhSocksServer_lower(_ value: XhSocksServer) -> UInt64 {
+    return FfiConverterTypeXhSocksServer.lower(value)
 }
 
 
@@ -1430,6 +1697,304 @@ public func FfiConverterTypeXhTunnel_lower(_ value: XhTunnel) -> UInt64 {
 
 
 
+
+
+/**
+ * A full-cone UDP session through the server: one object sends datagrams to any number of
+ * destinations and receives datagrams from any source, as Xray's client carries UDP (XUDP
+ * over Mux.Cool in one tunnel; a plain VLESS UDP flow per destination for ports 53 and
+ * 443). Any thread, several at once.
+ */
+public protocol XhUdpProtocol: AnyObject, Sendable {
+    
+    func isClosed()  -> Bool
+    
+    /**
+     * The next datagram from any source, whole. Timeout 0 takes only one already there.
+     */
+    func recvFrom(timeoutMs: UInt32) throws  -> XhDatagram
+    
+    /**
+     * `recvFrom` without blocking a thread. Cancelled (or timed out), it took no datagram:
+     * the next receive gets it.
+     */
+    func recvFromAsync(timeoutMs: UInt32) async throws  -> XhDatagram
+    
+    /**
+     * Sends one datagram (1-8192 bytes) to `target` (`host:port`, `[v6]:port`). Returns
+     * once it is queued whole (opening the tunnel it needs first), or fails having queued
+     * none of it. As with any UDP, a queued datagram may still be lost on the way.
+     */
+    func sendTo(target: String, data: Data, timeoutMs: UInt32) throws 
+    
+    /**
+     * `sendTo` without blocking a thread. Cancelled, the datagram was queued whole or not
+     * at all.
+     */
+    func sendToAsync(target: String, data: Data, timeoutMs: UInt32) async throws 
+    
+    /**
+     * Ends the session and its tunnels: blocked sends and receives fail with `Closed`.
+     * Idempotent, never blocks, any thread.
+     */
+    func shutdown() 
+    
+}
+/**
+ * A full-cone UDP session through the server: one object sends datagrams to any number of
+ * destinations and receives datagrams from any source, as Xray's client carries UDP (XUDP
+ * over Mux.Cool in one tunnel; a plain VLESS UDP flow per destination for ports 53 and
+ * 443). Any thread, several at once.
+ */
+open class XhUdp: XhUdpProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_xhttp_mobile_fn_clone_xhudp(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_xhttp_mobile_fn_free_xhudp(handle, $0) }
+    }
+
+    
+
+    
+open func isClosed() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhudp_is_closed(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The next datagram from any source, whole. Timeout 0 takes only one already there.
+     */
+open func recvFrom(timeoutMs: UInt32)throws  -> XhDatagram  {
+    return try  FfiConverterTypeXhDatagram_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhudp_recv_from(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * `recvFrom` without blocking a thread. Cancelled (or timed out), it took no datagram:
+     * the next receive gets it.
+     */
+open func recvFromAsync(timeoutMs: UInt32)async throws  -> XhDatagram  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhudp_recv_from_async(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_rust_buffer,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_rust_buffer,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeXhDatagram_lift,
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
+     * Sends one datagram (1-8192 bytes) to `target` (`host:port`, `[v6]:port`). Returns
+     * once it is queued whole (opening the tunnel it needs first), or fails having queued
+     * none of it. As with any UDP, a queued datagram may still be lost on the way.
+     */
+open func sendTo(target: String, data: Data, timeoutMs: UInt32)throws   {try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhudp_send_to(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(target),
+        FfiConverterData.lower(data),
+        FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * `sendTo` without blocking a thread. Cancelled, the datagram was queued whole or not
+     * at all.
+     */
+open func sendToAsync(target: String, data: Data, timeoutMs: UInt32)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhudp_send_to_async(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(target),FfiConverterData.lower(data),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_void,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_void,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
+     * Ends the session and its tunnels: blocked sends and receives fail with `Closed`.
+     * Idempotent, never blocks, any thread.
+     */
+open func shutdown()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhudp_shutdown(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhUdp: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = XhUdp
+
+    public static func lift(_ handle: UInt64) throws -> XhUdp {
+        return XhUdp(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: XhUdp) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhUdp {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: XhUdp, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhUdp_lift(_ handle: UInt64) throws -> XhUdp {
+    return try FfiConverterTypeXhUdp.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhUdp_lower(_ value: XhUdp) -> UInt64 {
+    return FfiConverterTypeXhUdp.lower(value)
+}
+
+
+
+
+/**
+ * One datagram received by [`XhUdp`], and its source: `ip:port`, `[v6]:port`, or
+ * `name:port` when the server reports the name the datagram was sent to.
+ */
+public struct XhDatagram: Equatable, Hashable {
+    public var data: Data
+    public var from: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(data: Data, from: String) {
+        self.data = data
+        self.from = from
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension XhDatagram: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhDatagram: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhDatagram {
+        return
+            try XhDatagram(
+                data: FfiConverterData.read(from: &buf), 
+                from: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: XhDatagram, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.data, into: &buf)
+        FfiConverterString.write(value.from, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhDatagram_lift(_ buf: RustBuffer) throws -> XhDatagram {
+    return try FfiConverterTypeXhDatagram.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhDatagram_lower(_ value: XhDatagram) -> RustBuffer {
+    return FfiConverterTypeXhDatagram.lower(value)
+}
+
+
 /**
  * What a latency probe measured, in microseconds.
  */
@@ -1488,21 +2053,66 @@ public func FfiConverterTypeXhProbe_lower(_ value: XhProbe) -> RustBuffer {
 
 
 /**
- * What a client has done so far.
+ * What a client has done so far. `open_tunnels` is the sum of the four counts after
+ * `live_connections`.
  */
 public struct XhStats: Equatable, Hashable {
+    /**
+     * App payload queued for upload (VLESS headers and XUDP framing not counted).
+     */
     public var bytesUp: UInt64
+    /**
+     * App payload read.
+     */
     public var bytesDown: UInt64
     public var openTunnels: UInt64
     public var liveConnections: UInt64
+    /**
+     * Raw tunnels (`open`, or SOCKS CONNECT without VLESS).
+     */
+    public var rawTunnels: UInt64
+    /**
+     * VLESS TCP flows (`connectTcp`, SOCKS CONNECT).
+     */
+    public var tcpFlows: UInt64
+    /**
+     * VLESS UDP flows to one destination each (UDP to ports 53 and 443).
+     */
+    public var udpFlows: UInt64
+    /**
+     * Mux.Cool tunnels carrying XUDP, one per UDP session in use.
+     */
+    public var muxTunnels: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(bytesUp: UInt64, bytesDown: UInt64, openTunnels: UInt64, liveConnections: UInt64) {
+    public init(
+        /**
+         * App payload queued for upload (VLESS headers and XUDP framing not counted).
+         */bytesUp: UInt64, 
+        /**
+         * App payload read.
+         */bytesDown: UInt64, openTunnels: UInt64, liveConnections: UInt64, 
+        /**
+         * Raw tunnels (`open`, or SOCKS CONNECT without VLESS).
+         */rawTunnels: UInt64, 
+        /**
+         * VLESS TCP flows (`connectTcp`, SOCKS CONNECT).
+         */tcpFlows: UInt64, 
+        /**
+         * VLESS UDP flows to one destination each (UDP to ports 53 and 443).
+         */udpFlows: UInt64, 
+        /**
+         * Mux.Cool tunnels carrying XUDP, one per UDP session in use.
+         */muxTunnels: UInt64) {
         self.bytesUp = bytesUp
         self.bytesDown = bytesDown
         self.openTunnels = openTunnels
         self.liveConnections = liveConnections
+        self.rawTunnels = rawTunnels
+        self.tcpFlows = tcpFlows
+        self.udpFlows = udpFlows
+        self.muxTunnels = muxTunnels
     }
 
     
@@ -1524,7 +2134,11 @@ public struct FfiConverterTypeXhStats: FfiConverterRustBuffer {
                 bytesUp: FfiConverterUInt64.read(from: &buf), 
                 bytesDown: FfiConverterUInt64.read(from: &buf), 
                 openTunnels: FfiConverterUInt64.read(from: &buf), 
-                liveConnections: FfiConverterUInt64.read(from: &buf)
+                liveConnections: FfiConverterUInt64.read(from: &buf), 
+                rawTunnels: FfiConverterUInt64.read(from: &buf), 
+                tcpFlows: FfiConverterUInt64.read(from: &buf), 
+                udpFlows: FfiConverterUInt64.read(from: &buf), 
+                muxTunnels: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -1533,6 +2147,10 @@ public struct FfiConverterTypeXhStats: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytesDown, into: &buf)
         FfiConverterUInt64.write(value.openTunnels, into: &buf)
         FfiConverterUInt64.write(value.liveConnections, into: &buf)
+        FfiConverterUInt64.write(value.rawTunnels, into: &buf)
+        FfiConverterUInt64.write(value.tcpFlows, into: &buf)
+        FfiConverterUInt64.write(value.udpFlows, into: &buf)
+        FfiConverterUInt64.write(value.muxTunnels, into: &buf)
     }
 }
 
@@ -1813,6 +2431,30 @@ public func FfiConverterTypeXhLogLevel_lower(_ value: XhLogLevel) -> RustBuffer 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSocketProtector: FfiConverterRustBuffer {
     typealias SwiftType = SocketProtector?
 
@@ -1917,6 +2559,12 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_socketprotector_protect() != 27688) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp() != 10673) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp_async() != 50495) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_network_changed() != 57906) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -1924,6 +2572,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_open_async() != 13519) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_open_udp() != 17359) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_probe() != 48416) {
@@ -1938,7 +2589,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhclient_shutdown() != 4332) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhclient_start_socks() != 22058) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_stats() != 31726) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped() != 22103) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr() != 35956) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() != 12102) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed() != 33249) {
@@ -1969,6 +2632,24 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async() != 14305) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_is_closed() != 46384) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_recv_from() != 30660) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_recv_from_async() != 19243) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_send_to() != 38686) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_send_to_async() != 55534) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhudp_shutdown() != 63627) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_constructor_xhclient_new() != 61357) {

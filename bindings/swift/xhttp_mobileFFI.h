@@ -299,6 +299,16 @@ uint64_t uniffi_xhttp_mobile_fn_constructor_xhclient_new(RustBuffer config, Rust
 uint64_t uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(RustBuffer config, RustBuffer memory_limits, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_CONNECT_TCP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_CONNECT_TCP
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp(uint64_t ptr, RustBuffer target, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_CONNECT_TCP_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_CONNECT_TCP_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp_async(uint64_t ptr, RustBuffer target, uint32_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_NETWORK_CHANGED
 uint32_t uniffi_xhttp_mobile_fn_method_xhclient_network_changed(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -312,6 +322,11 @@ uint64_t uniffi_xhttp_mobile_fn_method_xhclient_open(uint64_t ptr, uint32_t time
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_ASYNC
 uint64_t uniffi_xhttp_mobile_fn_method_xhclient_open_async(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_UDP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_OPEN_UDP
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_open_udp(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_PROBE
@@ -334,9 +349,39 @@ void uniffi_xhttp_mobile_fn_method_xhclient_set_protect(uint64_t ptr, RustBuffer
 void uniffi_xhttp_mobile_fn_method_xhclient_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_START_SOCKS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_START_SOCKS
+uint64_t uniffi_xhttp_mobile_fn_method_xhclient_start_socks(uint64_t ptr, RustBuffer listen, RustBuffer user, RustBuffer pass, int8_t allow_open, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_STATS
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHCLIENT_STATS
 RustBuffer uniffi_xhttp_mobile_fn_method_xhclient_stats(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHSOCKSSERVER
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHSOCKSSERVER
+uint64_t uniffi_xhttp_mobile_fn_clone_xhsocksserver(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHSOCKSSERVER
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHSOCKSSERVER
+void uniffi_xhttp_mobile_fn_free_xhsocksserver(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_IS_STOPPED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_IS_STOPPED
+int8_t uniffi_xhttp_mobile_fn_method_xhsocksserver_is_stopped(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_LOCAL_ADDR
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_LOCAL_ADDR
+RustBuffer uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_SHUTDOWN
+void uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHTUNNEL
@@ -397,6 +442,46 @@ uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_write(uint64_t ptr, RustBuffer d
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE_ASYNC
 uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(uint64_t ptr, RustBuffer data, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHUDP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHUDP
+uint64_t uniffi_xhttp_mobile_fn_clone_xhudp(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHUDP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHUDP
+void uniffi_xhttp_mobile_fn_free_xhudp(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_IS_CLOSED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_IS_CLOSED
+int8_t uniffi_xhttp_mobile_fn_method_xhudp_is_closed(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_RECV_FROM
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_RECV_FROM
+RustBuffer uniffi_xhttp_mobile_fn_method_xhudp_recv_from(uint64_t ptr, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_RECV_FROM_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_RECV_FROM_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhudp_recv_from_async(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SEND_TO
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SEND_TO
+void uniffi_xhttp_mobile_fn_method_xhudp_send_to(uint64_t ptr, RustBuffer target, RustBuffer data, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SEND_TO_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SEND_TO_ASYNC
+uint64_t uniffi_xhttp_mobile_fn_method_xhudp_send_to_async(uint64_t ptr, RustBuffer target, RustBuffer data, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHUDP_SHUTDOWN
+void uniffi_xhttp_mobile_fn_method_xhudp_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FUNC_ENABLE_PLATFORM_LOG
@@ -676,6 +761,18 @@ uint16_t uniffi_xhttp_mobile_checksum_method_socketprotector_protect(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_CONNECT_TCP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_CONNECT_TCP
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_CONNECT_TCP_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_CONNECT_TCP_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp_async(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_NETWORK_CHANGED
 uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_network_changed(void
@@ -691,6 +788,12 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_open(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_ASYNC
 uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_open_async(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_UDP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_OPEN_UDP
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_open_udp(void
     
 );
 #endif
@@ -718,9 +821,33 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_shutdown(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_START_SOCKS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_START_SOCKS
+uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_start_socks(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_STATS
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHCLIENT_STATS
 uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_stats(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_IS_STOPPED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_IS_STOPPED
+uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_LOCAL_ADDR
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_LOCAL_ADDR
+uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_SHUTDOWN
+uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(void
     
 );
 #endif
@@ -781,6 +908,42 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_write(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITE_ASYNC
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_IS_CLOSED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_IS_CLOSED
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_is_closed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_RECV_FROM
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_RECV_FROM
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_recv_from(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_RECV_FROM_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_RECV_FROM_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_recv_from_async(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SEND_TO
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SEND_TO
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_send_to(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SEND_TO_ASYNC
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SEND_TO_ASYNC
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_send_to_async(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHUDP_SHUTDOWN
+uint16_t uniffi_xhttp_mobile_checksum_method_xhudp_shutdown(void
     
 );
 #endif

@@ -708,11 +708,17 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_socketprotector_protect(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp_async(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_network_changed(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_open(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_open_async(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_open_udp(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_probe(
     ): Int
@@ -722,7 +728,15 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_shutdown(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhclient_start_socks(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_stats(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed(
     ): Int
@@ -743,6 +757,18 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_is_closed(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_recv_from(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_recv_from_async(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_send_to(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_send_to_async(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhudp_shutdown(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_constructor_xhclient_new(
     ): Int
@@ -785,11 +811,17 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_xhttp_mobile_fn_constructor_xhclient_with_memory_limits(`config`: RustBuffer.ByValue,`memoryLimits`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp(`ptr`: Long,`target`: RustBuffer.ByValue,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp_async(`ptr`: Long,`target`: RustBuffer.ByValue,`timeoutMs`: Int,
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_network_changed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Int
     external fun uniffi_xhttp_mobile_fn_method_xhclient_open(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_open_async(`ptr`: Long,`timeoutMs`: Int,
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_open_udp(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_probe(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -799,8 +831,20 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_xhttp_mobile_fn_method_xhclient_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhclient_start_socks(`ptr`: Long,`listen`: RustBuffer.ByValue,`user`: RustBuffer.ByValue,`pass`: RustBuffer.ByValue,`allowOpen`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_clone_xhsocksserver(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_free_xhsocksserver(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhsocksserver_is_stopped(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_xhttp_mobile_fn_clone_xhtunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_xhttp_mobile_fn_free_xhtunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -825,6 +869,22 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,
     ): Long
+    external fun uniffi_xhttp_mobile_fn_clone_xhudp(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_free_xhudp(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_is_closed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_recv_from(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_recv_from_async(`ptr`: Long,`timeoutMs`: Int,
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_send_to(`ptr`: Long,`target`: RustBuffer.ByValue,`data`: RustBuffer.ByValue,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_send_to_async(`ptr`: Long,`target`: RustBuffer.ByValue,`data`: RustBuffer.ByValue,`timeoutMs`: Int,
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhudp_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_xhttp_mobile_fn_func_enable_platform_log(`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun ffi_xhttp_mobile_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -952,6 +1012,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_socketprotector_protect() and 0xFFFF) != 27688) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp() and 0xFFFF) != 10673) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp_async() and 0xFFFF) != 50495) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_network_changed() and 0xFFFF) != 57906) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -959,6 +1025,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_open_async() and 0xFFFF) != 13519) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_open_udp() and 0xFFFF) != 17359) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_probe() and 0xFFFF) != 48416) {
@@ -973,7 +1042,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_shutdown() and 0xFFFF) != 4332) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_start_socks() and 0xFFFF) != 22058) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_stats() and 0xFFFF) != 31726) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped() and 0xFFFF) != 22103) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr() and 0xFFFF) != 35956) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() and 0xFFFF) != 12102) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed() and 0xFFFF) != 33249) {
@@ -1004,6 +1085,24 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async() and 0xFFFF) != 14305) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_is_closed() and 0xFFFF) != 46384) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_recv_from() and 0xFFFF) != 30660) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_recv_from_async() and 0xFFFF) != 19243) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_send_to() and 0xFFFF) != 38686) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_send_to_async() and 0xFFFF) != 55534) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_shutdown() and 0xFFFF) != 63627) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhclient_new() and 0xFFFF) != 61357) {
@@ -1864,6 +1963,19 @@ public object FfiConverterTypeSocketProtector: FfiConverter<SocketProtector, Lon
 public interface XhClientInterface {
     
     /**
+     * Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a tunnel whose
+     * reads and writes are the flow's payload. The config must carry a VLESS id. A bad
+     * target is a `Config` error naming `target`.
+     */
+    fun `connectTcp`(`target`: kotlin.String, `timeoutMs`: kotlin.UInt): XhTunnel
+    
+    /**
+     * `connectTcp` without blocking a thread. Cancelled, it opens nothing (a flow it
+     * already opened is closed).
+     */
+    suspend fun `connectTcpAsync`(`target`: kotlin.String, `timeoutMs`: kotlin.UInt): XhTunnel
+    
+    /**
      * The device changed networks: every connection moves to a new, protected socket.
      */
     fun `networkChanged`(): kotlin.UInt
@@ -1878,6 +1990,13 @@ public interface XhClientInterface {
      * opened is closed).
      */
     suspend fun `openAsync`(`timeoutMs`: kotlin.UInt): XhTunnel
+    
+    /**
+     * Opens a full-cone UDP session (see [`XhUdp`]). Does no network I/O: the first
+     * datagram to a destination opens the tunnel it needs. The config must carry a VLESS
+     * id. `shutdown()` of the client ends the session.
+     */
+    fun `openUdp`(): XhUdp
     
     /**
      * Latency of the config on a connection of its own (the pool is untouched).
@@ -1899,6 +2018,16 @@ public interface XhClientInterface {
      * Closes every tunnel and connection of this client. Idempotent, never blocks.
      */
     fun `shutdown`()
+    
+    /**
+     * Starts a local SOCKS5 server (CONNECT and UDP ASSOCIATE) on `listen` (`ip:port`;
+     * port 0 picks a free one, see `localAddr()`), its flows going through this client.
+     * With `user` and `pass` (both or neither, 1-255 bytes each) every SOCKS client must
+     * give them. A listen address that is not loopback needs them, or `allow_open`.
+     * Refused with a `Config` error naming `listen`, `user` or `pass`; a port in use is
+     * `Other`. Several may run on one client; `shutdown()` of the client stops them.
+     */
+    fun `startSocks`(`listen`: kotlin.String, `user`: kotlin.String?, `pass`: kotlin.String?, `allowOpen`: kotlin.Boolean): XhSocksServer
     
     fun `stats`(): XhStats
     
@@ -2027,6 +2156,54 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
 
     
     /**
+     * Opens a VLESS TCP flow to `target` (`host:port`, `[v6]:port`) as a tunnel whose
+     * reads and writes are the flow's payload. The config must carry a VLESS id. A bad
+     * target is a `Config` error naming `target`.
+     */
+    @Throws(XhException::class)override fun `connectTcp`(`target`: kotlin.String, `timeoutMs`: kotlin.UInt): XhTunnel {
+            return FfiConverterTypeXhTunnel.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp(
+        it,
+        
+        FfiConverterString.lower(`target`),
+        FfiConverterUInt.lower(`timeoutMs`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * `connectTcp` without blocking a thread. Cancelled, it opens nothing (a flow it
+     * already opened is closed).
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `connectTcpAsync`(`target`: kotlin.String, `timeoutMs`: kotlin.UInt) : XhTunnel {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_connect_tcp_async(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`target`),
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeXhTunnel.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * The device changed networks: every connection moves to a new, protected socket.
      */
     @Throws(XhException::class)override fun `networkChanged`(): kotlin.UInt {
@@ -2085,6 +2262,25 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
         XhException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * Opens a full-cone UDP session (see [`XhUdp`]). Does no network I/O: the first
+     * datagram to a destination opens the tunnel it needs. The config must carry a VLESS
+     * id. `shutdown()` of the client ends the session.
+     */
+    @Throws(XhException::class)override fun `openUdp`(): XhUdp {
+            return FfiConverterTypeXhUdp.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_open_udp(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -2161,6 +2357,32 @@ open class XhClient: Disposable, AutoCloseable, XhClientInterface
     
     
 
+    
+    /**
+     * Starts a local SOCKS5 server (CONNECT and UDP ASSOCIATE) on `listen` (`ip:port`;
+     * port 0 picks a free one, see `localAddr()`), its flows going through this client.
+     * With `user` and `pass` (both or neither, 1-255 bytes each) every SOCKS client must
+     * give them. A listen address that is not loopback needs them, or `allow_open`.
+     * Refused with a `Config` error naming `listen`, `user` or `pass`; a port in use is
+     * `Other`. Several may run on one client; `shutdown()` of the client stops them.
+     */
+    @Throws(XhException::class)override fun `startSocks`(`listen`: kotlin.String, `user`: kotlin.String?, `pass`: kotlin.String?, `allowOpen`: kotlin.Boolean): XhSocksServer {
+            return FfiConverterTypeXhSocksServer.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhclient_start_socks(
+        it,
+        
+        FfiConverterString.lower(`listen`),
+        FfiConverterOptionalString.lower(`user`),
+        FfiConverterOptionalString.lower(`pass`),
+        FfiConverterBoolean.lower(`allowOpen`),_status)
+}
+    }
+    )
+    }
+    
+
     override fun `stats`(): XhStats {
             return FfiConverterTypeXhStats.lift(
     callWithHandle {
@@ -2224,6 +2446,318 @@ public object FfiConverterTypeXhClient: FfiConverter<XhClient, Long> {
     override fun allocationSize(value: XhClient) = 8UL
 
     override fun write(value: XhClient, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
+ * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
+ * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
+ */
+public interface XhSocksServerInterface {
+    
+    fun `isStopped`(): kotlin.Boolean
+    
+    /**
+     * The address it listens on, with the real port when started on port 0. Still
+     * answers after `shutdown()`.
+     */
+    fun `localAddr`(): kotlin.String
+    
+    /**
+     * Stops the server: it accepts no more connections and closes every flow it carries;
+     * its port is free when this returns (it waits a few seconds at most). Idempotent;
+     * any thread.
+     */
+    fun `shutdown`()
+    
+    companion object
+}
+
+/**
+ * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
+ * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
+ * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
+ */
+open class XhSocksServer: Disposable, AutoCloseable, XhSocksServerInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_xhttp_mobile_fn_free_xhsocksserver(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_xhttp_mobile_fn_clone_xhsocksserver(handle, status)
+        }
+    }
+
+    override fun `isStopped`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhsocksserver_is_stopped(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The address it listens on, with the real port when started on port 0. Still
+     * answers after `shutdown()`.
+     */override fun `localAddr`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Stops the server: it accepts no more connections and closes every flow it carries;
+     * its port is free when this returns (it waits a few seconds at most). Idempotent;
+     * any thread.
+     */override fun `shutdown`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhSocksServer: FfiConverter<XhSocksServer, Long> {
+    override fun lower(value: XhSocksServer): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): XhSocksServer {
+        return XhSocksServer(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): XhSocksServer {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: XhSocksServer) = 8UL
+
+    override fun write(value: XhSocksServer, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -2719,6 +3253,455 @@ public object FfiConverterTypeXhTunnel: FfiConverter<XhTunnel, Long> {
 }
 
 
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A full-cone UDP session through the server: one object sends datagrams to any number of
+ * destinations and receives datagrams from any source, as Xray's client carries UDP (XUDP
+ * over Mux.Cool in one tunnel; a plain VLESS UDP flow per destination for ports 53 and
+ * 443). Any thread, several at once.
+ */
+public interface XhUdpInterface {
+    
+    fun `isClosed`(): kotlin.Boolean
+    
+    /**
+     * The next datagram from any source, whole. Timeout 0 takes only one already there.
+     */
+    fun `recvFrom`(`timeoutMs`: kotlin.UInt): XhDatagram
+    
+    /**
+     * `recvFrom` without blocking a thread. Cancelled (or timed out), it took no datagram:
+     * the next receive gets it.
+     */
+    suspend fun `recvFromAsync`(`timeoutMs`: kotlin.UInt): XhDatagram
+    
+    /**
+     * Sends one datagram (1-8192 bytes) to `target` (`host:port`, `[v6]:port`). Returns
+     * once it is queued whole (opening the tunnel it needs first), or fails having queued
+     * none of it. As with any UDP, a queued datagram may still be lost on the way.
+     */
+    fun `sendTo`(`target`: kotlin.String, `data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt)
+    
+    /**
+     * `sendTo` without blocking a thread. Cancelled, the datagram was queued whole or not
+     * at all.
+     */
+    suspend fun `sendToAsync`(`target`: kotlin.String, `data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt)
+    
+    /**
+     * Ends the session and its tunnels: blocked sends and receives fail with `Closed`.
+     * Idempotent, never blocks, any thread.
+     */
+    fun `shutdown`()
+    
+    companion object
+}
+
+/**
+ * A full-cone UDP session through the server: one object sends datagrams to any number of
+ * destinations and receives datagrams from any source, as Xray's client carries UDP (XUDP
+ * over Mux.Cool in one tunnel; a plain VLESS UDP flow per destination for ports 53 and
+ * 443). Any thread, several at once.
+ */
+open class XhUdp: Disposable, AutoCloseable, XhUdpInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_xhttp_mobile_fn_free_xhudp(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_xhttp_mobile_fn_clone_xhudp(handle, status)
+        }
+    }
+
+    override fun `isClosed`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_is_closed(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The next datagram from any source, whole. Timeout 0 takes only one already there.
+     */
+    @Throws(XhException::class)override fun `recvFrom`(`timeoutMs`: kotlin.UInt): XhDatagram {
+            return FfiConverterTypeXhDatagram.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_recv_from(
+        it,
+        
+        FfiConverterUInt.lower(`timeoutMs`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * `recvFrom` without blocking a thread. Cancelled (or timed out), it took no datagram:
+     * the next receive gets it.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `recvFromAsync`(`timeoutMs`: kotlin.UInt) : XhDatagram {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_recv_from_async(
+                uniffiHandle,
+                
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeXhDatagram.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Sends one datagram (1-8192 bytes) to `target` (`host:port`, `[v6]:port`). Returns
+     * once it is queued whole (opening the tunnel it needs first), or fails having queued
+     * none of it. As with any UDP, a queued datagram may still be lost on the way.
+     */
+    @Throws(XhException::class)override fun `sendTo`(`target`: kotlin.String, `data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_send_to(
+        it,
+        
+        FfiConverterString.lower(`target`),
+        FfiConverterByteArray.lower(`data`),
+        FfiConverterUInt.lower(`timeoutMs`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * `sendTo` without blocking a thread. Cancelled, the datagram was queued whole or not
+     * at all.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `sendToAsync`(`target`: kotlin.String, `data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_send_to_async(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`target`),
+        FfiConverterByteArray.lower(`data`),
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Ends the session and its tunnels: blocked sends and receives fail with `Closed`.
+     * Idempotent, never blocks, any thread.
+     */override fun `shutdown`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhudp_shutdown(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhUdp: FfiConverter<XhUdp, Long> {
+    override fun lower(value: XhUdp): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): XhUdp {
+        return XhUdp(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): XhUdp {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: XhUdp) = 8UL
+
+    override fun write(value: XhUdp, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+
+/**
+ * One datagram received by [`XhUdp`], and its source: `ip:port`, `[v6]:port`, or
+ * `name:port` when the server reports the name the datagram was sent to.
+ */
+data class XhDatagram (
+    var `data`: kotlin.ByteArray
+    , 
+    var `from`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhDatagram: FfiConverterRustBuffer<XhDatagram> {
+    override fun read(buf: ByteBuffer): XhDatagram {
+        return XhDatagram(
+            FfiConverterByteArray.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: XhDatagram) = (
+            FfiConverterByteArray.allocationSize(value.`data`) +
+            FfiConverterString.allocationSize(value.`from`)
+    )
+
+    override fun write(value: XhDatagram, buf: ByteBuffer) {
+            FfiConverterByteArray.write(value.`data`, buf)
+            FfiConverterString.write(value.`from`, buf)
+    }
+}
+
+
 
 /**
  * What a latency probe measured, in microseconds.
@@ -2762,16 +3745,43 @@ public object FfiConverterTypeXhProbe: FfiConverterRustBuffer<XhProbe> {
 
 
 /**
- * What a client has done so far.
+ * What a client has done so far. `open_tunnels` is the sum of the four counts after
+ * `live_connections`.
  */
 data class XhStats (
+    /**
+     * App payload queued for upload (VLESS headers and XUDP framing not counted).
+     */
     var `bytesUp`: kotlin.ULong
     , 
+    /**
+     * App payload read.
+     */
     var `bytesDown`: kotlin.ULong
     , 
     var `openTunnels`: kotlin.ULong
     , 
     var `liveConnections`: kotlin.ULong
+    , 
+    /**
+     * Raw tunnels (`open`, or SOCKS CONNECT without VLESS).
+     */
+    var `rawTunnels`: kotlin.ULong
+    , 
+    /**
+     * VLESS TCP flows (`connectTcp`, SOCKS CONNECT).
+     */
+    var `tcpFlows`: kotlin.ULong
+    , 
+    /**
+     * VLESS UDP flows to one destination each (UDP to ports 53 and 443).
+     */
+    var `udpFlows`: kotlin.ULong
+    , 
+    /**
+     * Mux.Cool tunnels carrying XUDP, one per UDP session in use.
+     */
+    var `muxTunnels`: kotlin.ULong
     
 ){
     
@@ -2792,6 +3802,10 @@ public object FfiConverterTypeXhStats: FfiConverterRustBuffer<XhStats> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -2799,7 +3813,11 @@ public object FfiConverterTypeXhStats: FfiConverterRustBuffer<XhStats> {
             FfiConverterULong.allocationSize(value.`bytesUp`) +
             FfiConverterULong.allocationSize(value.`bytesDown`) +
             FfiConverterULong.allocationSize(value.`openTunnels`) +
-            FfiConverterULong.allocationSize(value.`liveConnections`)
+            FfiConverterULong.allocationSize(value.`liveConnections`) +
+            FfiConverterULong.allocationSize(value.`rawTunnels`) +
+            FfiConverterULong.allocationSize(value.`tcpFlows`) +
+            FfiConverterULong.allocationSize(value.`udpFlows`) +
+            FfiConverterULong.allocationSize(value.`muxTunnels`)
     )
 
     override fun write(value: XhStats, buf: ByteBuffer) {
@@ -2807,6 +3825,10 @@ public object FfiConverterTypeXhStats: FfiConverterRustBuffer<XhStats> {
             FfiConverterULong.write(value.`bytesDown`, buf)
             FfiConverterULong.write(value.`openTunnels`, buf)
             FfiConverterULong.write(value.`liveConnections`, buf)
+            FfiConverterULong.write(value.`rawTunnels`, buf)
+            FfiConverterULong.write(value.`tcpFlows`, buf)
+            FfiConverterULong.write(value.`udpFlows`, buf)
+            FfiConverterULong.write(value.`muxTunnels`, buf)
     }
 }
 
@@ -3090,6 +4112,38 @@ public object FfiConverterTypeXhLogLevel: FfiConverterRustBuffer<XhLogLevel> {
 }
 
 
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
+    override fun read(buf: ByteBuffer): kotlin.String? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterString.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.String?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterString.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.String?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterString.write(value, buf)
+        }
+    }
+}
 
 
 
