@@ -4,13 +4,17 @@
 #     the built library now, for Kotlin and Swift (Swift cannot be compiled here, so its
 #     check is freshness only);
 #  2. the generated Kotlin compiled with tests/kotlin/src by Maven (Kotlin compiler and JNA
-#     from Maven Central) and run on the JVM against the built library and `xh serve`.
+#     from Maven Central) and run on the JVM against the built library and `xh serve`;
+#  3. the VLESS surface (connectTcp, XhUdp, XhSocksServer) against `xh serve --vless` and
+#     the real Xray-core.
 #
-# Environment: CARGO_TARGET_DIR (where cargo builds; default target/).
+# Environment: CARGO_TARGET_DIR (where cargo builds; default target/); XRAY_BIN (Xray-core
+# for step 3; without it the Xray cases are skipped, loudly).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source tests/support/serve.sh
+source tests/support/xray.sh
 
 step "build the library, xh and uniffi-bindgen"
 cargo build --release --lib
@@ -42,3 +46,11 @@ step "Kotlin: the bindings against the library on the JVM"
 java -Djna.library.path="$LIB_DIR" \
     -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
     BindingsTestKt "$XH_SERVER_CONFIG"
+
+start_xh_serve_vless
+start_xray_vless
+
+step "Kotlin: VLESS flows, UDP sessions and SOCKS servers (xh serve --vless, Xray)"
+java -Djna.library.path="$LIB_DIR" \
+    -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
+    ProxyTestKt
