@@ -397,7 +397,11 @@ impl XudpTunnel {
         // before any Keep).
         let mut w = self.writer.lock().await;
         let frame = w.datagram(target, data)?;
-        self.carrier.write_whole(&frame).await
+        // A frame is below one write piece: queued whole or (cancelled) not at all, and no
+        // await lies between the queueing and `sent`.
+        self.carrier.write_whole(&frame).await?;
+        w.sent();
+        Ok(())
     }
 }
 

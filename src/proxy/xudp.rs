@@ -103,10 +103,12 @@ impl XudpWriter {
         }
     }
 
-    /// The frame carrying one datagram to `target`: New (with the GlobalID) for the first,
-    /// Keep for the rest. An empty or too large datagram is refused, naming its size; the
-    /// session state only moves when a frame is made.
-    pub fn datagram(&mut self, target: &Target, data: &[u8]) -> Result<Vec<u8>> {
+    /// The frame carrying one datagram to `target`: New (with the GlobalID) until a frame
+    /// was [`sent`](Self::sent), Keep after. An empty or too large datagram is refused,
+    /// naming its size. Making a frame changes nothing: a frame that never goes out (its
+    /// write cancelled or failed) leaves the next one a New, so the server always learns
+    /// of the session.
+    pub fn datagram(&self, target: &Target, data: &[u8]) -> Result<Vec<u8>> {
         check_datagram(target, data.len())?;
         let frame = Frame {
             session: self.session,
@@ -120,9 +122,12 @@ impl XudpWriter {
             global_id: (!self.opened).then_some(self.global_id),
             data: Some(Bytes::copy_from_slice(data)),
         };
-        let bytes = frame.to_bytes()?;
+        frame.to_bytes()
+    }
+
+    /// The last frame made by [`datagram`](Self::datagram) is queued whole.
+    pub fn sent(&mut self) {
         self.opened = true;
-        Ok(bytes)
     }
 
     /// The End frame a Mux.Cool session closes with (`error`: it failed). Session 0 of a
@@ -237,7 +242,11 @@ mod tests {
         let mut w = XudpWriter::new(0, [9; 8]);
         assert!(!w.opened());
         let a = w.datagram(&t("127.0.0.1:5000"), b"one").unwrap();
+        // Made but never sent (a cancelled write): the next frame is still the New.
+        assert_eq!(w.datagram(&t("127.0.0.1:5000"), b"one").unwrap(), a);
+        w.sent();
         let b = w.datagram(&t("[::1]:6000"), b"two").unwrap();
+        w.sent();
         let c = w
             .datagram(&t("dns.example:5353"), &[7; MAX_XUDP_PAYLOAD])
             .unwrap();
@@ -258,7 +267,7 @@ mod tests {
 
     #[test]
     fn what_xudp_cannot_carry_is_refused_by_name() {
-        let mut w = XudpWriter::new(0, [9; 8]);
+        let w = XudpWriter::new(0, [9; 8]);
         let port0 = Target {
             port: 0,
             ..t("127.0.0.1:9")
