@@ -134,14 +134,23 @@ async fn ok_response(
     shared: &Shared,
 ) -> Option<http::Response<()>> {
     let token = shared.token().clone();
-    // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
-    // streams are never polled again. A stream the server ends badly after our close (FIN
-    // without HEADERS) is a *connection* error in h3, which would hit every other tunnel
-    // sharing the connection.
-    let resp = tokio::select! {
-        biased;
-        _ = token.cancelled() => return None,
-        r = recv.recv_response() => r,
+    let resp = loop {
+        // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
+        // streams are never polled again. A stream the server ends badly after our close
+        // (FIN without HEADERS) is a *connection* error in h3, which would hit every other
+        // tunnel sharing the connection.
+        let resp = tokio::select! {
+            biased;
+            _ = token.cancelled() => return None,
+            r = recv.recv_response() => r,
+        };
+        match resp {
+            // An interim answer (103 Early Hints, 100): the final one follows on the same
+            // stream (RFC 9114 §4.1). The server may send any number of them; each costs
+            // it a frame, so this loop is paced by the server's sending, like the body.
+            Ok(r) if is_interim(r.status()) => continue,
+            other => break other,
+        }
     };
     match resp {
         Ok(r) if r.status() == http::StatusCode::OK => Some(r),
@@ -157,6 +166,12 @@ async fn ok_response(
             None
         }
     }
+}
+
+/// A 1xx response other than 101 (which would switch protocols, meaningless here): an
+/// interim answer to skip.
+fn is_interim(status: http::StatusCode) -> bool {
+    status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// The download: checks the response status, then forwards body chunks to the reader
@@ -479,6 +494,23 @@ pub(crate) async fn packet_upload(
         tokio::select! {
             _ = token.cancelled() => return,
             r = responses.join_next() => if r.is_none() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interim_responses_are_skipped_and_final_ones_decide() {
+        let s = |c| http::StatusCode::from_u16(c).unwrap();
+        assert!(is_interim(s(100)));
+        assert!(is_interim(s(103)));
+        // 101 cannot be followed by a final response on an HTTP/3 stream: it fails.
+        assert!(!is_interim(s(101)));
+        for c in [200, 204, 304, 404, 500] {
+            assert!(!is_interim(s(c)), "{c}");
         }
     }
 }
