@@ -60,6 +60,8 @@ step "uniffi bindings: freshness (Kotlin, Swift), the Kotlin test on the JVM"
 bash tests/kotlin/run.sh
 
 step "cargo test (workspace)"
+# tests/hostile.rs builds its Go server (tools/hostile, quic-go from the Go module proxy)
+# with `go build`, cached in $XH_CACHE/hostile/<hash of its sources>/.
 cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
 
 step "interop tests against Xray-core"

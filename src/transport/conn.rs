@@ -13,6 +13,24 @@ use std::time::Duration;
 pub type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
+/// Why a request head was not sent.
+#[derive(Debug)]
+pub enum Refused {
+    /// The server announced GOAWAY: nothing was sent; try another connection.
+    GoingAway,
+    /// The request failed on this connection (h3's words).
+    Failed(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::GoingAway => f.write_str("the server is closing the connection (GOAWAY)"),
+            Refused::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Per-destination choices on top of the fixed surface (`surface.rs`).
 #[derive(Clone, Debug)]
 pub struct QuicOptions {
@@ -135,20 +153,33 @@ impl H3Conn {
     }
 
     /// Sends a request head; returns the stream for its body and response.
-    pub async fn send_request(&self, req: http::Request<()>) -> Result<RequestStream, String> {
+    pub async fn send_request(&self, req: http::Request<()>) -> Result<RequestStream, Refused> {
         let mut sender = self
             .sender
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let r = sender.send_request(req).await;
-        if r.is_err() && self.quic.close_reason().is_some() {
-            self.broken.store(true, Ordering::Release);
+        match r {
+            Ok(s) => Ok(s),
+            // The server sent GOAWAY: h3 refuses new requests before sending anything. The
+            // connection is retired (XMUX gives it no new tunnel) while the requests it
+            // already carries finish.
+            Err(h3::error::StreamError::RemoteClosing { .. }) => {
+                self.broken.store(true, Ordering::Release);
+                Err(Refused::GoingAway)
+            }
+            Err(e) => {
+                if self.quic.close_reason().is_some() {
+                    self.broken.store(true, Ordering::Release);
+                }
+                Err(Refused::Failed(e.to_string()))
+            }
         }
-        r.map_err(|e| e.to_string())
     }
 
-    /// True once the connection failed or closed; such a connection is never used again.
+    /// True once the connection failed, closed or was told to go away (GOAWAY); such a
+    /// connection is never given a new request again.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire) || self.quic.close_reason().is_some()
     }

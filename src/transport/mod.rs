@@ -6,6 +6,6 @@ pub mod socket;
 pub mod surface;
 pub mod tls;
 
-pub use conn::{H3Conn, QuicOptions, RequestStream};
+pub use conn::{H3Conn, QuicOptions, Refused, RequestStream};
 pub use socket::{Protect, RawSocket, SocketHooks};
 pub use surface::Congestion;

@@ -110,9 +110,13 @@ impl ServerCertVerifier for Verifier {
                 return v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
             }
         }
-        Err(rustls::Error::General(
-            "server certificate chain matches no pinnedPeerCertSha256".into(),
-        ))
+        // Naming what the server presented tells a user a wrong pin from a server (or a
+        // middlebox) presenting another certificate.
+        Err(rustls::Error::General(format!(
+            "server certificate chain matches no pinnedPeerCertSha256 (the server's \
+             certificate has SHA-256 {})",
+            hex::encode(sha256(end_entity))
+        )))
     }
 
     fn verify_tls12_signature(
@@ -202,6 +206,7 @@ mod tests {
         assert!(verify(&pin(&c.ca), &c, "other.name").is_err());
         let wrong = verify(&pin(b"something else"), &c, "server.test").unwrap_err();
         assert!(wrong.contains("pinnedPeerCertSha256"), "{wrong}");
+        assert!(wrong.contains(&hex::encode(sha256(&c.leaf))), "{wrong}");
     }
 
     #[test]

@@ -60,7 +60,13 @@ impl Dialer {
             .build(kind, id.as_deref(), None, &mut rand::rng())?;
         let sent = Instant::now();
         let answer = async {
-            let (send, mut recv) = open_request(&conn, req, &label).await?.split();
+            let (send, mut recv) = open_request(&conn, req, &label)
+                .await?
+                .ok_or_else(|| Error::Request {
+                    request: label.clone(),
+                    detail: crate::transport::Refused::GoingAway.to_string(),
+                })?
+                .split();
             let mut send = SendGuard::new(send);
             if kind == RequestKind::StreamDown {
                 // A GET has no body.

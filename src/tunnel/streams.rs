@@ -5,7 +5,7 @@ use super::Shared;
 use super::queue::{QueueRx, QueueTx, TryRecvError};
 use crate::error::{Error, RequestLabel};
 use crate::transport::surface::{self, Gunzip};
-use crate::transport::{H3Conn, RequestStream};
+use crate::transport::{H3Conn, Refused, RequestStream};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::upload;
@@ -73,14 +73,17 @@ fn request_error(label: &RequestLabel, e: impl std::fmt::Display) -> Error {
 
 /// Sends a request head on `conn`. Whether the connection itself broke is for `H3Conn` to
 /// tell (its QUIC close reason); a failed request alone does not retire it.
+/// `None`: the connection is going away (GOAWAY) and nothing was sent.
 pub(crate) async fn open_request(
     conn: &H3Conn,
     req: http::Request<()>,
     label: &RequestLabel,
-) -> Result<RequestStream, Error> {
-    conn.send_request(req)
-        .await
-        .map_err(|e| request_error(label, e))
+) -> Result<Option<RequestStream>, Error> {
+    match conn.send_request(req).await {
+        Ok(s) => Ok(Some(s)),
+        Err(Refused::GoingAway) => Ok(None),
+        Err(e) => Err(request_error(label, e)),
+    }
 }
 
 /// How long a request head may wait for a free stream on its connection.
@@ -97,7 +100,8 @@ pub(crate) enum StreamWait {
 /// Sends a request head on the connection of `slot`, telling XMUX whether it had to wait for
 /// a stream: a head that cannot go out at once is waiting for the server's stream credit
 /// (MAX_STREAMS), and later tunnels are steered elsewhere where the XMUX rules allow.
-/// `None`: no stream came within `wait`, and nothing was sent.
+/// `None`: no stream came within `wait`, or the connection is going away (GOAWAY); nothing
+/// was sent, and XMUX no longer offers a connection going away.
 pub(crate) async fn open_on_slot(
     pool: &Pool,
     slot: &Slot,
@@ -109,16 +113,13 @@ pub(crate) async fn open_on_slot(
     tokio::pin!(open);
     if let Some(r) = futures_util::FutureExt::now_or_never(&mut open) {
         pool.set_saturated(slot.id(), false);
-        return r.map(Some);
+        return r;
     }
     pool.set_saturated(slot.id(), true);
     match wait {
         StreamWait::No => Ok(None),
-        StreamWait::UpTo(d) => match tokio::time::timeout(d, open).await {
-            Ok(r) => r.map(Some),
-            Err(_) => Ok(None),
-        },
-        StreamWait::Always => open.await.map(Some),
+        StreamWait::UpTo(d) => tokio::time::timeout(d, open).await.unwrap_or(Ok(None)),
+        StreamWait::Always => open.await,
     }
 }
 
@@ -134,14 +135,23 @@ async fn ok_response(
     shared: &Shared,
 ) -> Option<http::Response<()>> {
     let token = shared.token().clone();
-    // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
-    // streams are never polled again. A stream the server ends badly after our close (FIN
-    // without HEADERS) is a *connection* error in h3, which would hit every other tunnel
-    // sharing the connection.
-    let resp = tokio::select! {
-        biased;
-        _ = token.cancelled() => return None,
-        r = recv.recv_response() => r,
+    let resp = loop {
+        // Biased, cancel first, here and in the receive loops: once the tunnel ended, its
+        // streams are never polled again. A stream the server ends badly after our close
+        // (FIN without HEADERS) is a *connection* error in h3, which would hit every other
+        // tunnel sharing the connection.
+        let resp = tokio::select! {
+            biased;
+            _ = token.cancelled() => return None,
+            r = recv.recv_response() => r,
+        };
+        match resp {
+            // An interim answer (103 Early Hints, 100): the final one follows on the same
+            // stream (RFC 9114 §4.1). The server may send any number of them; each costs
+            // it a frame, so this loop is paced by the server's sending, like the body.
+            Ok(r) if is_interim(r.status()) => continue,
+            other => break other,
+        }
     };
     match resp {
         Ok(r) if r.status() == http::StatusCode::OK => Some(r),
@@ -157,6 +167,12 @@ async fn ok_response(
             None
         }
     }
+}
+
+/// A 1xx response other than 101 (which would switch protocols, meaningless here): an
+/// interim answer to skip.
+fn is_interim(status: http::StatusCode) -> bool {
+    status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// The download: checks the response status, then forwards body chunks to the reader
@@ -479,6 +495,23 @@ pub(crate) async fn packet_upload(
         tokio::select! {
             _ = token.cancelled() => return,
             r = responses.join_next() => if r.is_none() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interim_responses_are_skipped_and_final_ones_decide() {
+        let s = |c| http::StatusCode::from_u16(c).unwrap();
+        assert!(is_interim(s(100)));
+        assert!(is_interim(s(103)));
+        // 101 cannot be followed by a final response on an HTTP/3 stream: it fails.
+        assert!(!is_interim(s(101)));
+        for c in [200, 204, 304, 404, 500] {
+            assert!(!is_interim(s(c)), "{c}");
         }
     }
 }

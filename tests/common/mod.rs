@@ -2,6 +2,7 @@
 //! SHA-256-checked transfers.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod netsim;
 pub mod socks;
 
