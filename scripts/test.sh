@@ -4,8 +4,9 @@
 # and its check for the Android targets (scripts/cross.sh),
 # `xh demo`, the C ABI checks (tests/c/run.sh: header freshness, the C harness plain,
 # under ASan and under valgrind, the proxy surface against the test server and the real
-# Xray, the README's C example), and the uniffi bindings (tests/kotlin/run.sh: freshness,
-# and the generated Kotlin run on the JVM, also against Xray). Builds are
+# Xray, the README's C example), the uniffi bindings (tests/kotlin/run.sh: freshness,
+# and the generated Kotlin run on the JVM, also against Xray), and a short run of every
+# fuzz target (scripts/fuzz.sh). Builds are
 # cached outside the repo so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,10 @@ cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
 step "interop tests against Xray-core"
 cargo build -p xh  # the interop tests run the CLI too
 cargo test --features interop --test interop -- --test-threads=1
+
+step "fuzz: a short run of every target (cargo-fuzz, nightly, AddressSanitizer)"
+# Installs the nightly toolchain and cargo-fuzz when missing; long runs: FUZZ_SECONDS=600.
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
 
 step "xh demo"
 cargo run --release -p xh -- demo

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Fuzzing (cargo-fuzz: nightly Rust, libFuzzer, AddressSanitizer) of every target in fuzz/:
+# config import, VLESS wire, SOCKS5 wire, Mux.Cool/XUDP frames, and the C ABI call-sequence
+# fuzzer. Installs what it needs (the nightly toolchain, cargo-fuzz) when missing.
+#
+#   bash scripts/fuzz.sh              every target for FUZZ_SECONDS (default 20; the test
+#                                     command runs this)
+#   FUZZ_SECONDS=600 bash scripts/fuzz.sh [target...]   a long run (docs/reliability.md)
+#
+# Corpora grow in the cache ($XH_CACHE, default ~/.cache/xhttp-mobile/fuzz-corpus/<target>),
+# seeded from fuzz/seeds/. A finding fails the run; libFuzzer leaves the input in
+# fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <that file>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.2
+CACHE="${XH_CACHE:-$HOME/.cache/xhttp-mobile}"
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
+TARGET_DIR="$CACHE/fuzz-target"
+export CARGO_TERM_COLOR=never
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+rustup run nightly rustc --version
+if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
+fi
+
+cd fuzz
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    mapfile -t TARGETS < <(cargo +nightly fuzz list)
+fi
+# One build for every target: they share the library and its dependencies.
+cargo +nightly fuzz build --target-dir "$TARGET_DIR"
+for t in "${TARGETS[@]}"; do
+    corpus="$CACHE/fuzz-corpus/$t"
+    mkdir -p "$corpus" "artifacts/$t"
+    printf '\n=== fuzz %s for %ss\n' "$t" "$SECONDS_PER_TARGET"
+    # -timeout: one input taking this long is a finding (a hang); -rss_limit_mb: so is
+    # memory that grows without bound. The seeds are read, new inputs go to the cache.
+    rc=0
+    cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$t" "$corpus" "seeds/$t" -- \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=60 -rss_limit_mb=4096 \
+        -print_final_stats=1 > "$CACHE/fuzz-$t.log" 2>&1 || rc=$?
+    grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)' \
+        "$CACHE/fuzz-$t.log" || true
+    if [ "$rc" -ne 0 ]; then
+        echo "fuzz target $t failed (exit $rc); the end of its log:"
+        tail -60 "$CACHE/fuzz-$t.log"
+        exit 1
+    fi
+done
