@@ -11,6 +11,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define T_MS 60000u /* a generous bound for one blocking call, valgrind included */
@@ -67,6 +69,23 @@ static inline uint64_t next_rand(uint64_t *s) {
 
 static inline void fill(uint64_t *s, uint8_t *buf, size_t len) {
     for (size_t i = 0; i < len; i++) buf[i] = (uint8_t)(next_rand(s) >> 56);
+}
+
+/* `config` (a JSON line with "mode":"auto", as `xh serve` prints it) with that mode
+ * replaced by `mode`; the caller frees it. Exits when the config has no such mode. */
+static inline char *config_with_mode(const char *config, const char *mode) {
+    const char *key = "\"mode\":\"auto\"";
+    const char *at = strstr(config, key);
+    if (!at) {
+        fprintf(stderr, "the config has no %s: %s\n", key, config);
+        exit(2);
+    }
+    size_t pre = (size_t)(at - config);
+    size_t len = strlen(config) + strlen(mode) + 16;
+    char *out = malloc(len);
+    if (!out) abort();
+    snprintf(out, len, "%.*s\"mode\":\"%s\"%s", (int)pre, config, mode, at + strlen(key));
+    return out;
 }
 
 #endif

@@ -51,20 +51,7 @@
 static const char *g_server_config;
 
 /* The server's config with "mode":"auto" replaced by mode (caller frees). */
-static char *config_for(const char *mode) {
-    const char *key = "\"mode\":\"auto\"";
-    const char *at = strstr(g_server_config, key);
-    if (!at) {
-        fprintf(stderr, "XH_SERVER_CONFIG has no %s\n", key);
-        exit(2);
-    }
-    size_t pre = (size_t)(at - g_server_config);
-    size_t len = strlen(g_server_config) + strlen(mode) + 16;
-    char *out = malloc(len);
-    if (!out) abort();
-    snprintf(out, len, "%.*s\"mode\":\"%s\"%s", (int)pre, g_server_config, mode, at + strlen(key));
-    return out;
-}
+static char *config_for(const char *mode) { return config_with_mode(g_server_config, mode); }
 
 static int server_port(void) {
     const char *p = strstr(g_server_config, "\"port\":");

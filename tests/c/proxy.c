@@ -240,20 +240,7 @@ static int g_have_dns;
 
 /* --- config and client helpers -------------------------------------------------------- */
 
-static char *config_for(const char *mode) {
-    const char *key = "\"mode\":\"auto\"";
-    const char *at = strstr(g_config, key);
-    if (!at) {
-        fprintf(stderr, "the config has no %s: %s\n", key, g_config);
-        exit(2);
-    }
-    size_t pre = (size_t)(at - g_config);
-    size_t len = strlen(g_config) + strlen(mode) + 16;
-    char *out = malloc(len);
-    if (!out) abort();
-    snprintf(out, len, "%.*s\"mode\":\"%s\"%s", (int)pre, g_config, mode, at + strlen(key));
-    return out;
-}
+static char *config_for(const char *mode) { return config_with_mode(g_config, mode); }
 
 static xh_client *new_client(const char *mode) {
     char *cfg = config_for(mode);
