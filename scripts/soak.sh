@@ -8,4 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XH_CACHE:-$HOME/.cache/xhttp-mobile}/target}"
+# Per-thread malloc arenas would keep freed memory per thread and hide (or fake) growth.
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 cargo test --release --test soak -- --ignored --nocapture --test-threads=1

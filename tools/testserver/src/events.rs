@@ -171,6 +171,10 @@ impl Recorder {
         lock(&self.events).clone()
     }
 
+    pub(crate) fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *lock(&self.events))
+    }
+
     pub(crate) async fn wait_for(
         &self,
         pred: impl Fn(&Event) -> bool,

@@ -199,6 +199,12 @@ impl TestServer {
         self.shared.rec.events()
     }
 
+    /// Takes everything recorded so far out of the log (which otherwise grows with every
+    /// request): for long runs that measure memory in the same process (the soak).
+    pub fn take_events(&self) -> Vec<Event> {
+        self.shared.rec.take_events()
+    }
+
     /// The first recorded event matching `pred` (already recorded or arriving within
     /// `timeout`).
     pub async fn wait_for(
