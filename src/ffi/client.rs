@@ -75,8 +75,8 @@ struct Dependents {
 }
 
 impl ClientEntry {
-    /// Closes the client, its tunnels and its connections. Idempotent, does not block
-    /// (stopping a SOCKS server waits a moment for its listener to close).
+    /// Closes the client, its tunnels and its connections, and stops its SOCKS servers.
+    /// Idempotent; blocks only while a SOCKS listener closes (bounded, see `xh_client_close`).
     fn close(&self) {
         self.client.close();
         let list = {
@@ -422,8 +422,10 @@ pub unsafe extern "C" fn xh_client_network_changed(
 /// on other threads return `XH_RESULT_CLOSED` at once, their handles answer
 /// `XH_RESULT_CLOSED` until freed), its QUIC connections are closed, and later opens
 /// fail with `XH_RESULT_CLOSED`. The handle stays valid (stats still work) until
-/// `xh_client_free`. Idempotent; never blocks; any thread, also while other threads use
-/// the client or its tunnels.
+/// `xh_client_free`. SOCKS servers started through the client are stopped too, and this
+/// waits (at most about 3 s, normally milliseconds) for their listeners to close, so their
+/// ports are free when it returns; otherwise it never blocks. Idempotent; any thread, also
+/// while other threads use the client or its tunnels.
 ///
 /// Returns `XH_RESULT_OK` (also for NULL, which is ignored, and for a client already
 /// closed) or `XH_RESULT_INVALID_HANDLE` (freed or not a client: nothing was done).
