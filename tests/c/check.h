@@ -88,4 +88,14 @@ static inline char *config_with_mode(const char *config, const char *mode) {
     return out;
 }
 
+/* A client for `config` in `mode` (see config_with_mode); a failure is counted, and NULL
+ * returned. */
+static inline xh_client *client_with_mode(const char *config, const char *mode) {
+    char *cfg = config_with_mode(config, mode);
+    xh_client *c = NULL;
+    EXPECT_RC(xh_client_new(cfg, &c), XH_RESULT_OK);
+    free(cfg);
+    return c;
+}
+
 #endif

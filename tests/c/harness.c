@@ -58,13 +58,7 @@ static int server_port(void) {
     return p ? atoi(p + 7) : -1;
 }
 
-static xh_client *new_client(const char *mode) {
-    char *cfg = config_for(mode);
-    xh_client *c = NULL;
-    EXPECT_RC(xh_client_new(cfg, &c), XH_RESULT_OK);
-    free(cfg);
-    return c;
-}
+static xh_client *new_client(const char *mode) { return client_with_mode(g_server_config, mode); }
 
 static xh_tunnel *open_tunnel(xh_client *c) {
     xh_tunnel *t = NULL;

@@ -240,15 +240,8 @@ static int g_have_dns;
 
 /* --- config and client helpers -------------------------------------------------------- */
 
-static char *config_for(const char *mode) { return config_with_mode(g_config, mode); }
 
-static xh_client *new_client(const char *mode) {
-    char *cfg = config_for(mode);
-    xh_client *c = NULL;
-    EXPECT_RC(xh_client_new(cfg, &c), XH_RESULT_OK);
-    free(cfg);
-    return c;
-}
+static xh_client *new_client(const char *mode) { return client_with_mode(g_config, mode); }
 
 static xh_stats stats_of(xh_client *c) {
     xh_stats s;
