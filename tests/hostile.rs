@@ -298,41 +298,62 @@ fn black_hole_after_the_handshake_ends_by_idle_timeout() {
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
-/// Cases where the server sends a frame declaring 1 GiB and then keeps sending its bytes:
-/// the client must fail the tunnel (or the connection) with a clear error, not buffer it.
-fn oversized_frame(path: &str, words: &[&str]) {
+/// The server sends a HEADERS frame declaring 1 GiB and then keeps sending its bytes: the
+/// client must fail the tunnel at the frame's header, naming the limit, not buffer it.
+#[test]
+fn huge_response_headers() {
     let _g = exclusive();
     let s = Hostile::start(&[]);
-    let c = s.client(path, "packet-up");
+    let c = s.client("/hugeheaders.once", "packet-up");
     let before = rss();
     let t = c.open(Some(BOUND)).unwrap();
     let (e, took) = failure(&t);
     let grown = rss().saturating_sub(before);
-    expect_request_error(&e, words);
+    expect_request_error(&e, &["stream-down", "declaring 1073741824 bytes", "limit"]);
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(
-        grown < RSS_GROWTH_MAX,
-        "{path}: RSS grew {} KiB",
-        grown >> 10
-    );
+    assert!(grown < RSS_GROWTH_MAX, "RSS grew {} KiB", grown >> 10);
+    // Only that request failed: its connection carries the next tunnel.
+    another_tunnel_works(&c);
 }
 
+/// A frame of unknown type must be ignored (RFC 9114 §9), however long: it is skipped as
+/// its bytes stream in (as quic-go does), never stored. Here one declares 1 GiB and its
+/// bytes keep coming: the app sees no data and no error, memory stays flat while the
+/// client skips for 3 s, and the tunnel closes promptly.
 #[test]
-#[ignore = "h3 0.0.8 buffers a whole HEADERS frame before checking max_field_section_size (FrameStream::poll_next decodes only complete frames): a 1 GiB declaration is read into memory and flow control never pushes back; needs a frame guard below h3 (a wrapper of the h3-quinn streams)"]
-fn huge_response_headers() {
-    oversized_frame("/hugeheaders", &["stream-down"]);
+fn huge_unknown_frame_after_the_response_is_skipped_in_bounded_memory() {
+    let _g = exclusive();
+    let s = Hostile::start(&[]);
+    let t = s
+        .client("/hugeframe", "packet-up")
+        .open(Some(BOUND))
+        .unwrap();
+    let before = rss();
+    let mut buf = [0u8; 64];
+    match t.read(&mut buf, Some(Duration::from_secs(3))) {
+        Err(Error::Timeout(_)) => {}
+        other => panic!("expected no data and no error while the frame is skipped: {other:?}"),
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(grown < RSS_GROWTH_MAX, "RSS grew {} KiB", grown >> 10);
+    close_is_prompt(&t);
 }
 
+/// The same on the control stream, after the response: the request's body still arrives,
+/// and the connection carries on (another tunnel works) while the frame is skipped.
 #[test]
-#[ignore = "h3 0.0.8 buffers a whole frame of unknown type before discarding it (FrameStream::poll_next): a 1 GiB declaration is read into memory; needs a frame guard below h3 that skips unknown frames as they stream in"]
-fn huge_unknown_frame_after_the_response() {
-    oversized_frame("/hugeframe", &["stream-down"]);
-}
-
-#[test]
-#[ignore = "h3 0.0.8 buffers a whole control-stream frame of unknown type before discarding it: a 1 GiB declaration is read into memory; needs a frame guard below h3 on the control stream"]
-fn huge_frame_on_the_control_stream() {
-    oversized_frame("/hugecontrol", &["stream-down"]);
+fn huge_unknown_frame_on_the_control_stream_is_skipped_in_bounded_memory() {
+    let _g = exclusive();
+    let s = Hostile::start(&[]);
+    let c = s.client("/hugecontrol", "packet-up");
+    let before = rss();
+    let t = c.open(Some(BOUND)).unwrap();
+    expect_bytes(&t, b"hello");
+    std::thread::sleep(Duration::from_secs(3));
+    let grown = rss().saturating_sub(before);
+    assert!(grown < RSS_GROWTH_MAX, "RSS grew {} KiB", grown >> 10);
+    another_tunnel_works(&c);
+    close_is_prompt(&t);
 }
 
 #[test]
@@ -394,7 +415,6 @@ fn a_push_stream_never_allowed_is_ignored() {
 }
 
 #[test]
-#[ignore = "h3 0.0.8 takes a zero-length DATA frame for the end of the body (FrameStream::poll_data returns None when remaining_data is 0, and RequestStream::poll_recv_data passes that on): later data is lost behind a clean EOF; needs a frame guard below h3 that drops empty DATA frames"]
 fn an_empty_data_frame_does_not_end_the_body() {
     let _g = shared();
     let s = Hostile::start(&[]);
@@ -406,7 +426,6 @@ fn an_empty_data_frame_does_not_end_the_body() {
 }
 
 #[test]
-#[ignore = "h3 0.0.8 ends the body cleanly when FIN arrives after part of a DATA frame was already taken (FrameStream::poll_data: no chunk and end of stream gives None, whatever remaining_data says): a truncated body looks complete; needs a frame guard below h3 that fails FIN inside a frame"]
 fn a_data_frame_cut_short_is_an_error() {
     let _g = shared();
     let s = Hostile::start(&[]);
@@ -424,7 +443,8 @@ fn a_data_frame_cut_short_is_an_error() {
         }
     };
     assert!(b"hello".starts_with(&got), "{got:?}");
-    expect_request_error(&err, &["stream-down"]);
+    expect_request_error(&err, &["stream-down", "truncated frame"]);
+    eprintln!("{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! One HTTP/3 connection = one QUIC connection on its own UDP socket (so retiring it
 //! releases the socket), with the h3 driver polled for the connection's whole life.
 
+use super::guarded::{self, Guarded};
 use super::socket::{MobileSocket, SocketHooks};
 use super::surface::{self, Congestion};
 use crate::error::{Error, Result};
@@ -10,8 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
-type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+pub type RequestStream = h3::client::RequestStream<Guarded<h3_quinn::BidiStream<Bytes>>, Bytes>;
+/// The halves of a request stream (`RequestStream::split`).
+pub type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+pub type RecvHalf = h3::client::RequestStream<Guarded<h3_quinn::RecvStream>, Bytes>;
+type Sender = h3::client::SendRequest<guarded::Connection<h3_quinn::OpenStreams>, Bytes>;
 
 /// Why a request head was not sent.
 #[derive(Debug)]
@@ -129,7 +133,7 @@ impl H3Conn {
             }
         };
         let (mut driver, sender) = surface::h3_builder()
-            .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+            .build::<_, _, Bytes>(guarded::Connection::new(quic.clone()))
             .await
             .map_err(|e| fail(format!("HTTP/3 setup: {e}")))?;
         let broken = Arc::new(AtomicBool::new(false));

@@ -2,12 +2,13 @@
 //! requests through the one [`Shaper`], charges each request to the connection carrying
 //! it, and starts the tasks.
 
-use super::streams::{self, PacketPlan, RecvHalf, SendHalf, StreamWait};
+use super::streams::{self, PacketPlan, StreamWait};
 use super::{Carries, Counters, Shared, TunnelCore};
 use crate::config::{Config, MemoryLimits, Mode};
 use crate::error::{Error, RequestLabel, Result};
 use crate::transport::surface::RequestedGzip;
 use crate::transport::{Protect, QuicOptions, SocketHooks, tls};
+use crate::transport::{RecvHalf, SendHalf};
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::session;
 use crate::xmux::pool::Connector;

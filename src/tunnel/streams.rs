@@ -5,7 +5,7 @@ use super::Shared;
 use super::queue::{QueueRx, QueueTx, TryRecvError};
 use crate::error::{Error, RequestLabel};
 use crate::transport::surface::{self, Gunzip};
-use crate::transport::{H3Conn, Refused, RequestStream};
+use crate::transport::{H3Conn, RecvHalf, Refused, RequestStream, SendHalf};
 use crate::xhttp::range::Range;
 use crate::xhttp::request::{RequestKind, Shaper};
 use crate::xhttp::upload;
@@ -15,9 +15,6 @@ use h3::error::{Code, StreamError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-pub(crate) type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-pub(crate) type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// Owns an upload's send half and resets it (H3_REQUEST_CANCELLED) when dropped, unless
 /// `finish()` succeeded first. h3 does not reset on drop (quinn would finish the stream
