@@ -40,6 +40,8 @@ android {
 
     sourceSets["main"].apply {
         java.srcDir(repoRoot.resolve("bindings/kotlin"))
+        // XhTunnel.readAsync/writeAsync, written by hand (see uniffi.toml).
+        java.srcDir(repoRoot.resolve("bindings/kotlin-ext"))
         jniLibs.srcDir(rustJniLibs)
     }
 

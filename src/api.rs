@@ -537,13 +537,7 @@ impl Tunnel {
             let upload = rt
                 .hand_off(deadline, async move { c.upload().await })
                 .await?;
-            // Whole when it fits the queue (so a cancelled write queued nothing); else in
-            // half-queue parts, so the next part's room frees while one is being sent.
-            let part = if data.len() <= upload.capacity() {
-                data.len()
-            } else {
-                upload.capacity() / 2
-            };
+            let part = write_part(data.len(), upload.capacity());
             let mut w = PartialWrite {
                 upload: &upload,
                 queued: 0,
@@ -562,6 +556,78 @@ impl Tunnel {
             }
             Ok(w.returned())
         })
+    }
+
+    /// Waits (on the runtime) until [`try_read`](Self::try_read) would not return `None`:
+    /// bytes, the end of the download or the tunnel's failure are there. Takes nothing, so
+    /// a read split into this wait and `try_read` (a call that cannot be interrupted) loses
+    /// nothing wherever it is cancelled: how the Kotlin bindings read.
+    pub fn readable_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let (core, rt) = (self.core.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        settled(self.client_closed.clone(), async move {
+            rt.hand_off(deadline, async move {
+                core.readable().await;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    /// [`read`](Self::read) without waiting: `None` when nothing is there yet.
+    pub fn try_read(&self, buf: &mut [u8]) -> Option<Result<usize>> {
+        self.core
+            .try_read(buf)
+            .map(|r| settle(&self.client_closed, r))
+    }
+
+    /// Waits (on the runtime) until the upload queue has room for the next part of a
+    /// `len`-byte write, and returns that part's size: `len` when it fits the queue, else a
+    /// half-queue part. Takes nothing; [`try_write`](Self::try_write) then queues the part.
+    pub fn writable_async(
+        &self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<usize>> + Send + 'static {
+        let (core, rt) = (self.core.clone(), self.rt.clone());
+        let deadline = Deadline::after(timeout);
+        settled(self.client_closed.clone(), async move {
+            let upload = rt
+                .hand_off(deadline, async move { core.upload().await })
+                .await?;
+            let part = write_part(len, upload.capacity());
+            // The room is given back at once: the wait only tells it is there.
+            rt.hand_off(deadline, upload.room(part)).await?;
+            Ok(part)
+        })
+    }
+
+    /// Queues all of `data` if the upload queue has room for it now, else nothing (`false`);
+    /// never waits. `data` no larger than the part [`writable_async`](Self::writable_async)
+    /// returned fits once there is room.
+    pub fn try_write(&self, data: &[u8]) -> Result<bool> {
+        let r = (|| {
+            let Some(upload) = self.core.try_upload()? else {
+                return Ok(false);
+            };
+            let Some(room) = upload.try_room(data.len())? else {
+                return Ok(false);
+            };
+            upload.commit(room, data)?;
+            Ok(true)
+        })();
+        settle(&self.client_closed, r)
+    }
+
+    /// Ends the tunnel because a write split into parts was cancelled after `queued` of its
+    /// `total` bytes were queued (what a dropped [`write_async`](Self::write_async) does
+    /// itself): the server never takes the part for the whole, and later calls name the
+    /// count.
+    pub fn abort_write(&self, queued: u64, total: u64) {
+        self.core.fail(cancelled_write_error(queued, total));
     }
 
     /// [`shutdown_write_within`](Self::shutdown_write_within) as a future any executor can
@@ -613,12 +679,28 @@ impl PartialWrite<'_> {
 impl Drop for PartialWrite<'_> {
     fn drop(&mut self) {
         if !self.returned && self.queued > 0 {
-            self.upload.fail(Error::Other(format!(
-                "a write was cancelled after {} of its {} bytes were queued; the tunnel is \
-                 closed so that the server never takes the part for the whole",
-                self.queued, self.total
-            )));
+            self.upload
+                .fail(cancelled_write_error(self.queued as u64, self.total as u64));
         }
+    }
+}
+
+/// What ends a tunnel whose write was cancelled part-way.
+fn cancelled_write_error(queued: u64, total: u64) -> Error {
+    Error::Other(format!(
+        "a write was cancelled after {queued} of its {total} bytes were queued; the tunnel \
+         is closed so that the server never takes the part for the whole"
+    ))
+}
+
+/// How much of a `len`-byte write is queued in one step: all of it when it fits the queue
+/// (so a cancelled write queued nothing); else half-queue parts, so the next part's room
+/// frees while one is being sent.
+fn write_part(len: usize, capacity: usize) -> usize {
+    if len <= capacity {
+        len
+    } else {
+        (capacity / 2).max(1)
     }
 }
 

@@ -378,6 +378,50 @@ impl XhTunnel {
     pub async fn shutdown_write_async(&self, timeout_ms: u32) -> R<()> {
         Ok(self.inner.shutdown_write_async(timeout(timeout_ms)).await?)
     }
+
+    // The halves of a read and a write that a cancellation cannot split: a wait that takes
+    // nothing, then a call that never waits. uniffi 0.32's Kotlin drops a suspend call's
+    // result when the coroutine is cancelled after the call finished and before it was
+    // handed over, so `readAsync`/`writeAsync` for Kotlin are built from these
+    // (bindings/kotlin-ext); Swift never cancels and uses the two above.
+
+    /// Waits until `tryRead` would return something: bytes, the end, or the failure.
+    /// Takes nothing: cancelled or timed out, nothing is lost.
+    pub async fn readable(&self, timeout_ms: u32) -> R<()> {
+        Ok(self.inner.readable_async(timeout(timeout_ms)).await?)
+    }
+
+    /// Up to `max` bytes already downloaded, without waiting: `null` when none are there
+    /// yet, empty at the end of the download.
+    pub fn try_read(&self, max: u32) -> R<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; max.clamp(1, 1 << 20) as usize];
+        match self.inner.try_read(&mut buf) {
+            None => Ok(None),
+            Some(r) => {
+                buf.truncate(r?);
+                Ok(Some(buf))
+            }
+        }
+    }
+
+    /// Waits until the upload queue has room for the next part of a `len`-byte write and
+    /// returns the part's size (`len` when it fits the queue). Takes nothing.
+    pub async fn writable(&self, len: u64, timeout_ms: u32) -> R<u64> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        Ok(self.inner.writable_async(len, timeout(timeout_ms)).await? as u64)
+    }
+
+    /// Queues all of `data` if there is room for it now (`true`), else nothing (`false`).
+    /// Never waits.
+    pub fn try_write(&self, data: Vec<u8>) -> R<bool> {
+        Ok(self.inner.try_write(&data)?)
+    }
+
+    /// Ends the tunnel because a write in parts was cancelled after `queued` of its
+    /// `total` bytes were queued: the server never takes the part for the whole.
+    pub fn abort_write(&self, queued: u64, total: u64) {
+        self.inner.abort_write(queued, total);
+    }
 }
 
 /// One datagram received by [`XhUdp`], and its source: `ip:port`, `[v6]:port`, or

@@ -1400,6 +1400,12 @@ public func FfiConverterTypeXhSocksServer_lower(_ value: XhSocksServer) -> UInt6
  */
 public protocol XhTunnelProtocol: AnyObject, Sendable {
     
+    /**
+     * Ends the tunnel because a write in parts was cancelled after `queued` of its
+     * `total` bytes were queued: the server never takes the part for the whole.
+     */
+    func abortWrite(queued: UInt64, total: UInt64) 
+    
     func isClosed()  -> Bool
     
     func localAddr()  -> String
@@ -1418,6 +1424,12 @@ public protocol XhTunnelProtocol: AnyObject, Sendable {
     func readAsync(max: UInt32, timeoutMs: UInt32) async throws  -> Data
     
     /**
+     * Waits until `tryRead` would return something: bytes, the end, or the failure.
+     * Takes nothing: cancelled or timed out, nothing is lost.
+     */
+    func readable(timeoutMs: UInt32) async throws 
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */
@@ -1433,6 +1445,24 @@ public protocol XhTunnelProtocol: AnyObject, Sendable {
      * taken effect.
      */
     func shutdownWriteAsync(timeoutMs: UInt32) async throws 
+    
+    /**
+     * Up to `max` bytes already downloaded, without waiting: `null` when none are there
+     * yet, empty at the end of the download.
+     */
+    func tryRead(max: UInt32) throws  -> Data?
+    
+    /**
+     * Queues all of `data` if there is room for it now (`true`), else nothing (`false`).
+     * Never waits.
+     */
+    func tryWrite(data: Data) throws  -> Bool
+    
+    /**
+     * Waits until the upload queue has room for the next part of a `len`-byte write and
+     * returns the part's size (`len` when it fits the queue). Takes nothing.
+     */
+    func writable(len: UInt64, timeoutMs: UInt32) async throws  -> UInt64
     
     /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
@@ -1506,6 +1536,20 @@ open class XhTunnel: XhTunnelProtocol, @unchecked Sendable {
     
 
     
+    /**
+     * Ends the tunnel because a write in parts was cancelled after `queued` of its
+     * `total` bytes were queued: the server never takes the part for the whole.
+     */
+open func abortWrite(queued: UInt64, total: UInt64)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtunnel_abort_write(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(queued),
+        FfiConverterUInt64.lower(total),uniffiCallStatus
+    )
+}
+}
+    
 open func isClosed() -> Bool  {
     return try!  FfiConverterBool.lift(try! rustCall() {
         uniffiCallStatus in
@@ -1568,6 +1612,26 @@ open func readAsync(max: UInt32, timeoutMs: UInt32)async throws  -> Data  {
 }
     
     /**
+     * Waits until `tryRead` would return something: bytes, the end, or the failure.
+     * Takes nothing: cancelled or timed out, nothing is lost.
+     */
+open func readable(timeoutMs: UInt32)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhtunnel_readable(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_void,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_void,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
      * blocks, any thread.
      */
@@ -1607,6 +1671,54 @@ open func shutdownWriteAsync(timeoutMs: UInt32)async throws   {
             completeFunc: ffi_xhttp_mobile_rust_future_complete_void,
             freeFunc: ffi_xhttp_mobile_rust_future_free_void,
             liftFunc: { $0 },
+            errorHandler: FfiConverterTypeXhException_lift
+        )
+}
+    
+    /**
+     * Up to `max` bytes already downloaded, without waiting: `null` when none are there
+     * yet, empty at the end of the download.
+     */
+open func tryRead(max: UInt32)throws  -> Data?  {
+    return try  FfiConverterOptionData.lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtunnel_try_read(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt32.lower(max),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Queues all of `data` if there is room for it now (`true`), else nothing (`false`).
+     * Never waits.
+     */
+open func tryWrite(data: Data)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtunnel_try_write(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(data),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Waits until the upload queue has room for the next part of a `len`-byte write and
+     * returns the part's size (`len` when it fits the queue). Takes nothing.
+     */
+open func writable(len: UInt64, timeoutMs: UInt32)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_xhttp_mobile_fn_method_xhtunnel_writable(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(len),FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_xhttp_mobile_rust_future_poll_u64,
+            completeFunc: ffi_xhttp_mobile_rust_future_complete_u64,
+            freeFunc: ffi_xhttp_mobile_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
             errorHandler: FfiConverterTypeXhException_lift
         )
 }
@@ -2455,6 +2567,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSocketProtector: FfiConverterRustBuffer {
     typealias SwiftType = SocketProtector?
 
@@ -2604,6 +2740,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() != 12102) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write() != 49866) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed() != 33249) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2619,6 +2758,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async() != 23299) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_readable() != 34719) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown() != 37503) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2626,6 +2768,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async() != 42786) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_try_read() != 56294) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_try_write() != 58969) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtunnel_writable() != 22776) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_write() != 64983) {

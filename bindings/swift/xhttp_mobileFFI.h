@@ -394,6 +394,11 @@ uint64_t uniffi_xhttp_mobile_fn_clone_xhtunnel(uint64_t handle, RustCallStatus *
 void uniffi_xhttp_mobile_fn_free_xhtunnel(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_ABORT_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_ABORT_WRITE
+void uniffi_xhttp_mobile_fn_method_xhtunnel_abort_write(uint64_t ptr, uint64_t queued, uint64_t total, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_IS_CLOSED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_IS_CLOSED
 int8_t uniffi_xhttp_mobile_fn_method_xhtunnel_is_closed(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -419,6 +424,11 @@ RustBuffer uniffi_xhttp_mobile_fn_method_xhtunnel_read(uint64_t ptr, uint32_t ma
 uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(uint64_t ptr, uint32_t max, uint32_t timeout_ms
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_READABLE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_READABLE
+uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_readable(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN
 void uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -432,6 +442,21 @@ void uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write(uint64_t ptr, uint32_
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
 uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(uint64_t ptr, uint32_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_TRY_READ
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_TRY_READ
+RustBuffer uniffi_xhttp_mobile_fn_method_xhtunnel_try_read(uint64_t ptr, uint32_t max, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_TRY_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_TRY_WRITE
+int8_t uniffi_xhttp_mobile_fn_method_xhtunnel_try_write(uint64_t ptr, RustBuffer data, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITABLE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITABLE
+uint64_t uniffi_xhttp_mobile_fn_method_xhtunnel_writable(uint64_t ptr, uint64_t len, uint32_t timeout_ms
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUNNEL_WRITE
@@ -851,6 +876,12 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_ABORT_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_ABORT_WRITE
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_IS_CLOSED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_IS_CLOSED
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed(void
@@ -881,6 +912,12 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_READABLE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_READABLE
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_readable(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown(void
@@ -896,6 +933,24 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_SHUTDOWN_WRITE_ASYNC
 uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_TRY_READ
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_TRY_READ
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_try_read(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_TRY_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_TRY_WRITE
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_try_write(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITABLE
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUNNEL_WRITABLE
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtunnel_writable(void
     
 );
 #endif

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 /// Writes (and downloaded chunks) are cut into pieces of at most this size before they are
@@ -519,6 +520,21 @@ impl TunnelCore {
             _ = token.cancelled() => return Err(self.shared.end_error()),
             g = self.up.clone().lock_owned() => g,
         };
+        self.upload_from(guard)
+    }
+
+    /// [`upload`](Self::upload) without waiting: `Ok(None)` while another writer holds it.
+    pub fn try_upload(&self) -> Result<Option<Upload>> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(self.shared.end_error());
+        }
+        match self.up.clone().try_lock_owned() {
+            Ok(guard) => self.upload_from(guard).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn upload_from(&self, guard: OwnedMutexGuard<Option<queue::QueueTx>>) -> Result<Upload> {
         if guard.is_none() {
             return Err(Error::WriteShutdown);
         }
@@ -562,6 +578,12 @@ impl TunnelCore {
         self.shared.cancel.is_cancelled()
     }
 
+    /// Ends the tunnel with `e` (an upload left incomplete is reset): reads and writes
+    /// report it from now on. Does nothing to a tunnel already ended.
+    pub fn fail(&self, e: Error) {
+        self.shared.fail(e);
+    }
+
     /// The first failure, if the tunnel failed (not set by a plain close).
     pub fn failure(&self) -> Option<Error> {
         self.shared.failure.get().cloned()
@@ -582,7 +604,7 @@ impl TunnelCore {
 /// [`commit`](Self::commit) queues bytes into that room at once and cannot be interrupted
 /// part-way.
 pub struct Upload {
-    guard: tokio::sync::OwnedMutexGuard<Option<queue::QueueTx>>,
+    guard: OwnedMutexGuard<Option<queue::QueueTx>>,
     preamble: Arc<Mutex<Option<Bytes>>>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
@@ -628,6 +650,23 @@ impl Upload {
                 }),
             }
         }
+    }
+
+    /// [`room`](Self::room) without waiting: `Ok(None)` when the queue has no room for `n`
+    /// bytes now.
+    pub fn try_room(&self, n: usize) -> Result<Option<Room>> {
+        if n > self.capacity() {
+            return Err(Error::Other(format!(
+                "a room of {n} bytes is larger than the upload queue"
+            )));
+        }
+        self.tx().try_room(n).map_err(|()| {
+            if self.shared.cancel.is_cancelled() {
+                self.shared.end_error()
+            } else {
+                Error::WriteShutdown
+            }
+        })
     }
 
     /// Queues `data` into `room` (taken for exactly `data.len()` bytes) without waiting.

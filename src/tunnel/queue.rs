@@ -81,6 +81,20 @@ impl QueueTx {
         }
     }
 
+    /// [`room`](Self::room) without waiting: `Ok(None)` when the queue has no room for `n`
+    /// bytes now.
+    pub(crate) fn try_room(&self, n: usize) -> Result<Option<Room>, ()> {
+        let permits = u32::try_from(n).map_err(|_| ())?;
+        if n > self.capacity {
+            return Err(());
+        }
+        match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => Ok(Some(Room { permit, n })),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(()),
+        }
+    }
+
     /// Queues `data` (exactly the size of `room`) in pieces of at most `piece` bytes, at
     /// once: the room is already taken. Err when the upload task is gone.
     pub(crate) fn commit(&self, room: Room, data: &[u8], piece: usize) -> Result<(), ()> {

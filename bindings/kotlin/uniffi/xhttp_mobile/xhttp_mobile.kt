@@ -738,6 +738,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_local_addr(
@@ -746,7 +748,7 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_read(
     ): Int
-    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async(
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_readable(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown(
     ): Int
@@ -754,9 +756,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async(
     ): Int
-    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write(
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_try_read(
     ): Int
-    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async(
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_try_write(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_writable(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_write(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhudp_is_closed(
     ): Int
@@ -849,6 +855,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_xhttp_mobile_fn_free_xhtunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_abort_write(`ptr`: Long,`queued`: Long,`total`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_is_closed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_local_addr(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -857,7 +865,7 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_read(`ptr`: Long,`max`: Int,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(`ptr`: Long,`max`: Int,`timeoutMs`: Int,
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_readable(`ptr`: Long,`timeoutMs`: Int,
     ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -865,9 +873,13 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_xhttp_mobile_fn_method_xhtunnel_shutdown_write_async(`ptr`: Long,`timeoutMs`: Int,
     ): Long
-    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_try_read(`ptr`: Long,`max`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_try_write(`ptr`: Long,`data`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_writable(`ptr`: Long,`len`: Long,`timeoutMs`: Int,
     ): Long
-    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,
+    external fun uniffi_xhttp_mobile_fn_method_xhtunnel_write(`ptr`: Long,`data`: RustBuffer.ByValue,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_xhttp_mobile_fn_clone_xhudp(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1057,6 +1069,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() and 0xFFFF) != 12102) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write() and 0xFFFF) != 49866) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_is_closed() and 0xFFFF) != 33249) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1069,7 +1084,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_read() and 0xFFFF) != 17494) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_read_async() and 0xFFFF) != 23299) {
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_readable() and 0xFFFF) != 34719) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown() and 0xFFFF) != 37503) {
@@ -1081,10 +1096,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_shutdown_write_async() and 0xFFFF) != 42786) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write() and 0xFFFF) != 64983) {
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_try_read() and 0xFFFF) != 56294) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write_async() and 0xFFFF) != 14305) {
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_try_write() and 0xFFFF) != 58969) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_writable() and 0xFFFF) != 22776) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_write() and 0xFFFF) != 64983) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhudp_is_closed() and 0xFFFF) != 46384) {
@@ -2863,6 +2884,12 @@ public object FfiConverterTypeXhSocksServer: FfiConverter<XhSocksServer, Long> {
  */
 public interface XhTunnelInterface {
     
+    /**
+     * Ends the tunnel because a write in parts was cancelled after `queued` of its
+     * `total` bytes were queued: the server never takes the part for the whole.
+     */
+    fun `abortWrite`(`queued`: kotlin.ULong, `total`: kotlin.ULong)
+    
     fun `isClosed`(): kotlin.Boolean
     
     fun `localAddr`(): kotlin.String
@@ -2875,10 +2902,10 @@ public interface XhTunnelInterface {
     fun `read`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt): kotlin.ByteArray
     
     /**
-     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
-     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     * Waits until `tryRead` would return something: bytes, the end, or the failure.
+     * Takes nothing: cancelled or timed out, nothing is lost.
      */
-    suspend fun `readAsync`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt): kotlin.ByteArray
+    suspend fun `readable`(`timeoutMs`: kotlin.UInt)
     
     /**
      * Ends the tunnel: blocked reads and writes fail with `Closed`. Idempotent, never
@@ -2898,19 +2925,28 @@ public interface XhTunnelInterface {
     suspend fun `shutdownWriteAsync`(`timeoutMs`: kotlin.UInt)
     
     /**
+     * Up to `max` bytes already downloaded, without waiting: `null` when none are there
+     * yet, empty at the end of the download.
+     */
+    fun `tryRead`(`max`: kotlin.UInt): kotlin.ByteArray?
+    
+    /**
+     * Queues all of `data` if there is room for it now (`true`), else nothing (`false`).
+     * Never waits.
+     */
+    fun `tryWrite`(`data`: kotlin.ByteArray): kotlin.Boolean
+    
+    /**
+     * Waits until the upload queue has room for the next part of a `len`-byte write and
+     * returns the part's size (`len` when it fits the queue). Takes nothing.
+     */
+    suspend fun `writable`(`len`: kotlin.ULong, `timeoutMs`: kotlin.UInt): kotlin.ULong
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
     fun `write`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt): kotlin.ULong
-    
-    /**
-     * `write` without blocking a thread: queues all of `data` and returns its size, or
-     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
-     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
-     * usable; a larger one cancelled after its first part closes the tunnel (reads and
-     * writes then fail naming the count), so the server never takes the part for the whole.
-     */
-    suspend fun `writeAsync`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt): kotlin.ULong
     
     companion object
 }
@@ -3019,6 +3055,24 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
         }
     }
 
+    
+    /**
+     * Ends the tunnel because a write in parts was cancelled after `queued` of its
+     * `total` bytes were queued: the server never takes the part for the whole.
+     */override fun `abortWrite`(`queued`: kotlin.ULong, `total`: kotlin.ULong)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_abort_write(
+        it,
+        
+        FfiConverterULong.lower(`queued`),
+        FfiConverterULong.lower(`total`),_status)
+}
+    }
+    
+    
+
     override fun `isClosed`(): kotlin.Boolean {
             return FfiConverterBoolean.lift(
     callWithHandle {
@@ -3079,26 +3133,26 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
 
     
     /**
-     * `read` without blocking a thread: up to `max` bytes, empty at the end of the
-     * download. Cancelled (or timed out), it took nothing: the tunnel stays usable.
+     * Waits until `tryRead` would return something: bytes, the end, or the failure.
+     * Takes nothing: cancelled or timed out, nothing is lost.
      */
     @Throws(XhException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `readAsync`(`max`: kotlin.UInt, `timeoutMs`: kotlin.UInt) : kotlin.ByteArray {
+    override suspend fun `readable`(`timeoutMs`: kotlin.UInt) {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_read_async(
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_readable(
                 uniffiHandle,
                 
-        FfiConverterUInt.lower(`max`),
         FfiConverterUInt.lower(`timeoutMs`),
             )
         },
-        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_rust_buffer(future) },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_void(future) },
         // lift function
-        { FfiConverterByteArray.lift(it) },
+        { },
+        
         // Error FFI converter
         XhException.ErrorHandler,
     )
@@ -3166,6 +3220,71 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
 
     
     /**
+     * Up to `max` bytes already downloaded, without waiting: `null` when none are there
+     * yet, empty at the end of the download.
+     */
+    @Throws(XhException::class)override fun `tryRead`(`max`: kotlin.UInt): kotlin.ByteArray? {
+            return FfiConverterOptionalByteArray.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_try_read(
+        it,
+        
+        FfiConverterUInt.lower(`max`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Queues all of `data` if there is room for it now (`true`), else nothing (`false`).
+     * Never waits.
+     */
+    @Throws(XhException::class)override fun `tryWrite`(`data`: kotlin.ByteArray): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_try_write(
+        it,
+        
+        FfiConverterByteArray.lower(`data`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Waits until the upload queue has room for the next part of a `len`-byte write and
+     * returns the part's size (`len` when it fits the queue). Takes nothing.
+     */
+    @Throws(XhException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `writable`(`len`: kotlin.ULong, `timeoutMs`: kotlin.UInt) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_writable(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`len`),
+        FfiConverterUInt.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        XhException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Queues `data` for upload; returns how many bytes were queued (all of them unless
      * the timeout ran out part-way).
      */
@@ -3183,36 +3302,6 @@ open class XhTunnel: Disposable, AutoCloseable, XhTunnelInterface
     )
     }
     
-
-    
-    /**
-     * `write` without blocking a thread: queues all of `data` and returns its size, or
-     * what was queued when the timeout ran out part-way. Cancelled: a write no larger than
-     * the upload queue (`memoryLimits.uploadQueue`) queued nothing and the tunnel stays
-     * usable; a larger one cancelled after its first part closes the tunnel (reads and
-     * writes then fail naming the count), so the server never takes the part for the whole.
-     */
-    @Throws(XhException::class)
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `writeAsync`(`data`: kotlin.ByteArray, `timeoutMs`: kotlin.UInt) : kotlin.ULong {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_xhttp_mobile_fn_method_xhtunnel_write_async(
-                uniffiHandle,
-                
-        FfiConverterByteArray.lower(`data`),
-        FfiConverterUInt.lower(`timeoutMs`),
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_poll_u64(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_xhttp_mobile_rust_future_complete_u64(future, continuation) },
-        { future -> UniffiLib.ffi_xhttp_mobile_rust_future_free_u64(future) },
-        // lift function
-        { FfiConverterULong.lift(it) },
-        // Error FFI converter
-        XhException.ErrorHandler,
-    )
-    }
 
     
 
@@ -4141,6 +4230,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteArray?> {
+    override fun read(buf: ByteBuffer): kotlin.ByteArray? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterByteArray.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ByteArray?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterByteArray.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ByteArray?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterByteArray.write(value, buf)
         }
     }
 }
