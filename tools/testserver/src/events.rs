@@ -1,6 +1,6 @@
 //! What the server observed: an event log tests can wait on, and cheap counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +57,25 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// What a passive observer of a request's head sees besides its values: the names of
+/// its parts. Recorded for every request so that tests can compare clients (the parity
+/// test puts Xray's own client and ours side by side).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestShape {
+    /// Header names, lowercase, each once (HTTP/3 sends them lowercase).
+    pub header_names: BTreeSet<String>,
+    /// Cookie names across every `cookie` header.
+    pub cookie_names: BTreeSet<String>,
+    /// Query parameter names.
+    pub query_keys: BTreeSet<String>,
+    /// The path with the configured prefix removed, each segment after it replaced by `*`
+    /// (session ids and seqs differ per request; how many there are does not).
+    pub path_rest: String,
+    pub content_length: bool,
+    /// Length of the padding the server extracted (0: none found).
+    pub padding_len: usize,
+}
+
 /// One observation, in the order it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -69,6 +88,7 @@ pub enum Event {
         path_and_query: String,
         status: u16,
         peer: SocketAddr,
+        shape: RequestShape,
     },
     /// A streaming upload body (stream-up, stream-one) ended, or a packet-up body failed.
     UploadEnded {

@@ -3,7 +3,7 @@
 //! code (`handler`) and the long-lived streams (`streams`).
 
 use super::Shared;
-use super::events::{Event, RequestKind};
+use super::events::{Event, RequestKind, RequestShape};
 use super::quic::{self, StopWatch};
 use bytes::Bytes;
 use h3::server::RequestStream;
@@ -25,6 +25,7 @@ pub(crate) struct Exchange {
     pub(crate) kind: Option<RequestKind>,
     /// CORS and response padding (§3 step 3); empty for 404s before that step.
     pub(crate) headers: HeaderMap,
+    pub(crate) shape: RequestShape,
 }
 
 impl Exchange {
@@ -41,6 +42,7 @@ impl Exchange {
             path_and_query: self.path_and_query.clone(),
             status,
             peer: self.peer,
+            shape: self.shape.clone(),
         });
     }
 

@@ -6,7 +6,7 @@ use super::exchange::Exchange;
 use super::quic::{self, StopWatches, read_outcome};
 use super::request::{
     classify, cookie_payload, cookies, extract_meta, extract_padding, header, header_payload,
-    host_matches, sessionless_allowed, upload_allowed,
+    host_matches, request_shape, sessionless_allowed, upload_allowed,
 };
 use super::session::Session;
 use super::{Fault, Shared, streams};
@@ -34,6 +34,7 @@ pub(crate) async fn serve(
         }
     };
     let stop = watches.take(stream.id());
+    let shape = request_shape(&req, &shared.path);
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -48,6 +49,7 @@ pub(crate) async fn serve(
         path_and_query,
         kind: None,
         headers: HeaderMap::new(),
+        shape,
     };
     admit(ex, req).await
 }
@@ -93,6 +95,7 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
     let cookies = cookies(headers);
     let query = uri.query().unwrap_or("");
     let padding = extract_padding(&s.padding, headers, query, &cookies);
+    ex.shape.padding_len = padding.len();
     if !s.padding.accepts(&padding) {
         return ex.reply(400).await;
     }

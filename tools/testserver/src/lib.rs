@@ -31,7 +31,7 @@ mod tls;
 mod vless;
 mod xudp;
 
-pub use events::{Event, Outcome, RequestKind, Stats};
+pub use events::{Event, Outcome, RequestKind, RequestShape, Stats};
 pub use held::{ConnHeld, Held};
 
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! checks, padding extraction, session/seq extraction, classification, mode rules and
 //! packet-up payloads in headers or cookies. Pure functions, no I/O.
 
-use super::events::RequestKind;
+use super::events::{RequestKind, RequestShape};
 use base64::Engine;
 use http::{HeaderMap, Method};
 use xhttp_mobile::config::{DataPlacement, Mode, Placement, XhttpSettings};
@@ -131,6 +131,35 @@ pub(crate) fn query_get(query: &str, key: &str) -> String {
         }
     }
     String::new()
+}
+
+/// The names a request head is made of (see [`RequestShape`]); `prefix` is the configured
+/// path.
+pub(crate) fn request_shape(req: &http::Request<()>, prefix: &str) -> RequestShape {
+    let headers = req.headers();
+    let query = req.uri().query().unwrap_or("");
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .unwrap_or(req.uri().path());
+    let path_rest = rest
+        .split('/')
+        .map(|seg| if seg.is_empty() { "" } else { "*" })
+        .collect::<Vec<_>>()
+        .join("/");
+    RequestShape {
+        header_names: headers.keys().map(|k| k.as_str().to_string()).collect(),
+        cookie_names: cookies(headers).into_iter().map(|(k, _)| k).collect(),
+        query_keys: query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').map_or(p, |(k, _)| k).to_string())
+            .collect(),
+        path_rest,
+        content_length: headers.contains_key(http::header::CONTENT_LENGTH),
+        padding_len: 0,
+    }
 }
 
 /// All request cookies in order, from every `Cookie` header (HTTP/3 may split them).
@@ -291,6 +320,31 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_shape_names_the_parts_and_hides_the_values() {
+        let req = http::Request::post("https://h/xh/SESSION/7?x_padding=XXX&b=2&b=3")
+            .header("Cookie", "a=1; b=2")
+            .header("cookie", "c=3")
+            .header("Content-Length", "5")
+            .header("X-Custom", "v")
+            .body(())
+            .unwrap();
+        let shape = request_shape(&req, "/xh/");
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            shape.header_names,
+            set(&["cookie", "content-length", "x-custom"])
+        );
+        assert_eq!(shape.cookie_names, set(&["a", "b", "c"]));
+        assert_eq!(shape.query_keys, set(&["b", "x_padding"]));
+        assert_eq!(shape.path_rest, "*/*");
+        assert!(shape.content_length);
+        let bare = http::Request::get("https://h/xh").body(()).unwrap();
+        // Outside the prefix (a 404), the whole path's shape.
+        assert_eq!(request_shape(&bare, "/xh/").path_rest, "/*");
+        assert_eq!(request_shape(&bare, "/xh").path_rest, "");
     }
 
     fn settings(session: Placement, seq: Placement) -> XhttpSettings {
