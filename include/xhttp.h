@@ -37,7 +37,8 @@
  *   included), and every call ending after the close began returns XH_RESULT_CLOSED.
  *
  * Thread exit. Close and free work on any thread at any time, also from a thread-local
- *   or pthread_key destructor and from an atexit handler. A blocking call made there, on
+ *   or pthread_key destructor and from an atexit handler (a last free there joins the
+ *   runtime threads as anywhere else). A blocking call made there, on
  *   a thread whose per-thread state the library already saw destroyed, returns
  *   XH_RESULT_WRONG_THREAD at once instead of crashing or blocking. The library's own
  *   per-thread state holds no heap (the last error is stored inline), and a thread that

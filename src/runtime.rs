@@ -12,6 +12,10 @@
 //!   thread-local or `pthread_key` destructor, or an `atexit` handler) after tokio's
 //!   thread-locals on it are gone fails with [`Error::ThreadExiting`] instead of
 //!   panicking inside tokio.
+//! - **stop**: the last holder dropped on an app thread (at any stage of that thread's
+//!   life, thread-exit code included) joins the runtime's threads before it returns,
+//!   unless one is still busy after [`SHUTDOWN_BOUND`]; [`Runtime::abandoned`] counts
+//!   the stops that left threads running.
 //! - **idle means empty**: once the last runtime is shut down, no static of this module
 //!   holds heap memory (so a library unloaded then leaves nothing behind).
 
@@ -38,6 +42,15 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// The process id of the process whose runtime is running, 0 when none runs.
 static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// The runtime's threads that started and have not yet reached their end (changed by
+/// tokio's start and stop hooks, so a joined thread is never counted).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Shutdowns that did not join every runtime thread: dropped on a runtime thread, or a
+/// thread still busy at [`SHUTDOWN_BOUND`] (a stuck app callback, a name lookup in the
+/// system resolver) and left to finish on its own.
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 
 /// Time given to queued close frames when the last client goes.
 const CLOSE_FLUSH: Duration = Duration::from_millis(30);
@@ -92,7 +105,11 @@ impl Runtime {
             .worker_threads(2)
             .thread_name("xhttp-rt")
             .on_thread_start(|| {
+                THREADS.fetch_add(1, Ordering::SeqCst);
                 let _ = ON_RUNTIME.try_with(|c| c.set(true));
+            })
+            .on_thread_stop(|| {
+                THREADS.fetch_sub(1, Ordering::SeqCst);
             })
             .enable_all()
             .build()
@@ -108,6 +125,20 @@ impl Runtime {
     /// shutdown (with its thread joins) has returned.
     pub fn live() -> usize {
         LIVE.load(Ordering::SeqCst)
+    }
+
+    /// How many runtime threads are running: 0 as soon as the last free has joined them
+    /// (unlike the system's thread list, which may still show a joined thread for a moment
+    /// while the kernel finishes its exit).
+    pub fn threads() -> usize {
+        THREADS.load(Ordering::SeqCst)
+    }
+
+    /// How many shutdowns so far left runtime threads running instead of joining them
+    /// (see [`ABANDONED`]). While it stays 0, `live() == 0` means every runtime thread was
+    /// joined: it returned and runs no more library code.
+    pub fn abandoned() -> usize {
+        ABANDONED.load(Ordering::SeqCst)
     }
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
@@ -255,6 +286,54 @@ impl<T> Drop for Handoff<T> {
     }
 }
 
+/// Shuts `rt` down from an app thread: gives queued close frames their moment, then joins
+/// the runtime's threads unless they take longer than [`SHUTDOWN_BOUND`].
+///
+/// The wait runs on a helper thread. tokio parks the waiting thread on its thread-locals;
+/// on a thread whose thread-locals are already destroyed (the last free made from a
+/// `pthread_key` or thread-local destructor, or an `atexit` handler) its wait gives up at
+/// once and the runtime's threads are left running. The helper's are fresh, and joining
+/// the helper needs none.
+fn stop_and_join(rt: tokio::runtime::Runtime) {
+    let stop = |rt: tokio::runtime::Runtime| {
+        // Connections closed just before (by the last client) still have their
+        // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server would
+        // only notice at its idle timeout. A plain sleep: the runtime's timer runs on its
+        // workers, which a stuck app callback could hold; this must stay bounded regardless.
+        std::thread::sleep(CLOSE_FLUSH);
+        // tokio does not say whether its wait reached the bound: one that took that long
+        // gave up.
+        let start = Instant::now();
+        rt.shutdown_timeout(SHUTDOWN_BOUND);
+        if start.elapsed() >= SHUTDOWN_BOUND {
+            ABANDONED.fetch_add(1, Ordering::SeqCst);
+            log::warn!(
+                "runtime threads still busy after {SHUTDOWN_BOUND:?} (a slow callback or \
+                 name lookup?): left to finish on their own"
+            );
+        }
+    };
+    // Handed over through a slot, so it is still here if the helper cannot start.
+    let slot = Arc::new(Mutex::new(Some(rt)));
+    let theirs = slot.clone();
+    let helper = std::thread::Builder::new()
+        .name("xhttp-stop".into())
+        .spawn(move || {
+            let rt = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(rt) = rt {
+                stop(rt);
+            }
+        });
+    if let Ok(helper) = helper {
+        let _ = helper.join();
+    }
+    // The helper did not start (no thread to spare) or ended before taking it.
+    let rt = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(rt) = rt {
+        stop(rt);
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         let Some(rt) = self.rt.take() else { return };
@@ -268,15 +347,9 @@ impl Drop for Runtime {
         if on_runtime_thread() || tokio::runtime::Handle::try_current().is_ok() {
             // Dropped on a runtime thread (ours or another's): cannot wait here.
             rt.shutdown_background();
+            ABANDONED.fetch_add(1, Ordering::SeqCst);
         } else {
-            // Connections closed just before (by the last client) still have their
-            // CONNECTION_CLOSE queued: let the endpoint drivers send it, or the server
-            // would only notice at its idle timeout.
-            // A plain sleep: the runtime's timer runs on its workers, which a stuck app
-            // callback could hold; this must stay bounded regardless.
-            std::thread::sleep(CLOSE_FLUSH);
-            // Joins the worker threads unless they take longer than the bound.
-            rt.shutdown_timeout(SHUTDOWN_BOUND);
+            stop_and_join(rt);
         }
         let mut w = lock_shared();
         if LIVE.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -268,6 +268,16 @@ impl Fixture {
             0,
             "runtime still running after the last free"
         );
+        // The stop joined every runtime thread: none left running past the bound...
+        assert_eq!(Runtime::abandoned(), 0, "runtime threads left running");
+        assert_eq!(Runtime::threads(), 0, "runtime threads not joined");
+        // ...but the kernel lists a joined thread in /proc/self/task until it has finished
+        // exiting, which can lag the join on a busy machine (a few joins in 10,000 in a C
+        // loop of pthread_create/join; this check once failed right after the last free).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while runtime_threads() != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(runtime_threads(), 0, "xhttp-rt threads still alive");
     }
 }
@@ -1223,5 +1233,50 @@ fn a_swap_while_a_free_waits_for_a_connection_its_logging_thread_holds_does_not_
     watchdog.join().unwrap();
     assert_eq!(unsafe { xh_set_log_callback(None, null_mut(), 0) }, OK);
     assert_eq!(HOLD.held.load(Ordering::SeqCst), ROUNDS);
+    f.assert_all_released();
+}
+
+thread_local! {
+    /// A thread's last client and tunnel, freed by the thread-local's destructor.
+    static FREE_AT_EXIT: FreeAtExit = const { FreeAtExit(std::cell::Cell::new((0, 0))) };
+}
+
+struct FreeAtExit(std::cell::Cell<(usize, usize)>);
+
+/// What the destructor saw: the frees' results and the runtime threads right after.
+static FREED_AT_EXIT: Mutex<Option<(u32, u32, usize)>> = Mutex::new(None);
+
+impl Drop for FreeAtExit {
+    fn drop(&mut self) {
+        let (c, t) = self.0.get();
+        let (ft, fc) = (free_t(t), free_c(c));
+        *FREED_AT_EXIT.lock().unwrap() = Some((ft, fc, Runtime::threads()));
+    }
+}
+
+/// The last free made from thread-exit code joins the runtime's threads too. The
+/// thread-local holding the handles is registered before the thread's first call, so its
+/// destructor runs after the library's and tokio's thread-locals on that thread are gone
+/// (glibc destroys them in reverse order): tokio's own wait for its threads parks on those
+/// and gave up at once there, leaving the threads running after the free returned.
+#[test]
+fn the_last_free_from_a_thread_local_destructor_joins_the_runtime() {
+    let f = fixture();
+    let c = f.client("stream-up");
+    std::thread::spawn(move || {
+        FREE_AT_EXIT.with(|_| ());
+        let t = open(c, T_MS).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(read(t, &mut buf, 0), Err(TIMEOUT));
+        FREE_AT_EXIT.with(|h| h.0.set((c, t)));
+    })
+    .join()
+    .unwrap();
+    let seen = FREED_AT_EXIT.lock().unwrap().take();
+    assert_eq!(
+        seen,
+        Some((OK, OK, 0)),
+        "(tunnel free, client free, threads after)"
+    );
     f.assert_all_released();
 }
