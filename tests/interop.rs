@@ -245,6 +245,30 @@ fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
             },
             base(cookies),
         ),
+        // Path shapes. Neither session nor seq in the path, and no trailing `/`: servers
+        // before v26.7.11 check the prefix `/c1/`, later ones `/c1` (we send `/c1/`).
+        (
+            "path-bare",
+            json!({"path": "/c1", "sessionPlacement": "cookie", "sessionIDPlacement": "cookie",
+                "seqPlacement": "header"}),
+            base(json!({"path": "/c1", "sessionPlacement": "cookie",
+                "sessionIDPlacement": "cookie", "seqPlacement": "header"})),
+        ),
+        (
+            "path-query",
+            json!({"path": "/c2?ed=2048"}),
+            base(json!({"path": "/c2?ed=2048"})),
+        ),
+        (
+            "path-root",
+            json!({"path": "/"}),
+            base(json!({"path": "/"})),
+        ),
+        (
+            "path-escaped",
+            json!({"path": "/a%20b/ü/"}),
+            base(json!({"path": "/a%20b/ü/"})),
+        ),
         (
             "user-headers",
             json!({"path": "/xh/"}),
@@ -1073,7 +1097,11 @@ fn seen_by_kind(
         );
         k.cookies.extend(shape.cookie_names);
         k.query_keys.extend(shape.query_keys);
-        k.paths.insert(shape.path_rest);
+        // A trailing `/` is left out: for a path configured without one, Xray's client
+        // since v26.7.11 sends none, while we send it, as every server version accepts
+        // that (docs/interop.md, "Where Xray versions disagree").
+        k.paths
+            .insert(shape.path_rest.trim_end_matches('/').to_string());
         k.content_length.insert(shape.content_length);
         // Both clients pad every request within the configured range; the server already
         // refused (400) a length outside it, so presence is what is compared here.
@@ -1083,16 +1111,16 @@ fn seen_by_kind(
 }
 
 /// Moves `data` through a TCP stream to the echo behind the server and back.
-fn echo_through(mut s: std::net::TcpStream, data: &[u8]) -> Vec<u8> {
+fn echo_through(mut s: std::net::TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Write};
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut w = s.try_clone().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut w = s.try_clone()?;
     let d = data.to_vec();
-    let writer = std::thread::spawn(move || w.write_all(&d).unwrap());
+    let writer = std::thread::spawn(move || w.write_all(&d));
     let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).unwrap();
-    writer.join().unwrap();
-    got
+    s.read_exact(&mut got)?;
+    let _ = writer.join();
+    Ok(got)
 }
 
 #[test]
@@ -1134,11 +1162,13 @@ fn parity_of_request_shapes_with_xrays_own_client() {
                 vec![out.clone()],
             );
             let s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
-            assert_eq!(
-                sha(&echo_through(s, &data)),
-                sha(&data),
-                "{mode} {name}: Xray"
-            );
+            let back = echo_through(s, &data).unwrap_or_else(|e| {
+                panic!(
+                    "{mode} {name}: Xray's client: {e}; the server saw {:#?}",
+                    server.take_events()
+                )
+            });
+            assert_eq!(sha(&back), sha(&data), "{mode} {name}: Xray");
             drop(x);
             std::thread::sleep(Duration::from_millis(300));
             let xrays = seen_by_kind(server.take_events());
@@ -1180,5 +1210,5 @@ fn parity_of_request_shapes_with_xrays_own_client() {
             server.shutdown();
         }
     }
-    assert!(compared >= 5 * 8, "{compared} kinds compared");
+    assert!(compared >= 5 * 12, "{compared} kinds compared");
 }

@@ -6,7 +6,7 @@ use super::exchange::Exchange;
 use super::quic::{self, StopWatches, read_outcome};
 use super::request::{
     classify, cookie_payload, cookies, extract_meta, extract_padding, header, header_payload,
-    host_matches, request_shape, sessionless_allowed, upload_allowed,
+    host_matches, path_unescape, request_shape, sessionless_allowed, upload_allowed,
 };
 use super::session::Session;
 use super::{Fault, Shared, streams};
@@ -69,7 +69,11 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
             return ex.reply(404).await;
         }
     }
-    if !uri.path().starts_with(&shared.path) {
+    // Xray matches `r.URL.Path`: the path with its escapes decoded.
+    let Some(path) = path_unescape(uri.path()) else {
+        return ex.reply(400).await;
+    };
+    if !path.starts_with(&shared.path) {
         return ex.reply(404).await;
     }
 
@@ -107,7 +111,7 @@ async fn admit(mut ex: Exchange, req: Request<()>) {
         s,
         &shared.keys,
         &shared.path,
-        uri.path(),
+        &path,
         query,
         headers,
         &cookies,

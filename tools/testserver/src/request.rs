@@ -91,6 +91,16 @@ pub(crate) fn url_query(raw: &str) -> Option<&str> {
 }
 
 fn percent_decode(s: &str) -> Option<String> {
+    unescape(s, true)
+}
+
+/// Go's `url.PathUnescape`, what `r.URL.Path` holds: `%XX` decoded, `+` kept. `None` for a
+/// bad escape (Go's server answers 400 before any handler).
+pub(crate) fn path_unescape(s: &str) -> Option<String> {
+    unescape(s, false)
+}
+
+fn unescape(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -102,7 +112,7 @@ fn percent_decode(s: &str) -> Option<String> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -138,11 +148,8 @@ pub(crate) fn query_get(query: &str, key: &str) -> String {
 pub(crate) fn request_shape(req: &http::Request<()>, prefix: &str) -> RequestShape {
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
-    let rest = req
-        .uri()
-        .path()
-        .strip_prefix(prefix)
-        .unwrap_or(req.uri().path());
+    let path = path_unescape(req.uri().path()).unwrap_or_else(|| req.uri().path().into());
+    let rest = path.strip_prefix(prefix).unwrap_or(&path);
     let path_rest = rest
         .split('/')
         .map(|seg| if seg.is_empty() { "" } else { "*" })
@@ -320,6 +327,16 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn paths_are_unescaped_as_go_does() {
+        assert_eq!(
+            path_unescape("/a%2520b/%C3%BC/x+y").as_deref(),
+            Some("/a%20b/ü/x+y")
+        );
+        assert_eq!(path_unescape("/bad%2").as_deref(), None);
+        assert_eq!(percent_decode("x+y%21").as_deref(), Some("x y!"));
     }
 
     #[test]
