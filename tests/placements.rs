@@ -5,17 +5,26 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use xhttp_mobile::config::XhttpSettings;
+use xhttp_testserver::XrayProfile;
 
 /// Starts a server whose settings are the client's (as an Xray server and client sharing
-/// one `xhttpSettings`), then echoes `size` bytes through one tunnel.
+/// one `xhttpSettings`), then echoes `size` bytes through one tunnel; once with the path
+/// rule of the servers in the field (v26.3) and once with the newest (v26.7).
 fn roundtrip_with(x: Value, size: usize) {
     let settings = XhttpSettings::from_json("xhttpSettings", &x).expect("settings");
     let half_close = settings.mode.resolve() != xhttp_mobile::config::Mode::PacketUp;
-    let e = env(|o| o.settings = settings.clone());
-    let c = e.client(x.clone());
-    let t = c.open(T).expect("open");
-    echo_roundtrip(&t, size, half_close);
-    t.close();
+    for profile in [XrayProfile::V26_3, XrayProfile::V26_7] {
+        let e = env(|o| {
+            o.settings = settings.clone();
+            o.profile = profile;
+        });
+        let c = e.client(x.clone());
+        let t = c
+            .open(T)
+            .unwrap_or_else(|err| panic!("{profile:?} {x}: {err}"));
+        echo_roundtrip(&t, size, half_close);
+        t.close();
+    }
 }
 
 fn with(base: Value, extra: Value) -> Value {

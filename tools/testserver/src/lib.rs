@@ -89,6 +89,22 @@ pub struct ServerOptions {
     /// quic-go's (Xray's) default is 100. Lower it to test clients at the limit.
     pub max_streams: u32,
     pub bind: SocketAddr,
+    /// Which Xray server release's rules to follow where releases differ.
+    pub profile: XrayProfile,
+}
+
+/// Where Xray server releases differ in what they accept (docs/interop.md), the release
+/// the test server behaves as. Tests run both, so our client is checked against the
+/// servers in the field and the newest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XrayProfile {
+    /// Before v26.7.11 (CI's pinned v26.3.27): a request path must start with the
+    /// configured path plus a trailing `/`, whatever the placements.
+    V26_3,
+    /// v26.7.11 and later: the configured path as it is, with a `/` added only when the
+    /// session id or seq go in the path.
+    #[default]
+    V26_7,
 }
 
 impl Default for ServerOptions {
@@ -100,6 +116,7 @@ impl Default for ServerOptions {
             idle_timeout: Duration::from_secs(30),
             max_streams: 100,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            profile: XrayProfile::default(),
         }
     }
 }
@@ -153,7 +170,10 @@ impl TestServer {
         );
         let shared = Arc::new(Shared {
             keys: Keys::of(&opts.settings),
-            path: opts.settings.normalized_path(),
+            path: match opts.profile {
+                XrayProfile::V26_3 => opts.settings.legacy_normalized_path(),
+                XrayProfile::V26_7 => opts.settings.normalized_path(),
+            },
             settings: opts.settings,
             target: opts.target,
             rec,

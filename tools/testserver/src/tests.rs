@@ -487,3 +487,21 @@ fn handles_are_thread_safe() {
         send(s.wait_for(|_| true, Duration::MAX));
     }
 }
+
+#[tokio::test]
+async fn the_path_rule_follows_the_profile() {
+    // Session and seq not in the path, path configured without a trailing `/`: servers
+    // before v26.7.11 want `/xh/`, later ones accept `/xh` too.
+    for (profile, bare_path) in [(XrayProfile::V26_3, 404), (XrayProfile::V26_7, 200)] {
+        let mut o = xh_options();
+        o.settings.session_placement = xhttp_mobile::config::Placement::Header;
+        o.settings.seq_placement = xhttp_mobile::config::Placement::Header;
+        o.profile = profile;
+        let server = TestServer::start(o).await.unwrap();
+        let mut c = connect(&server).await;
+        let (resp, _) = c.fetch(padded("POST", "/xh"), b"").await;
+        assert_eq!(resp.status(), bare_path, "{profile:?} /xh");
+        let (resp, _) = c.fetch(padded("POST", "/xh/"), b"").await;
+        assert_eq!(resp.status(), 200, "{profile:?} /xh/");
+    }
+}
