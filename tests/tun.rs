@@ -1,0 +1,529 @@
+//! The TUN data plane end to end, entirely inside network namespaces this test creates, so no
+//! packet can leave the machine:
+//!
+//! - the test re-runs itself under `unshare -n`: that process is the *outer* namespace, with
+//!   its own loopback (the XHTTP server, our library), and an origin (HTTP, TCP echo, UDP
+//!   echo) on addresses added to that loopback, which exist only there;
+//! - a TUN device created there (its fd kept by the test, handed to the library) is moved
+//!   into an *inner* namespace (a `unshare -n sleep` process) whose default routes point at
+//!   it. Apps in the inner namespace (curl, and test threads that `setns` into it) reach the
+//!   origin only through the library: TUN → XHTTP/H3 → VLESS server → origin.
+//!
+//! Without root or namespaces the test prints SKIPPED and why.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use xhttp_mobile::tun::{PacketIo, TunOptions};
+use xhttp_testserver::Target;
+
+const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+/// Set in the re-run under `unshare -n` to the test it runs.
+const NS_ENV: &str = "XH_TUN_TEST_NS";
+const ORIGIN: &str = "10.77.0.1";
+const ORIGIN6: &str = "fd77::1";
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 7007;
+const UDP_PORT: u16 = 5353;
+/// Nothing listens there.
+const CLOSED_PORT: u16 = 9;
+const VIRTUAL_DNS: &str = "198.18.0.2";
+const BIG: usize = 64 << 20;
+const TUN_NAME: &str = "xhtun0";
+
+#[test]
+fn tun_in_namespaces_against_the_test_server() {
+    if !in_outer_namespace("tun_in_namespaces_against_the_test_server") {
+        return;
+    }
+    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
+    let e = env(|o| o.target = Target::Vless { id });
+    let client = e.vless_client(serde_json::json!({"path": "/xh", "mode": "stream-one"}), ID);
+    run_scenario(&client);
+}
+
+/// Runs `name` again inside a new network namespace and returns `false`; returns `true` when
+/// already inside it (the caller then runs the scenario). Prints SKIPPED when namespaces are
+/// unavailable.
+fn in_outer_namespace(name: &str) -> bool {
+    if std::env::var(NS_ENV).as_deref() == Ok(name) {
+        return true;
+    }
+    if let Some(why) = unavailable() {
+        eprintln!("SKIPPED {name}: {why}");
+        return false;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(NS_ENV, name)
+        .status()
+        .expect("run unshare");
+    assert!(status.success(), "{name} failed inside its namespace");
+    false
+}
+
+fn unavailable() -> Option<String> {
+    for tool in ["unshare", "nsenter", "ip", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    let probe = Command::new("unshare")
+        .args([
+            "-n", "--", "ip", "tuntap", "add", "dev", "probe0", "mode", "tun",
+        ])
+        .stderr(Stdio::piped())
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "cannot create a network namespace with a TUN device (needs root): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("unshare: {e}")),
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The inner namespace: held by a `sleep` started under `unshare -n`; killed on drop.
+struct Inner {
+    child: Child,
+}
+
+impl Inner {
+    fn new() -> Inner {
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let child = Command::new("unshare")
+            .args(["-n", "--", "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let inner = Inner { child };
+        let path = format!("/proc/{}/ns/net", inner.pid());
+        let t0 = Instant::now();
+        // `unshare` enters the namespace before it runs `sleep`.
+        while std::fs::read_link(&path).ok().as_ref() == Some(&ours) || !inner.ns_ready() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "inner namespace");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        inner
+    }
+
+    fn ns_ready(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/ns/net", self.pid())).is_ok()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let pid = self.pid().to_string();
+        let mut all = vec!["nsenter", "-t", &pid, "-n", "--"];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+
+    /// Runs `f` on a thread inside the inner namespace (threads it spawns are there too).
+    fn thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/proc/{}/ns/net", self.pid());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with an fd we opened.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("inner thread")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a TUN device named `name` (no packet information header) and returns its fd.
+fn open_tun(name: &str) -> OwnedFd {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: plain open; the result is checked.
+    let fd: RawFd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one ifreq.
+    let r = unsafe { libc::ioctl(fd, TUNSETIFF as _, &mut req) };
+    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    owned
+}
+
+/// The origin in the outer namespace: HTTP (`/big`: 64 MiB, `/small`: 1 MiB), a TCP echo
+/// (half-closes after echoing), a UDP echo answering `answer:` + the query.
+fn start_origin() {
+    sh(&["ip", "link", "set", "lo", "up"]);
+    // On the outer namespace's own loopback (a dummy interface needs a kernel module that
+    // may not be loadable here): the addresses exist nowhere else.
+    sh(&["ip", "addr", "add", &format!("{ORIGIN}/32"), "dev", "lo"]);
+    sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{ORIGIN6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    for ip in [ORIGIN, ORIGIN6] {
+        let http = TcpListener::bind(SocketAddr::new(ip.parse().unwrap(), HTTP_PORT)).unwrap();
+        std::thread::spawn(move || {
+            for s in http.incoming().flatten() {
+                std::thread::spawn(move || serve_http(s));
+            }
+        });
+    }
+    let echo = TcpListener::bind((ORIGIN, ECHO_PORT)).unwrap();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let udp = UdpSocket::bind((ORIGIN, UDP_PORT)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let mut reply = b"answer:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = udp.send_to(&reply, from);
+        }
+    });
+}
+
+fn serve_http(mut s: TcpStream) {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&b[..n]),
+        }
+    }
+    let body = if req.starts_with(b"GET /big ") {
+        pattern(1, BIG)
+    } else {
+        pattern(2, 1 << 20)
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(&body);
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open fds of this process that refer to the TUN device.
+fn tun_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|p| p.to_string_lossy().contains("net/tun"))
+        })
+        .count()
+}
+
+fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The library's warnings on stderr: a failed check then says why the flow failed.
+struct Stderr;
+
+impl log::Log for Stderr {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[{}] {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn run_scenario(client: &xhttp_mobile::Client) {
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    start_origin();
+    let fd = open_tun(TUN_NAME);
+    let inner = Inner::new();
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        TUN_NAME,
+        "netns",
+        &inner.pid().to_string(),
+    ]);
+    inner.run(&["ip", "link", "set", "lo", "up"]);
+    inner.run(&["ip", "addr", "add", "10.0.0.2/24", "dev", TUN_NAME]);
+    inner.run(&["ip", "addr", "add", "fd00::2/64", "dev", TUN_NAME, "nodad"]);
+    inner.run(&["ip", "link", "set", TUN_NAME, "mtu", "1500", "up"]);
+    inner.run(&["ip", "route", "add", "default", "dev", TUN_NAME]);
+    inner.run(&["ip", "-6", "route", "add", "default", "dev", TUN_NAME]);
+
+    let opts = TunOptions::from_json(
+        1500,
+        &format!(r#"{{"dnsAddress": "{VIRTUAL_DNS}", "dnsServer": "{ORIGIN}:{UDP_PORT}"}}"#),
+    )
+    .unwrap();
+    let tun = client
+        .start_tun(PacketIo::Fd(fd.as_raw_fd()), opts)
+        .expect("tun starts");
+    assert_eq!(tun_fds(), 2, "ours and the TUN's duplicate");
+
+    // 64 MiB by curl, SHA-256 checked.
+    let file = std::env::temp_dir().join(format!("xh-tun-{}.bin", std::process::id()));
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    inner.run(&[
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "120",
+        "-o",
+        file.to_str().unwrap(),
+        &format!("http://{ORIGIN}:{HTTP_PORT}/big"),
+    ]);
+    let took = t0.elapsed();
+    let got = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(got.len(), BIG);
+    assert!(sha(&got) == sha(&pattern(1, BIG)), "64 MiB differ");
+    eprintln!(
+        "tun: 64 MiB by curl in {took:?} ({:.0} MiB/s); RSS {} -> {} MiB",
+        64.0 / took.as_secs_f64(),
+        rss0 / 1024,
+        rss_kib() / 1024
+    );
+
+    // IPv6 through the same TUN.
+    let file6 = std::env::temp_dir().join(format!("xh-tun6-{}.bin", std::process::id()));
+    inner.run(&[
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "30",
+        "-o",
+        file6.to_str().unwrap(),
+        &format!("http://[{ORIGIN6}]:{HTTP_PORT}/small"),
+    ]);
+    let got = std::fs::read(&file6).unwrap();
+    let _ = std::fs::remove_file(&file6);
+    assert!(
+        sha(&got) == sha(&pattern(2, 1 << 20)),
+        "IPv6 download differs"
+    );
+
+    // UDP: to the origin directly (XUDP), and DNS-style to the virtual DNS address, whose
+    // replies must come back from that address.
+    inner.thread(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for (to, want_from) in [
+            (
+                format!("{ORIGIN}:{UDP_PORT}"),
+                format!("{ORIGIN}:{UDP_PORT}"),
+            ),
+            (format!("{VIRTUAL_DNS}:53"), format!("{VIRTUAL_DNS}:53")),
+        ] {
+            let to: SocketAddr = to.parse().unwrap();
+            let want_from: SocketAddr = want_from.parse().unwrap();
+            let query = format!("query for {to}");
+            let mut answered = None;
+            // UDP may be lost: a few tries, as a resolver does.
+            for _ in 0..5 {
+                s.send_to(query.as_bytes(), to).unwrap();
+                let mut buf = [0u8; 2048];
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    answered = Some((buf[..n].to_vec(), from));
+                    break;
+                }
+            }
+            let (reply, from) = answered.unwrap_or_else(|| panic!("no UDP reply from {to}"));
+            assert_eq!(from, want_from);
+            assert_eq!(reply, [b"answer:".as_slice(), query.as_bytes()].concat());
+        }
+    });
+
+    // 100 parallel short TCP flows, each SHA-checked.
+    inner.thread(|| {
+        let flows: Vec<_> = (0..100u64)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let data = pattern(100 + i, 16 * 1024);
+                    let mut s = TcpStream::connect((ORIGIN, ECHO_PORT)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    s.write_all(&data).unwrap();
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut back = Vec::new();
+                    s.read_to_end(&mut back).unwrap();
+                    assert!(sha(&back) == sha(&data), "flow {i}: echo differs");
+                })
+            })
+            .collect();
+        for f in flows {
+            f.join().expect("a parallel flow failed");
+        }
+    });
+
+    // A closed port: the flow ends promptly with nothing received.
+    inner.thread(|| {
+        let t0 = Instant::now();
+        match TcpStream::connect((ORIGIN, CLOSED_PORT)) {
+            Err(_) => {}
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(b"hello?");
+                let mut b = [0u8; 16];
+                match s.read(&mut b) {
+                    Ok(0) => {}
+                    Ok(n) => panic!("{n} bytes from a closed port"),
+                    Err(e) => assert!(
+                        e.kind() != std::io::ErrorKind::WouldBlock
+                            && e.kind() != std::io::ErrorKind::TimedOut,
+                        "the flow to a closed port did not end: {e}"
+                    ),
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    });
+
+    let st = tun.stats();
+    eprintln!("tun: stats after the checks: {st:?}");
+    assert!(st.tcp_flows_total >= 103, "{st:?}");
+    assert!(st.udp_flows_total >= 1 && st.dns_queries >= 1, "{st:?}");
+    assert!(
+        st.bytes_down >= BIG as u64 && st.bytes_up >= 100 * 16 * 1024,
+        "{st:?}"
+    );
+    assert_eq!(st.dropped.malformed, 0, "{st:?}");
+    assert!(st.flows_open_failed == 0, "{st:?}");
+
+    // Stop while flows run: five open echo flows (and the UDP session), then stop.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let pid = inner.pid();
+    let holder = std::thread::spawn(move || {
+        let path = format!("/proc/{pid}/ns/net");
+        let ns = std::fs::File::open(path).unwrap();
+        // SAFETY: as in `Inner::thread`.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let mut s = TcpStream::connect((ORIGIN, ECHO_PORT)).unwrap();
+            s.write_all(b"ping").unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).unwrap();
+            held.push(s);
+        }
+        ready_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+        drop(held);
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("flows held");
+    wait_until("5 TCP flows counted", Duration::from_secs(5), || {
+        tun.stats().tcp_flows >= 5
+    });
+    assert!(client.stats().tcp_flows >= 5);
+    let t0 = Instant::now();
+    tun.stop();
+    eprintln!("tun: stop with flows running took {:?}", t0.elapsed());
+    wait_until("every flow ended", Duration::from_secs(5), || {
+        let s = tun.stats();
+        s.tcp_flows == 0 && s.udp_flows == 0
+    });
+    wait_until("every tunnel closed", Duration::from_secs(5), || {
+        client.stats().open_tunnels == 0
+    });
+    assert_eq!(
+        tun_fds(),
+        1,
+        "the TUN's duplicate fd is closed; ours is not"
+    );
+    // The caller's fd is still open and usable.
+    // SAFETY: F_GETFD on our own fd.
+    assert!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } >= 0);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    drop(tun);
+}
