@@ -46,6 +46,49 @@ fn tun_in_namespaces_against_the_test_server() {
     run_scenario(&client);
 }
 
+/// The same scenario against the real Xray-core (XRAY_BIN): a VLESS + XHTTP/H3 inbound whose
+/// freedom outbound reaches the origin.
+#[cfg(feature = "interop")]
+#[test]
+fn tun_in_namespaces_against_xray() {
+    if !in_outer_namespace("tun_in_namespaces_against_xray") {
+        return;
+    }
+    use serde_json::json;
+    let bin = std::path::PathBuf::from(
+        std::env::var_os("XRAY_BIN").expect("XRAY_BIN must point at an Xray-core binary"),
+    );
+    let dir = std::env::temp_dir().join(format!("xh-tun-xray-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    // The origin's addresses are private: newer Xray's freedom refuses them unless allowed
+    // (older versions ignore `finalRules`).
+    sh(&["ip", "link", "set", "lo", "up"]);
+    let port = common::xray::free_udp_port();
+    let cfg = json!({"log": {"loglevel": "warning"},
+        "inbounds": [{"listen": "127.0.0.1", "port": port, "protocol": "vless",
+            "settings": {"clients": [{"id": ID}], "decryption": "none"},
+            "streamSettings": {"network": "xhttp", "security": "tls",
+                "tlsSettings": {"alpn": ["h3"], "certificates": [{
+                    "certificateFile": dir.join("cert.pem"), "keyFile": dir.join("key.pem")}]},
+                "xhttpSettings": {"path": "/xh"}}}],
+        "outbounds": [{"protocol": "freedom", "settings": {"finalRules": [
+            {"action": "allow", "ip": ["10.77.0.0/16", "fd77::/16"]}]}}]});
+    let _xray = common::xray::start(&bin, &dir.join("xray.json"), &cfg, true);
+    let out = json!({"protocol": "vless",
+        "settings": {"address": "127.0.0.1", "port": port, "id": ID, "encryption": "none"},
+        "streamSettings": {"network": "xhttp", "security": "tls",
+            "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
+                "pinnedPeerCertSha256": hex::encode(sha(ck.cert.der()))},
+            "xhttpSettings": {"path": "/xh", "mode": "stream-one"}}});
+    let c = xhttp_mobile::config::xray::import(&out.to_string()).expect("import");
+    let client = xhttp_mobile::Client::new(c).expect("client");
+    run_scenario(&client);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs `name` again inside a new network namespace and returns `false`; returns `true` when
 /// already inside it (the caller then runs the scenario). Prints SKIPPED when namespaces are
 /// unavailable.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Packets queued each way for a packet callback (iOS): about 1.5 MB at 1500 bytes.
 pub const PACKET_QUEUE: usize = 1024;
@@ -44,9 +45,30 @@ pub enum Device {
 /// For callback input: where [`super::Tun::input`] queues.
 pub type InputQueue = mpsc::Sender<Vec<u8>>;
 
+/// The thread that calls the packet callback.
+pub struct OutThread {
+    id: std::thread::ThreadId,
+    done: std_mpsc::Receiver<()>,
+}
+
+impl OutThread {
+    /// Waits up to `limit` for the thread to end (it ends once the TUN's task has dropped
+    /// the queue and any callback running has returned). Not from the thread itself (a
+    /// callback stopping its own TUN): that would wait for itself.
+    pub fn wait(&self, limit: std::time::Duration) {
+        if std::thread::current().id() != self.id {
+            let _ = self.done.recv_timeout(limit);
+        }
+    }
+}
+
 impl Device {
-    /// Must run inside the runtime (the fd is registered with its reactor).
-    pub fn open(io: PacketIo) -> Result<(Device, Option<InputQueue>)> {
+    /// Must run inside the runtime (the fd is registered with its reactor). Once `stop` is
+    /// cancelled the packet callback is not called again.
+    pub fn open(
+        io: PacketIo,
+        stop: CancellationToken,
+    ) -> Result<(Device, Option<InputQueue>, Option<OutThread>)> {
         match io {
             PacketIo::Fd(fd) => {
                 let fail = |what: &str, e: std::io::Error| {
@@ -70,16 +92,23 @@ impl Device {
                 // until the AsyncFd is dropped.
                 let afd = unsafe { AsyncFd::register(owned) }
                     .map_err(|e| fail("registering it", std::io::Error::other(e.to_string())))?;
-                Ok((Device::Fd(Arc::new(afd)), None))
+                Ok((Device::Fd(Arc::new(afd)), None, None))
             }
             PacketIo::Callback(out) => {
                 let (in_tx, in_rx) = mpsc::channel(PACKET_QUEUE);
                 let (out_tx, out_rx) = std_mpsc::sync_channel::<Vec<u8>>(PACKET_QUEUE);
-                std::thread::Builder::new()
+                let (done_tx, done_rx) = std_mpsc::channel::<()>();
+                let thread = std::thread::Builder::new()
                     .name("xh-tun-out".into())
                     .spawn(move || {
-                        // Ends when the TUN drops its sender (stop).
+                        // Dropped when the thread ends: what `OutThread::wait` waits for.
+                        let _done = done_tx;
+                        // Ends when the TUN drops its sender; packets still queued then are
+                        // not handed out once the TUN is stopped.
                         while let Ok(p) = out_rx.recv() {
+                            if stop.is_cancelled() {
+                                break;
+                            }
                             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out(&p)))
                                 .is_err()
                             {
@@ -94,6 +123,10 @@ impl Device {
                         output: out_tx,
                     },
                     Some(in_tx),
+                    Some(OutThread {
+                        id: thread.thread().id(),
+                        done: done_rx,
+                    }),
                 ))
             }
         }

@@ -29,7 +29,7 @@ use crate::api::Client;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tunnel::Dialer;
-use device::{Device, InputQueue, Reader, Writer};
+use device::{Device, InputQueue, OutThread, Reader, Writer};
 use flows::{Flow, FlowKey, FlowTable};
 use futures_util::{SinkExt, StreamExt};
 use netstack_smoltcp::StackBuilder;
@@ -49,6 +49,7 @@ pub struct Tun {
     input: Option<InputQueue>,
     counters: Arc<Counters>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    out_thread: Option<OutThread>,
     // Field order is drop order: the dialer before the runtime (possibly the last reference).
     _dialer: Arc<Dialer>,
     rt: Arc<Runtime>,
@@ -126,12 +127,12 @@ impl Tun {
         else {
             return Err(Error::Other("TUN stack: TCP or UDP missing".into()));
         };
-        let (device, input) = {
-            let _in_runtime = rt.handle().enter();
-            Device::open(io)?
-        };
         // The client's close stops it too (and with it its flows).
         let stop = closed.child_token();
+        let (device, input, out_thread) = {
+            let _in_runtime = rt.handle().enter();
+            Device::open(io, stop.clone())?
+        };
         let counters = Arc::new(Counters::default());
         let ctx = Arc::new(Ctx {
             dialer: dialer.clone(),
@@ -162,6 +163,7 @@ impl Tun {
             input,
             counters,
             task: Mutex::new(Some(task)),
+            out_thread,
             _dialer: dialer.clone(),
             rt,
         })
@@ -194,8 +196,10 @@ impl Tun {
     }
 
     /// Stops the TUN: every flow ends, the device is released (the TUN's duplicate of a fd
-    /// closed). Idempotent, any thread. From an app thread it waits (at most a few seconds)
-    /// for the TUN's tasks to end; from a runtime thread it only starts the stop.
+    /// closed), and the packet callback is not called again. Idempotent, any thread. From an
+    /// app thread it waits (at most a few seconds) for the TUN's tasks to end and for a
+    /// packet callback still running to return; from a runtime thread, or from inside the
+    /// packet callback, it only starts the stop.
     pub fn stop(&self) {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -205,6 +209,9 @@ impl Tun {
                     .rt
                     .handle()
                     .block_on(async { tokio::time::timeout(STOP_BOUND, task).await });
+                if let Some(t) = &self.out_thread {
+                    t.wait(STOP_BOUND);
+                }
             }
         }
     }
