@@ -32,7 +32,7 @@ pub type xh_tun_packet_callback =
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct xh_tun_stats {
+pub struct xh_tun_counters {
     /// TCP connections of the app being carried now.
     pub tcp_flows: u64,
     /// UDP sockets of the app being carried now.
@@ -70,9 +70,9 @@ pub struct xh_tun_stats {
     pub dropped_udp: u64,
 }
 
-impl From<TunStats> for xh_tun_stats {
+impl From<TunStats> for xh_tun_counters {
     fn from(s: TunStats) -> Self {
-        xh_tun_stats {
+        xh_tun_counters {
             tcp_flows: s.tcp_flows,
             udp_flows: s.udp_flows,
             tcp_flows_total: s.tcp_flows_total,
@@ -227,7 +227,11 @@ unsafe impl Sync for Ctx {}
 /// `ctx` (see `xh_tun_packet_callback`). `mtu`, `options_json` and the rest as
 /// `xh_tun_start_fd`.
 ///
-/// Returns as `xh_tun_start_fd`, with `XH_RESULT_NULL_ARGUMENT` for a NULL `out_cb`.
+/// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (also a NULL `out_cb`),
+/// `XH_RESULT_INVALID_ARGUMENT` (the last error names `mtu` or the option field),
+/// `XH_RESULT_INVALID_CONFIG` (the client has no VLESS), `XH_RESULT_INVALID_HANDLE`,
+/// `XH_RESULT_CLOSED` (the client is closed), `XH_RESULT_OTHER` (the output thread could
+/// not start), `XH_RESULT_TOO_MANY_HANDLES`, `XH_RESULT_WRONG_THREAD`.
 ///
 /// # Safety
 /// As `xh_tun_start_fd`; `out_cb` must stay callable with `ctx`, and `ctx` usable from any
@@ -308,12 +312,12 @@ pub unsafe extern "C" fn xh_tun_input(
 /// # Safety
 /// `out` must be NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn xh_tun_stats(tun: *const xh_tun, out: *mut xh_tun_stats) -> xh_result {
+pub unsafe extern "C" fn xh_tun_stats(tun: *const xh_tun, out: *mut xh_tun_counters) -> xh_result {
     call("xh_tun_stats", || {
         non_null(out, "out")?;
         let s = entry(tun)?.stats();
         // SAFETY: `out` checked non-NULL; the caller vouches it is writable.
-        unsafe { put(out, xh_tun_stats::from(s)) };
+        unsafe { put(out, xh_tun_counters::from(s)) };
         Ok(())
     })
 }
