@@ -329,7 +329,7 @@ fn tun_fds() -> usize {
         .count()
 }
 
-fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
         assert!(t0.elapsed() < limit, "{what} within {limit:?}");
@@ -569,4 +569,295 @@ fn run_scenario(client: &xhttp_mobile::Client) {
     done_tx.send(()).unwrap();
     holder.join().unwrap();
     drop(tun);
+}
+
+/// The packet API (iOS style) through the C ABI, no namespaces needed: UDP datagrams built
+/// here go in with `xh_tun_input`, reach a UDP echo through the test server (XUDP, and the
+/// virtual DNS addresses, IPv4 and IPv6, redirected), and come back as IP packets through the callback, with
+/// checksums checked. Bad packets are counted by reason; stop, the client's close and free
+/// behave as documented.
+#[test]
+fn packet_callback_through_the_c_abi() {
+    use std::ffi::{CString, c_void};
+    use std::sync::{Condvar, Mutex};
+    use xhttp_mobile::ffi::client::{xh_client, xh_client_close, xh_client_free, xh_client_new};
+    use xhttp_mobile::ffi::result::xh_result;
+    use xhttp_mobile::ffi::tun::*;
+
+    struct Inbox(Mutex<Vec<Vec<u8>>>, Condvar);
+    unsafe extern "C" fn deliver(ctx: *mut c_void, p: *const u8, len: usize) {
+        // SAFETY: `ctx` is the `Inbox` below, alive until the TUN stopped; `p` valid for
+        // `len` bytes during the call.
+        let (inbox, p) = unsafe { (&*(ctx as *const Inbox), std::slice::from_raw_parts(p, len)) };
+        inbox.0.lock().unwrap().push(p.to_vec());
+        inbox.1.notify_all();
+    }
+
+    let udp_echo = |at: &str| {
+        let echo = UdpSocket::bind(at).unwrap();
+        let addr = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        addr
+    };
+    let echo_addr = udp_echo("127.0.0.1:0");
+    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
+    let e = env(|o| o.target = Target::Vless { id });
+    let mut cfg = e.config_json(serde_json::json!({"path": "/xh", "mode": "stream-one"}));
+    cfg["vlessId"] = ID.into();
+    let cfg = CString::new(cfg.to_string()).unwrap();
+    let mut client: *mut xh_client = std::ptr::null_mut();
+    // SAFETY: valid C string and out pointer.
+    assert_eq!(
+        unsafe { xh_client_new(cfg.as_ptr(), &mut client) },
+        xh_result::Ok
+    );
+
+    let inbox = Box::new(Inbox(Mutex::new(Vec::new()), Condvar::new()));
+    let ctx = &*inbox as *const Inbox as *mut c_void;
+    let mut tun: *mut xh_tun = std::ptr::null_mut();
+    let bad_opts = CString::new(r#"{"maxFlows": 0}"#).unwrap();
+    // SAFETY: valid arguments throughout; the callback and ctx outlive the TUN.
+    unsafe {
+        assert_eq!(
+            xh_tun_new_packets(
+                client,
+                1500,
+                bad_opts.as_ptr(),
+                Some(deliver),
+                ctx,
+                &mut tun
+            ),
+            xh_result::InvalidArgument
+        );
+        assert_eq!(
+            xh_tun_new_packets(client, 100, std::ptr::null(), Some(deliver), ctx, &mut tun),
+            xh_result::InvalidArgument
+        );
+        assert_eq!(
+            xh_tun_new_packets(client, 1500, std::ptr::null(), None, ctx, &mut tun),
+            xh_result::NullArgument
+        );
+    }
+    let opts = CString::new(format!(
+        r#"{{"dnsAddress": ["{VIRTUAL_DNS}", "fd00::53"], "dnsServer": "{echo_addr}"}}"#
+    ))
+    .unwrap();
+    // SAFETY: as above.
+    let r =
+        unsafe { xh_tun_new_packets(client, 1500, opts.as_ptr(), Some(deliver), ctx, &mut tun) };
+    assert_eq!(r, xh_result::Ok);
+
+    let app: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+    let app_dns: SocketAddr = "10.0.0.2:5001".parse().unwrap();
+    let app6: SocketAddr = "[fd00::2]:5002".parse().unwrap();
+    let dns: SocketAddr = format!("{VIRTUAL_DNS}:53").parse().unwrap();
+    // IPv6 packets, to the IPv6 virtual DNS address (the test server's UDP side is IPv4).
+    let dns6: SocketAddr = "[fd00::53]:53".parse().unwrap();
+    let exchanges = [
+        (app, echo_addr, b"hello over XUDP".to_vec()),
+        (app_dns, dns, b"a DNS-style query".to_vec()),
+        (app6, dns6, b"a query over IPv6".to_vec()),
+    ];
+    let input = |p: &[u8]| {
+        // SAFETY: `p` valid for its length.
+        unsafe { xh_tun_input(tun, p.as_ptr(), p.len()) }
+    };
+    for (src, dst, payload) in &exchanges {
+        // What comes back: from the address the app asked, to the app, the same payload.
+        let want = udp_packet(*dst, *src, payload);
+        let t0 = Instant::now();
+        loop {
+            assert_eq!(input(&udp_packet(*src, *dst, payload)), xh_result::Ok);
+            let got = inbox.0.lock().unwrap();
+            let (mut got, _) = inbox
+                .1
+                .wait_timeout(got, Duration::from_millis(500))
+                .unwrap();
+            if let Some(i) = got.iter().position(|p| same_udp(p, &want)) {
+                got.remove(i);
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no reply for {src} -> {dst}"
+            );
+        }
+    }
+
+    // Bad packets, each counted by its reason.
+    let good = udp_packet(app, echo_addr, b"x");
+    let mut frag = good.clone();
+    frag[6] |= 0x20; // more fragments
+    fix_ipv4_checksum(&mut frag);
+    let mut icmp = good.clone();
+    icmp[9] = 1;
+    fix_ipv4_checksum(&mut icmp);
+    let mut bad_sum = good.clone();
+    *bad_sum.last_mut().unwrap() ^= 0xff;
+    for p in [
+        &good[..10],
+        &[0xffu8; 40][..],
+        &bad_sum[..],
+        &frag[..],
+        &icmp[..],
+        &[0x45; 2000][..],
+    ] {
+        assert_eq!(input(p), xh_result::Ok);
+    }
+    // SAFETY: NULL packet and out-of-range lengths are refused, not read.
+    unsafe {
+        assert_eq!(
+            xh_tun_input(tun, std::ptr::null(), 1),
+            xh_result::NullArgument
+        );
+        assert_eq!(
+            xh_tun_input(tun, good.as_ptr(), 0),
+            xh_result::InvalidArgument
+        );
+    }
+    let mut st = xh_tun_counters::default();
+    wait_until("bad packets counted", Duration::from_secs(5), || {
+        // SAFETY: valid out pointer.
+        assert_eq!(unsafe { xh_tun_stats(tun, &mut st) }, xh_result::Ok);
+        st.dropped_malformed >= 3 && st.dropped_fragment >= 1 && st.dropped_protocol >= 1
+    });
+    assert_eq!(
+        (
+            st.dropped_malformed,
+            st.dropped_fragment,
+            st.dropped_protocol,
+            st.dropped_oversized
+        ),
+        (3, 1, 1, 1),
+        "{st:?}"
+    );
+    assert!(st.udp_flows_total >= 3 && st.dns_queries >= 1, "{st:?}");
+
+    // Stop: input refused, stats kept; then a second TUN stopped by the client's close.
+    assert_eq!(xh_tun_stop(tun), xh_result::Ok);
+    assert_eq!(xh_tun_stop(tun), xh_result::Ok);
+    assert_eq!(input(&good), xh_result::Closed);
+    let mut after = xh_tun_counters::default();
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { xh_tun_stats(tun, &mut after) }, xh_result::Ok);
+    assert_eq!(after.udp_flows, 0, "{after:?}");
+    let mut tun2: *mut xh_tun = std::ptr::null_mut();
+    // SAFETY: as above.
+    let r = unsafe {
+        xh_tun_new_packets(
+            client,
+            1500,
+            std::ptr::null(),
+            Some(deliver),
+            ctx,
+            &mut tun2,
+        )
+    };
+    assert_eq!(r, xh_result::Ok);
+    assert_eq!(xh_client_close(client), xh_result::Ok);
+    // SAFETY: a valid packet.
+    assert_eq!(
+        unsafe { xh_tun_input(tun2, good.as_ptr(), good.len()) },
+        xh_result::Closed
+    );
+    assert_eq!(xh_tun_free(tun), xh_result::Ok);
+    assert_eq!(xh_tun_free(tun), xh_result::InvalidHandle);
+    assert_eq!(xh_tun_free(tun2), xh_result::Ok);
+    assert_eq!(xh_client_free(client), xh_result::Ok);
+    drop(inbox);
+}
+
+/// An IPv4 or IPv6 UDP packet with correct checksums.
+fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let ulen = 8 + payload.len();
+    let mut udp = Vec::with_capacity(ulen);
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&(ulen as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let (s, d) = (ip_bytes(src), ip_bytes(dst));
+    let mut pseudo = [s.as_slice(), d.as_slice()].concat();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(ulen as u16).to_be_bytes());
+    let mut sum = checksum(&[pseudo.as_slice(), udp.as_slice()].concat());
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    if src.is_ipv4() {
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + ulen) as u16).to_be_bytes());
+        ip.extend_from_slice(&s);
+        ip.extend_from_slice(&d);
+        ip.extend_from_slice(&udp);
+        fix_ipv4_checksum(&mut ip);
+        ip
+    } else {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(ulen as u16).to_be_bytes());
+        ip.extend_from_slice(&[17, 64]);
+        ip.extend_from_slice(&s);
+        ip.extend_from_slice(&d);
+        ip.extend_from_slice(&udp);
+        ip
+    }
+}
+
+fn ip_bytes(a: SocketAddr) -> Vec<u8> {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn fix_ipv4_checksum(p: &mut [u8]) {
+    p[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The same addresses, ports and payload, with valid checksums on `got` (the stack's TTL
+/// and IPv4 identification may differ from ours).
+fn same_udp(got: &[u8], want: &[u8]) -> bool {
+    let v4 = want[0] >> 4 == 4;
+    let hl = if v4 { 20 } else { 40 };
+    if got.len() != want.len() || got[0] >> 4 != want[0] >> 4 {
+        return false;
+    }
+    let addrs = if v4 { 12..20 } else { 8..40 };
+    if got[addrs.clone()] != want[addrs] || got[hl..hl + 6] != want[hl..hl + 6] {
+        return false;
+    }
+    if got[hl + 8..] != want[hl + 8..] {
+        return false;
+    }
+    if v4 && checksum(&got[..20]) != 0 {
+        return false;
+    }
+    let (s, d) = if v4 {
+        (&got[12..16], &got[16..20])
+    } else {
+        (&got[8..24], &got[24..40])
+    };
+    let mut pseudo = [s, d].concat();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&((got.len() - hl) as u16).to_be_bytes());
+    checksum(&[pseudo.as_slice(), &got[hl..]].concat()) == 0
 }
