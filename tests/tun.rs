@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xhttp_mobile::tun::{PacketIo, TunOptions};
@@ -211,36 +211,6 @@ impl Drop for Inner {
     }
 }
 
-/// Opens a TUN device named `name` (no packet information header) and returns its fd.
-fn open_tun(name: &str) -> OwnedFd {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    // SAFETY: plain open; the result is checked.
-    let fd: RawFd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(
-        fd >= 0,
-        "open /dev/net/tun: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a fresh fd we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes one ifreq.
-    let r = unsafe { libc::ioctl(fd, TUNSETIFF as _, &mut req) };
-    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
-    owned
-}
-
 /// The origin in the outer namespace: HTTP (`/big`: 64 MiB, `/small`: 1 MiB), a TCP echo
 /// (half-closes after echoing), a UDP echo answering `answer:` + the query.
 fn start_origin() {
@@ -357,7 +327,7 @@ fn run_scenario(client: &xhttp_mobile::Client) {
         log::set_max_level(log::LevelFilter::Warn);
     }
     start_origin();
-    let fd = open_tun(TUN_NAME);
+    let fd = xhttp_mobile::tun::linux::create_device(TUN_NAME).expect("TUN device");
     let inner = Inner::new();
     sh(&[
         "ip",

@@ -14,6 +14,8 @@
 mod device;
 mod dns;
 mod flows;
+#[cfg(target_os = "linux")]
+pub mod linux;
 mod options;
 mod packet;
 mod stats;
