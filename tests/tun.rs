@@ -28,6 +28,11 @@ const ORIGIN: &str = "10.77.0.1";
 const ORIGIN6: &str = "fd77::1";
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7007;
+/// Accepts and never reads: a server slower than any app.
+const STALL_PORT: u16 = 7008;
+/// What a stalled flow may hold in flight end to end (the app's socket buffers, the stack's,
+/// the tunnel's queue, QUIC flow control, the server's sockets): bounded, far below 64 MiB.
+const IN_FLIGHT_BOUND: u64 = 32 << 20;
 const UDP_PORT: u16 = 5353;
 /// Nothing listens there.
 const CLOSED_PORT: u16 = 9;
@@ -235,6 +240,11 @@ fn start_origin() {
             }
         });
     }
+    let stall = TcpListener::bind((ORIGIN, STALL_PORT)).unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = stall.incoming().flatten().collect();
+        drop(held);
+    });
     let echo = TcpListener::bind((ORIGIN, ECHO_PORT)).unwrap();
     std::thread::spawn(move || {
         for s in echo.incoming().flatten() {
@@ -453,6 +463,84 @@ fn run_scenario(client: &xhttp_mobile::Client) {
         }
     });
 
+    // Backpressure, upload: the app writes as fast as it can to a server that never reads.
+    // Its writes must block once a bounded amount is in flight.
+    let up0 = tun.stats().bytes_up;
+    let rss0 = rss_kib();
+    let written = inner.thread(|| {
+        let mut s = TcpStream::connect((ORIGIN, STALL_PORT)).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut total = 0u64;
+        while total < 2 * IN_FLIGHT_BOUND {
+            match s.write(&chunk) {
+                Ok(n) => total += n as u64,
+                Err(_) => break,
+            }
+        }
+        total
+    });
+    let carried = tun.stats().bytes_up - up0;
+    eprintln!(
+        "tun: to a server that never reads, the app could write {} KiB ({} KiB taken by the \
+         TUN) before blocking; RSS {} -> {} MiB",
+        written / 1024,
+        carried / 1024,
+        rss0 / 1024,
+        rss_kib() / 1024
+    );
+    assert!(
+        written < IN_FLIGHT_BOUND,
+        "{written} bytes accepted: no backpressure"
+    );
+
+    // Backpressure, download: an app that does not read holds the server back; once it
+    // reads, every byte arrives intact.
+    let down0 = tun.stats().bytes_down;
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let pid = inner.pid();
+    let reader = std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        // SAFETY: setns on this thread only, with an fd we opened.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let mut s = TcpStream::connect((ORIGIN, HTTP_PORT)).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: origin\r\n\r\n")
+            .unwrap();
+        paused_tx.send(()).unwrap();
+        resume_rx.recv().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    paused_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = tun.stats().bytes_down - down0;
+    eprintln!(
+        "tun: an app that does not read was sent {} KiB",
+        held / 1024
+    );
+    assert!(
+        held < IN_FLIGHT_BOUND,
+        "{held} bytes sent to an app that does not read"
+    );
+    resume_tx.send(()).unwrap();
+    let all = reader.join().unwrap();
+    let body = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &all[i + 4..])
+        .expect("an HTTP response");
+    assert!(
+        body.len() == BIG && sha(body) == sha(&pattern(1, BIG)),
+        "paused download differs"
+    );
+
     // A closed port: the flow ends promptly with nothing received.
     inner.thread(|| {
         let t0 = Instant::now();
@@ -478,7 +566,7 @@ fn run_scenario(client: &xhttp_mobile::Client) {
 
     let st = tun.stats();
     eprintln!("tun: stats after the checks: {st:?}");
-    assert!(st.tcp_flows_total >= 103, "{st:?}");
+    assert!(st.tcp_flows_total >= 105, "{st:?}");
     assert!(st.udp_flows_total >= 1 && st.dns_queries >= 1, "{st:?}");
     assert!(
         st.bytes_down >= BIG as u64 && st.bytes_up >= 100 * 16 * 1024,
