@@ -400,12 +400,7 @@ impl Inbound {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
-            if tokio::runtime::Handle::try_current().is_err() {
-                let _ = self
-                    .rt
-                    .handle()
-                    .block_on(async { tokio::time::timeout(STOP_BOUND, task).await });
-            }
+            self.rt.wait_from_app_thread(task, STOP_BOUND);
         }
     }
 

@@ -172,15 +172,11 @@ impl Inner {
         let path = format!("/proc/{}/ns/net", inner.pid());
         let t0 = Instant::now();
         // `unshare` enters the namespace before it runs `sleep`.
-        while std::fs::read_link(&path).ok().as_ref() == Some(&ours) || !inner.ns_ready() {
+        while std::fs::read_link(&path).ok().as_ref() == Some(&ours) {
             assert!(t0.elapsed() < Duration::from_secs(5), "inner namespace");
             std::thread::sleep(Duration::from_millis(10));
         }
         inner
-    }
-
-    fn ns_ready(&self) -> bool {
-        std::fs::read_link(format!("/proc/{}/ns/net", self.pid())).is_ok()
     }
 
     fn pid(&self) -> u32 {
@@ -192,6 +188,26 @@ impl Inner {
         let mut all = vec!["nsenter", "-t", &pid, "-n", "--"];
         all.extend_from_slice(args);
         sh(&all);
+    }
+
+    /// What curl downloads from `url` inside the inner namespace.
+    fn curl(&self, url: &str) -> Vec<u8> {
+        let file = std::env::temp_dir().join(format!("xh-tun-{}.bin", std::process::id()));
+        let path = file.to_str().unwrap();
+        self.run(&[
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "120",
+            "-o",
+            path,
+            url,
+        ]);
+        let got = std::fs::read(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        got
     }
 
     /// Runs `f` on a thread inside the inner namespace (threads it spawns are there too).
@@ -245,17 +261,7 @@ fn start_origin() {
         let held: Vec<_> = stall.incoming().flatten().collect();
         drop(held);
     });
-    let echo = TcpListener::bind((ORIGIN, ECHO_PORT)).unwrap();
-    std::thread::spawn(move || {
-        for s in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
+    common::xray::serve_tcp_echo(TcpListener::bind((ORIGIN, ECHO_PORT)).unwrap());
     let udp = UdpSocket::bind((ORIGIN, UDP_PORT)).unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -365,23 +371,10 @@ fn run_scenario(client: &xhttp_mobile::Client) {
     assert_eq!(tun_fds(), 2, "ours and the TUN's duplicate");
 
     // 64 MiB by curl, SHA-256 checked.
-    let file = std::env::temp_dir().join(format!("xh-tun-{}.bin", std::process::id()));
     let rss0 = rss_kib();
     let t0 = Instant::now();
-    inner.run(&[
-        "curl",
-        "-sS",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "120",
-        "-o",
-        file.to_str().unwrap(),
-        &format!("http://{ORIGIN}:{HTTP_PORT}/big"),
-    ]);
+    let got = inner.curl(&format!("http://{ORIGIN}:{HTTP_PORT}/big"));
     let took = t0.elapsed();
-    let got = std::fs::read(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
     assert_eq!(got.len(), BIG);
     assert!(sha(&got) == sha(&pattern(1, BIG)), "64 MiB differ");
     eprintln!(
@@ -392,20 +385,7 @@ fn run_scenario(client: &xhttp_mobile::Client) {
     );
 
     // IPv6 through the same TUN.
-    let file6 = std::env::temp_dir().join(format!("xh-tun6-{}.bin", std::process::id()));
-    inner.run(&[
-        "curl",
-        "-sS",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "30",
-        "-o",
-        file6.to_str().unwrap(),
-        &format!("http://[{ORIGIN6}]:{HTTP_PORT}/small"),
-    ]);
-    let got = std::fs::read(&file6).unwrap();
-    let _ = std::fs::remove_file(&file6);
+    let got = inner.curl(&format!("http://[{ORIGIN6}]:{HTTP_PORT}/small"));
     assert!(
         sha(&got) == sha(&pattern(2, 1 << 20)),
         "IPv6 download differs"

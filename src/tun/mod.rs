@@ -206,11 +206,8 @@ impl Tun {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
+            self.rt.wait_from_app_thread(task, STOP_BOUND);
             if tokio::runtime::Handle::try_current().is_err() {
-                let _ = self
-                    .rt
-                    .handle()
-                    .block_on(async { tokio::time::timeout(STOP_BOUND, task).await });
                 if let Some(t) = &self.out_thread {
                     t.wait(STOP_BOUND);
                 }
