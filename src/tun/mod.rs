@@ -199,14 +199,25 @@ impl Tun {
 
     /// Stops the TUN: every flow ends, the device is released (the TUN's duplicate of a fd
     /// closed), and the packet callback is not called again. Idempotent, any thread. From an
-    /// app thread it waits (at most a few seconds) for the TUN's tasks to end and for a
-    /// packet callback still running to return; from a runtime thread, or from inside the
+    /// app thread it waits (at most a few seconds) for the TUN's tasks and flows to end and
+    /// for a packet callback still running to return; from a runtime thread, or from inside the
     /// packet callback, it only starts the stop.
     pub fn stop(&self) {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
-            self.rt.wait_from_app_thread(task, STOP_BOUND);
+            // The TUN's task, then every flow's (each ends once it has closed its tunnel).
+            let c = self.counters.clone();
+            let ended = async move {
+                let _ = task.await;
+                let open = |c: &Counters| {
+                    c.tcp_active.load(Ordering::Relaxed) + c.udp_active.load(Ordering::Relaxed)
+                };
+                while open(&c) > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            self.rt.wait_from_app_thread(ended, STOP_BOUND);
             if tokio::runtime::Handle::try_current().is_err() {
                 if let Some(t) = &self.out_thread {
                     t.wait(STOP_BOUND);
