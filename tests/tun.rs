@@ -776,6 +776,44 @@ fn packet_callback_through_the_c_abi() {
     );
     assert!(st.udp_flows_total >= 3 && st.dns_queries >= 1, "{st:?}");
 
+    // The flow cap: four app sockets under `maxFlows: 2` end the two least recent.
+    let capped_opts = CString::new(r#"{"maxFlows": 2}"#).unwrap();
+    let mut capped: *mut xh_tun = std::ptr::null_mut();
+    // SAFETY: as above.
+    let r = unsafe {
+        xh_tun_new_packets(
+            client,
+            1500,
+            capped_opts.as_ptr(),
+            Some(deliver),
+            ctx,
+            &mut capped,
+        )
+    };
+    assert_eq!(r, xh_result::Ok);
+    for port in 6000..6004u16 {
+        let p = udp_packet(SocketAddr::new(app.ip(), port), echo_addr, b"cap");
+        // SAFETY: a valid packet.
+        assert_eq!(
+            unsafe { xh_tun_input(capped, p.as_ptr(), p.len()) },
+            xh_result::Ok
+        );
+    }
+    let mut cs = xh_tun_counters::default();
+    wait_until("four UDP flows seen", Duration::from_secs(5), || {
+        // SAFETY: valid out pointer.
+        assert_eq!(unsafe { xh_tun_stats(capped, &mut cs) }, xh_result::Ok);
+        cs.udp_flows_total == 4
+    });
+    assert_eq!(cs.flows_evicted, 2, "{cs:?}");
+    // The evicted flows end (closing their sessions) on their own tasks.
+    wait_until("evicted flows ended", Duration::from_secs(5), || {
+        // SAFETY: valid out pointer.
+        assert_eq!(unsafe { xh_tun_stats(capped, &mut cs) }, xh_result::Ok);
+        cs.udp_flows <= 2
+    });
+    assert_eq!(xh_tun_free(capped), xh_result::Ok);
+
     // Stop: input refused, stats kept; then a second TUN stopped by the client's close.
     assert_eq!(xh_tun_stop(tun), xh_result::Ok);
     assert_eq!(xh_tun_stop(tun), xh_result::Ok);

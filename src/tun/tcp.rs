@@ -13,6 +13,7 @@ use crate::proxy::relay::{self, open_within};
 use crate::proxy::vless::{Command, Target};
 use futures_util::StreamExt;
 use netstack_smoltcp::{TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,19 +21,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub async fn accept(ctx: Arc<Ctx>, mut listener: TcpListener) {
     while let Some((stream, src, dst)) = listener.next().await {
-        let key = FlowKey::Tcp { src, dst };
-        let flow = ctx.admit(key);
-        tokio::spawn(carry(ctx.clone(), stream, key, flow));
+        let flow = ctx.admit(FlowKey::Tcp { src, dst });
+        tokio::spawn(carry(ctx.clone(), stream, src, dst, flow));
     }
 }
 
-async fn carry(ctx: Arc<Ctx>, stream: TcpStream, key: FlowKey, flow: Arc<Flow>) {
+async fn carry(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+    flow: Arc<Flow>,
+) {
     let c = &ctx.counters;
     add(&c.tcp_total, 1);
     let _active = super::Active::new(&c.tcp_active);
-    let FlowKey::Tcp { dst, .. } = key else {
-        return;
-    };
+    let key = FlowKey::Tcp { src, dst };
     let target = match ctx.opts.dns.as_ref().and_then(|d| d.redirect(dst)) {
         Some(server) => {
             add(&c.dns_total, 1);
