@@ -776,8 +776,9 @@ fn packet_callback_through_the_c_abi() {
     );
     assert!(st.udp_flows_total >= 3 && st.dns_queries >= 1, "{st:?}");
 
-    // The flow cap: four app sockets under `maxFlows: 2` end the two least recent.
-    let capped_opts = CString::new(r#"{"maxFlows": 2}"#).unwrap();
+    // The flow cap: four app sockets under `maxFlows: 2` end the two least recent; the
+    // others end once quiet for `udpIdle`.
+    let capped_opts = CString::new(r#"{"maxFlows": 2, "udpIdle": 0.3}"#).unwrap();
     let mut capped: *mut xh_tun = std::ptr::null_mut();
     // SAFETY: as above.
     let r = unsafe {
@@ -811,6 +812,11 @@ fn packet_callback_through_the_c_abi() {
         // SAFETY: valid out pointer.
         assert_eq!(unsafe { xh_tun_stats(capped, &mut cs) }, xh_result::Ok);
         cs.udp_flows <= 2
+    });
+    wait_until("quiet flows ended", Duration::from_secs(5), || {
+        // SAFETY: valid out pointer.
+        assert_eq!(unsafe { xh_tun_stats(capped, &mut cs) }, xh_result::Ok);
+        cs.udp_flows == 0
     });
     assert_eq!(xh_tun_free(capped), xh_result::Ok);
 
