@@ -181,6 +181,12 @@ typedef struct xh_client xh_client;
 // Created by `xh_socks_start`, released by `xh_socks_free`; any thread.
 typedef struct xh_socks xh_socks;
 
+// A TUN data plane: the device's IP packets in, every TCP connection and UDP socket
+// carried through its client as VLESS flows (TCP) and full-cone XUDP sessions (UDP), the
+// replies out as IP packets. An opaque handle like `xh_tunnel`. Created by
+// `xh_tun_start_fd` or `xh_tun_new_packets`, released by `xh_tun_free`; any thread.
+typedef struct xh_tun xh_tun;
+
 // A tunnel: one bidirectional byte stream through the server. An opaque handle: the
 // library never dereferences it, so any value may be passed safely (a wrong one gives
 // `XH_RESULT_INVALID_HANDLE`). Created by `xh_client_open` (raw) or
@@ -260,6 +266,53 @@ typedef struct {
 // `XH_RESULT_WRONG_THREAD` there. On Android, a runtime thread calling into the JVM must
 // attach itself and detach before returning.
 typedef int (*xh_protect_callback)(void *ctx, int fd);
+
+// Receives one IP packet for the app (`xh_tun_new_packets`): `packet` is valid for `len`
+// bytes during the call only. Called on a thread of the TUN's own, one packet at a time,
+// never after `xh_tun_stop` returned. It should return quickly: while it blocks, packets
+// for the app queue (1024), then are dropped (counted in `dropped_output_full`). It must not
+// unwind.
+typedef void (*xh_tun_packet_callback)(void *ctx, const uint8_t *packet, size_t len);
+
+// What a TUN has carried and dropped (`xh_tun_stats`). Counts since start; `*_flows` are
+// open now.
+typedef struct {
+  // TCP connections of the app being carried now.
+  uint64_t tcp_flows;
+  // UDP sockets of the app being carried now.
+  uint64_t udp_flows;
+  uint64_t tcp_flows_total;
+  uint64_t udp_flows_total;
+  // UDP datagrams and TCP connections to the virtual DNS address, redirected.
+  uint64_t dns_queries;
+  // Payload bytes from the app / to the app.
+  uint64_t bytes_up;
+  uint64_t bytes_down;
+  // IP packets read from / written to the device.
+  uint64_t packets_in;
+  uint64_t packets_out;
+  // Flows ended to make room under `maxFlows`.
+  uint64_t flows_evicted;
+  // TCP connections whose tunnel did not open (closed towards the app).
+  uint64_t flows_open_failed;
+  // Packets dropped: not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
+  uint64_t dropped_malformed;
+  // Packets dropped: larger than the MTU.
+  uint64_t dropped_oversized;
+  // Packets dropped: IP fragments.
+  uint64_t dropped_fragment;
+  // Packets dropped: ICMP and protocols other than TCP and UDP.
+  uint64_t dropped_protocol;
+  // Packets dropped: IPv6 with `"ipv6": false`.
+  uint64_t dropped_ipv6_off;
+  // Packets dropped: `xh_tun_input` while the input queue was full.
+  uint64_t dropped_input_full;
+  // Packets dropped: for the app while the packet callback's queue was full.
+  uint64_t dropped_output_full;
+  // UDP datagrams dropped: a flow's queue full, the session refused them, or a reply no
+  // packet can carry.
+  uint64_t dropped_udp;
+} xh_tun_counters;
 
 // No records (used as `max_level` to silence the callback).
 #define XH_LOG_LEVEL_OFF 0
@@ -516,6 +569,89 @@ xh_result xh_socks_stop(xh_socks *socks);
 // Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
 // (already freed or not a SOCKS server: nothing was done).
 xh_result xh_socks_free(xh_socks *socks);
+
+// Starts a TUN on the TUN device `fd` (Linux, Android `VpnService`) whose packets are at
+// most `mtu` bytes (1280-65535), with `options_json` (NULL or a JSON object; see
+// docs/tun.md: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`, `ipv6`), and
+// sets `*out` to its handle. The client must carry VLESS. The library never closes `fd`: it
+// reads and writes a duplicate, closed by `xh_tun_stop` (so the device stays up until
+// then); the open file is switched to non-blocking mode. Stopping or freeing it, or
+// closing or freeing the client, ends every flow. Any thread except the library's own.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_ARGUMENT` (the last
+// error names `mtu` or the option field), `XH_RESULT_INVALID_CONFIG` (the client has no
+// VLESS), `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED` (the client is closed),
+// `XH_RESULT_OTHER` (`fd` could not be duplicated or polled: the last error says why),
+// `XH_RESULT_TOO_MANY_HANDLES`, `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// `options_json` must be NULL or a NUL-terminated string; `out` must be NULL or valid for
+// a write. The caller owns the new handle and must pass it to `xh_tun_free` once.
+xh_result xh_tun_start_fd(const xh_client *client,
+                          int fd,
+                          uint32_t mtu,
+                          const char *options_json,
+                          xh_tun **out);
+
+// Starts a TUN fed by the app (iOS `NEPacketTunnelProvider.packetFlow`): packets from the
+// app go in through `xh_tun_input`, packets for the app come out through `out_cb` with
+// `ctx` (see `xh_tun_packet_callback`). `mtu`, `options_json` and the rest as
+// `xh_tun_start_fd`.
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT` (also a NULL `out_cb`),
+// `XH_RESULT_INVALID_ARGUMENT` (the last error names `mtu` or the option field),
+// `XH_RESULT_INVALID_CONFIG` (the client has no VLESS), `XH_RESULT_INVALID_HANDLE`,
+// `XH_RESULT_CLOSED` (the client is closed), `XH_RESULT_OTHER` (the output thread could
+// not start), `XH_RESULT_TOO_MANY_HANDLES`, `XH_RESULT_WRONG_THREAD`.
+//
+// # Safety
+// As `xh_tun_start_fd`; `out_cb` must stay callable with `ctx`, and `ctx` usable from any
+// thread, until `xh_tun_stop` (or `xh_tun_free`, or the client's close) returned.
+xh_result xh_tun_new_packets(const xh_client *client,
+                             uint32_t mtu,
+                             const char *options_json,
+                             xh_tun_packet_callback out_cb,
+                             void *ctx,
+                             xh_tun **out);
+
+// Hands the TUN one IP packet from the app (`len` bytes at `packet`, copied before this
+// returns). Never blocks: while the input queue is full the packet is dropped and counted
+// (`dropped_input_full`), as a link would lose it; a malformed packet is counted and
+// dropped later. Any thread, including the packet callback's.
+//
+// Returns `XH_RESULT_OK` (also for a packet dropped as above), `XH_RESULT_NULL_ARGUMENT`,
+// `XH_RESULT_INVALID_ARGUMENT` (`len` 0 or above 65535, or the TUN reads an fd),
+// `XH_RESULT_INVALID_HANDLE`, `XH_RESULT_CLOSED` (stopped).
+//
+// # Safety
+// `packet` must be NULL or valid for reads of `len` bytes.
+xh_result xh_tun_input(const xh_tun *tun, const uint8_t *packet, size_t len);
+
+// Writes the TUN's counters to `*out`. Never blocks; any thread; also after `xh_tun_stop`
+// (the counters at the stop).
+//
+// Returns `XH_RESULT_OK`, `XH_RESULT_NULL_ARGUMENT`, `XH_RESULT_INVALID_HANDLE`.
+//
+// # Safety
+// `out` must be NULL or valid for a write.
+xh_result xh_tun_stats(const xh_tun *tun, xh_tun_counters *out);
+
+// Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+// packet callback is not called again once this returns (it waits a few seconds at most
+// for a callback still running; called from inside the callback it does not wait). The
+// handle stays valid (stats still work) until `xh_tun_free`. Idempotent; any thread
+// except the library's own.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored, and for a TUN already stopped)
+// or `XH_RESULT_INVALID_HANDLE`.
+xh_result xh_tun_stop(xh_tun *tun);
+
+// Releases the handle, stopping the TUN first (see `xh_tun_stop`); the handle, and every
+// copy of it, is invalid afterwards.
+//
+// Returns `XH_RESULT_OK` (also for NULL, which is ignored) or `XH_RESULT_INVALID_HANDLE`
+// (already freed or not a TUN: nothing was done).
+xh_result xh_tun_free(xh_tun *tun);
 
 // Reads downloaded bytes into `buf` (at most `cap`) and sets `*out_read` to how many.
 // `*out_read == 0` with `XH_RESULT_OK` means the server ended the download (end of

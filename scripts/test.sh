@@ -60,6 +60,13 @@ bash tests/c/run.sh
 step "uniffi bindings: freshness (Kotlin, Swift), the Kotlin test on the JVM"
 bash tests/kotlin/run.sh
 
+step "tools for the TUN test (tests/tun.rs): ip, unshare, nsenter, curl"
+# It runs as root inside network namespaces it creates; without these it prints SKIPPED.
+if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v curl >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq iproute2 util-linux curl) >/dev/null
+fi
+ip -V
+
 step "cargo test (workspace)"
 # tests/hostile.rs builds its Go server (tools/hostile, quic-go from the Go module proxy)
 # with `go build`, cached in $XH_CACHE/hostile/<hash of its sources>/.
@@ -68,6 +75,8 @@ cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
 step "interop tests against Xray-core"
 cargo build -p xh  # the interop tests run the CLI too
 cargo test --features interop --test interop -- --test-threads=1
+# The TUN end to end against Xray (the test-server run is in the workspace tests above).
+cargo test --features interop --test tun -- --exact tun_in_namespaces_against_xray
 
 step "fuzz: a short run of every target (cargo-fuzz, nightly, AddressSanitizer)"
 # Installs the nightly toolchain and cargo-fuzz when missing; long runs: FUZZ_SECONDS=600.

@@ -219,6 +219,21 @@ impl Client {
         &self.dialer
     }
 
+    /// What a data plane started from this client needs (`tun::Tun`): the dialer, the
+    /// token the client's close cancels, the runtime.
+    pub(crate) fn parts(&self) -> (&Arc<Dialer>, &CancellationToken, &Arc<Runtime>) {
+        (&self.dialer, &self.closed, &self.rt)
+    }
+
+    /// Starts a TUN data plane on `io`; see [`crate::tun`].
+    pub fn start_tun(
+        &self,
+        io: crate::tun::PacketIo,
+        opts: crate::tun::TunOptions,
+    ) -> Result<crate::tun::Tun> {
+        crate::tun::Tun::start(self, io, opts)
+    }
+
     /// Starts a local SOCKS5 inbound on `listen` (port 0 picks one), optionally requiring a
     /// username and password; see [`crate::proxy::socks`] for how flows map to tunnels.
     pub fn start_socks(
@@ -385,12 +400,7 @@ impl Inbound {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
-            if tokio::runtime::Handle::try_current().is_err() {
-                let _ = self
-                    .rt
-                    .handle()
-                    .block_on(async { tokio::time::timeout(STOP_BOUND, task).await });
-            }
+            self.rt.wait_from_app_thread(task, STOP_BOUND);
         }
     }
 

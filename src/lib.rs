@@ -13,6 +13,7 @@ pub mod platform_log;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;
+pub mod tun;
 pub mod tunnel;
 pub mod xhttp;
 pub mod xmux;

@@ -149,6 +149,17 @@ impl Runtime {
             .expect("runtime present until drop")
     }
 
+    /// Waits up to `limit` for `done` (e.g. a task's end) when called from an app thread;
+    /// from a runtime thread it does not wait (what it waits for happens on its own). For
+    /// stops that promise "done when this returns, within a bound" (inbounds, TUNs).
+    pub fn wait_from_app_thread(&self, done: impl Future, limit: Duration) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = self
+                .handle()
+                .block_on(async { tokio::time::timeout(limit, done).await });
+        }
+    }
+
     /// Runs `fut` to completion from an app thread, giving up after `timeout` (`None` =
     /// no limit). Refuses to block a runtime thread (that would deadlock or panic), a
     /// thread that is exiting, and a forked child.

@@ -53,6 +53,7 @@ pub(crate) enum Kind {
     Tunnel = 2,
     Udp = 3,
     Socks = 4,
+    Tun = 5,
 }
 
 impl Kind {
@@ -62,6 +63,7 @@ impl Kind {
             2 => Some(Kind::Tunnel),
             3 => Some(Kind::Udp),
             4 => Some(Kind::Socks),
+            5 => Some(Kind::Tun),
             _ => None,
         }
     }
@@ -72,6 +74,7 @@ impl Kind {
             Kind::Tunnel => "tunnel",
             Kind::Udp => "UDP session",
             Kind::Socks => "SOCKS server",
+            Kind::Tun => "TUN",
         }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod handles;
 pub mod log;
 pub mod result;
 pub mod socks;
+pub mod tun;
 pub mod tunnel;
 pub mod udp;
 

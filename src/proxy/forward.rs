@@ -36,6 +36,7 @@ pub async fn serve(
     super::accept::run(listener, shutdown, "forward", move |tcp, peer, _token| {
         let (dialer, to) = (dialer.clone(), to.clone());
         async move {
+            let mut tcp = tcp;
             let open = async {
                 match &to {
                     Some(t) => Flow::open(&dialer, vless::Command::Tcp, t).await,
@@ -47,7 +48,8 @@ pub async fn serve(
                 Ok(f) => f,
                 Err(e) => return log_open_failure(&who, &e),
             };
-            log_relay_end(&who, &relay(tcp, &flow, &[], policy.idle).await);
+            let (rd, wr) = tcp.split();
+            log_relay_end(&who, &relay(rd, wr, &flow, &[], policy.idle).await);
             flow.close();
         }
     })

@@ -73,10 +73,11 @@ impl Default for Policy {
     }
 }
 
-/// Longer than this is surely a unit mistake (milliseconds given as seconds).
+/// Longer than this is surely a unit mistake (milliseconds given as seconds). [`seconds`]
+/// reads a duration field under this rule (also for the TUN options).
 const MAX_SECS: f64 = 86_400.0;
 
-fn seconds(f: &mut Fields, name: &str, zero_ok: bool) -> Result<Option<Duration>> {
+pub(crate) fn seconds(f: &mut Fields, name: &str, zero_ok: bool) -> Result<Option<Duration>> {
     let Some(v) = f.take(name) else {
         return Ok(None);
     };

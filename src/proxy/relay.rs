@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::tunnel::{Dialer, TunnelCore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -176,18 +175,19 @@ impl std::fmt::Display for RelayError {
     }
 }
 
-/// Pipes `tcp` and `flow` both ways until both directions ended or the flow went quiet
+/// Pipes the app's connection (its read half `rd`, write half `wr`: a TCP socket's, or a
+/// TUN flow's) and `flow` both ways until both directions ended or the flow went quiet
 /// past `idle`; `first` is app data that arrived with the handshake. App EOF →
-/// `shutdown_write` on the tunnel; tunnel EOF → shutdown(write) on the socket. The first
-/// error ends both directions and is returned, naming the side that failed. The caller
-/// closes the tunnel; dropping `tcp` closes it.
+/// `shutdown_write` on the tunnel; tunnel EOF → shutdown(write) on the app's side. The
+/// first error ends both directions and is returned, naming the side that failed. The
+/// caller closes the tunnel and the app's connection.
 pub async fn relay(
-    mut tcp: TcpStream,
+    mut rd: impl AsyncRead + Unpin,
+    mut wr: impl AsyncWrite + Unpin,
     flow: &Flow,
     first: &[u8],
     idle: IdleTimeouts,
 ) -> Result<(), RelayError> {
-    let (mut rd, mut wr) = tcp.split();
     let activity = Activity::new(idle.conn_idle);
     let up = async {
         if !first.is_empty() {

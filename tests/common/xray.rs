@@ -21,6 +21,12 @@ pub fn free_udp_port() -> u16 {
 pub fn spawn_tcp_echo() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    serve_tcp_echo(l);
+    port
+}
+
+/// Echoes every connection `l` accepts (a thread each; half-closes after echoing).
+pub fn serve_tcp_echo(l: TcpListener) {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
@@ -31,7 +37,6 @@ pub fn spawn_tcp_echo() -> u16 {
             });
         }
     });
-    port
 }
 
 /// One running Xray process; killed on drop.

@@ -265,7 +265,8 @@ async fn connect(
     };
     let bound = h.tcp.local_addr().unwrap_or(UNSPECIFIED);
     h.reply(Reply::Succeeded, bound).await?;
-    let result = relay(h.tcp, &flow, &h.buf, opts.idle).await;
+    let (rd, wr) = h.tcp.split();
+    let result = relay(rd, wr, &flow, &h.buf, opts.idle).await;
     flow.close();
     log_relay_end(&who, &result);
     Ok(())

@@ -14,8 +14,14 @@
 //!   connection becomes one tunnel (raw; VLESS to `--to` when the config has `vlessId`).
 //! - `xh probe --config <file|json> [--count N]`: times connecting and the mode's first
 //!   request N times (default 3) on fresh connections; prints one line each.
+//! - `xh tun --config <file|json> (--dev NAME | --fd N) [--mtu 1500] [--options JSON]`
+//!   (Linux): carries every TCP and UDP flow of a TUN device through the client (it must
+//!   carry VLESS) until SIGINT/SIGTERM, then prints the TUN's counters. `--dev` creates the
+//!   device (root); its addresses and routes are yours to set, and the server's own address
+//!   must not be routed into it. `--options`: see docs/tun.md.
 //!
-//! `socks` and `forward` print `listening on ADDR` once ready and exit 0 after a clean stop.
+//! `socks` and `forward` print `listening on ADDR`, `tun` prints `tun running on DEV`, once
+//! ready; each exits 0 after a clean stop.
 //!
 //! Every command takes `--log LEVEL` (`off`, `error`, `warn`, `info`, `debug`, `trace`;
 //! default `warn`): the library's log goes to stderr, so a flow that fails says why.
@@ -35,6 +41,7 @@ const USAGE: &str = "usage:
   xh socks --config <file|json> --listen 127.0.0.1:PORT [--user U --pass P] [--allow-open]
   xh forward --config <file|json> --listen 127.0.0.1:PORT [--to HOST:PORT]
   xh probe --config <file|json> [--count N]
+  xh tun --config <file|json> (--dev NAME | --fd N) [--mtu 1500] [--options JSON]
 every command: [--log off|error|warn|info|debug|trace] (default warn; else RUST_LOG)";
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         Some("socks") => socks(&args[1..]),
         Some("forward") => forward(&args[1..]),
         Some("probe") => probe(&args[1..]),
+        Some("tun") => tun(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -158,33 +166,83 @@ fn probe(args: &[String]) -> Result<bool, String> {
 /// Announces the address, waits for SIGINT or SIGTERM, then stops the inbound (closing every
 /// flow) and the client.
 fn run_until_signal(client: &Client, inbound: Inbound) -> Result<bool, String> {
-    #[cfg(unix)]
-    let signal = {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-            .map_err(|e| format!("installing signal handlers: {e}"))?;
-        // Handlers are installed: only now is it safe to say we are ready.
-        println!("listening on {}", inbound.local_addr());
-        let _ = std::io::stdout().flush();
-        match signals.forever().next() {
-            Some(SIGTERM) => "SIGTERM",
-            Some(_) => "SIGINT",
-            None => return Err("waiting for a signal: the handler closed".into()),
-        }
-    };
-    #[cfg(not(unix))]
-    let signal: &str = {
-        // No signals to wait for: run until the process is killed.
-        println!("listening on {}", inbound.local_addr());
-        let _ = std::io::stdout().flush();
-        loop {
-            std::thread::park();
-        }
-    };
+    let signal = wait_for_signal(&format!("listening on {}", inbound.local_addr()))?;
     inbound.stop();
     client.close();
     eprintln!("xh: {signal}: stopped");
     Ok(true)
+}
+
+/// Prints `ready` once the signal handlers are in place, then waits for SIGINT or SIGTERM
+/// and names it.
+fn wait_for_signal(ready: &str) -> Result<&'static str, String> {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| format!("installing signal handlers: {e}"))?;
+        // Handlers are installed: only now is it safe to say we are ready.
+        println!("{ready}");
+        let _ = std::io::stdout().flush();
+        match signals.forever().next() {
+            Some(SIGTERM) => Ok("SIGTERM"),
+            Some(_) => Ok("SIGINT"),
+            None => Err("waiting for a signal: the handler closed".into()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // No signals to wait for: run until the process is killed.
+        println!("{ready}");
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// `xh tun`: a TUN device (created by name, or an fd inherited from the caller) carried by
+/// the library until a signal.
+#[cfg(target_os = "linux")]
+fn tun(args: &[String]) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    let mtu: usize = match flag(args, "--mtu") {
+        None => 1500,
+        Some(m) => m
+            .parse()
+            .map_err(|_| format!("--mtu {m:?}: not a number"))?,
+    };
+    let opts = xhttp_mobile::tun::TunOptions::from_json(mtu, flag(args, "--options").unwrap_or(""))
+        .map_err(|e| format!("--options: {e}"))?;
+    // The device fd stays open (and the device with it) until xh exits.
+    let (fd, name, _dev) = match (flag(args, "--dev"), flag(args, "--fd")) {
+        (Some(name), None) => {
+            let dev = xhttp_mobile::tun::linux::create_device(name).map_err(|e| e.to_string())?;
+            (dev.as_raw_fd(), name.to_string(), Some(dev))
+        }
+        (None, Some(n)) => {
+            let fd: i32 = n.parse().map_err(|_| format!("--fd {n:?}: not a number"))?;
+            (fd, format!("fd {fd}"), None)
+        }
+        _ => return Err("give one of --dev NAME or --fd N".into()),
+    };
+    let client = client_from_flags(args)?;
+    let tun = client
+        .start_tun(xhttp_mobile::tun::PacketIo::Fd(fd), opts)
+        .map_err(|e| e.to_string())?;
+    let signal = wait_for_signal(&format!("tun running on {name}"))?;
+    tun.stop();
+    eprintln!(
+        "xh: {signal}: stopped; {}",
+        serde_json::to_string(&tun.stats()).unwrap_or_default()
+    );
+    client.close();
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tun(_args: &[String]) -> Result<bool, String> {
+    Err("xh tun runs on Linux only (apps on Android and iOS use the library's TUN API)".into())
 }
 
 fn server_runtime() -> Result<tokio::runtime::Runtime, String> {
