@@ -114,6 +114,44 @@ fn outbound(port: u16, xhttp: Value) -> Value {
             "xhttpSettings": xhttp}})
 }
 
+/// The same outbound as a `vless://` share link, as users paste them: the path and mode as
+/// link fields, every other xhttpSettings key in `extra`, the pin as `pcs`.
+fn share_link(port: u16, xhttp: &Value) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let mut extra = xhttp.clone();
+    let fields = extra.as_object_mut().unwrap();
+    let path = fields
+        .remove("path")
+        .and_then(|p| p.as_str().map(String::from));
+    let mode = fields
+        .remove("mode")
+        .and_then(|m| m.as_str().map(String::from));
+    let mut link = format!(
+        "vless://{UUID}@127.0.0.1:{port}?encryption=none&security=tls&sni=localhost&alpn=h3\
+         &type=xhttp&pcs={}",
+        cert().sha256_hex
+    );
+    if let Some(p) = path {
+        link += &format!("&path={}", enc(&p));
+    }
+    if let Some(m) = mode {
+        link += &format!("&mode={m}");
+    }
+    if !fields.is_empty() {
+        link += &format!("&extra={}", enc(&extra.to_string()));
+    }
+    link + "#matrix"
+}
+
 fn client(out: &Value, vless: bool) -> Client {
     let mut c = xhttp_mobile::config::xray::import(&out.to_string()).expect("import");
     if !vless {
@@ -201,7 +239,15 @@ fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
     }
     let cookies = json!({"sessionPlacement": "cookie", "sessionIDPlacement": "cookie",
         "seqPlacement": "cookie", "xPaddingObfsMode": true, "xPaddingPlacement": "cookie",
-        "xPaddingKey": "xp"});
+        "xPaddingKey": "xp", "uplinkDataKey": "xd"});
+    // Data placement is the client's choice: a server in `auto` mode refuses the key, and
+    // reads the data from wherever it is, under the data key both sides name (left to
+    // default, the key follows each side's placement: `x_data` vs `X-Data`).
+    let mut cookies_client = cookies.clone();
+    if mode == "packet-up" {
+        cookies_client["uplinkDataPlacement"] = json!("cookie");
+        cookies_client["scMaxEachPostBytes"] = json!(3000);
+    }
     let obfs = json!({"xPaddingObfsMode": true, "xPaddingMethod": "tokenish",
         "xPaddingPlacement": "header", "xPaddingHeader": "X-Pad"});
     vec![
@@ -243,7 +289,7 @@ fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
                 s["path"] = json!("/xh/");
                 s
             },
-            base(cookies),
+            base(cookies_client),
         ),
         // Path shapes. Neither session nor seq in the path, and no trailing `/`: servers
         // before v26.7.11 check the prefix `/c1/`, later ones `/c1` (we send `/c1/`).
@@ -268,6 +314,24 @@ fn variants(mode: &str) -> Vec<(&'static str, Value, Value)> {
             "path-escaped",
             json!({"path": "/a%20b/ü/"}),
             base(json!({"path": "/a%20b/ü/"})),
+        ),
+        (
+            "obfs-query",
+            json!({"path": "/xh/", "xPaddingObfsMode": true, "xPaddingPlacement": "query",
+                "xPaddingKey": "xq"}),
+            base(
+                json!({"xPaddingObfsMode": true, "xPaddingPlacement": "query",
+                "xPaddingKey": "xq"}),
+            ),
+        ),
+        (
+            "obfs-query-in-header",
+            json!({"path": "/xh/", "xPaddingObfsMode": true,
+                "xPaddingPlacement": "queryInHeader", "xPaddingHeader": "X-Origin-Url"}),
+            base(
+                json!({"xPaddingObfsMode": true, "xPaddingPlacement": "queryInHeader",
+                "xPaddingHeader": "X-Origin-Url"}),
+            ),
         ),
         (
             "user-headers",
@@ -322,7 +386,18 @@ fn matrix_modes_inbounds_and_settings() {
         let vs = variants(mode);
         for (name, vless, port) in &cases {
             let (_, _, client_x) = vs.iter().find(|v| v.0 == *name).unwrap();
-            let c = client(&outbound(*port, client_x.clone()), *vless);
+            // Raw tunnels from Xray JSON, VLESS flows from the share link of the same
+            // settings: both forms users bring, over every variant.
+            let c = if *vless {
+                let link = share_link(*port, client_x);
+                Client::new(
+                    xhttp_mobile::config::xray::import(&link)
+                        .unwrap_or_else(|e| panic!("{name}: {link}: {e}")),
+                )
+                .unwrap()
+            } else {
+                client(&outbound(*port, client_x.clone()), false)
+            };
             if *name == "default" {
                 // The latency probe against Xray itself: its own connection, a 200 answer.
                 let p = c.probe(T).unwrap_or_else(|e| panic!("probe {mode}: {e}"));
@@ -1210,5 +1285,5 @@ fn parity_of_request_shapes_with_xrays_own_client() {
             server.shutdown();
         }
     }
-    assert!(compared >= 5 * 12, "{compared} kinds compared");
+    assert!(compared >= 5 * 14, "{compared} kinds compared");
 }
