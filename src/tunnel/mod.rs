@@ -632,22 +632,13 @@ impl Upload {
         let too_big = n > self.capacity();
         async move {
             if too_big {
-                return Err(Error::Other(format!(
-                    "a room of {n} bytes is larger than the upload queue"
-                )));
+                return Err(room_too_big(n));
             }
             let token = shared.cancel.clone();
             tokio::select! {
                 biased;
                 _ = token.cancelled() => Err(shared.end_error()),
-                r = wait => r.map_err(|()| {
-                    // The upload task gone from a live tunnel: the server is done reading.
-                    if shared.cancel.is_cancelled() {
-                        shared.end_error()
-                    } else {
-                        Error::WriteShutdown
-                    }
-                }),
+                r = wait => r.map_err(|()| upload_gone(&shared)),
             }
         }
     }
@@ -656,17 +647,11 @@ impl Upload {
     /// bytes now.
     pub fn try_room(&self, n: usize) -> Result<Option<Room>> {
         if n > self.capacity() {
-            return Err(Error::Other(format!(
-                "a room of {n} bytes is larger than the upload queue"
-            )));
+            return Err(room_too_big(n));
         }
-        self.tx().try_room(n).map_err(|()| {
-            if self.shared.cancel.is_cancelled() {
-                self.shared.end_error()
-            } else {
-                Error::WriteShutdown
-            }
-        })
+        self.tx()
+            .try_room(n)
+            .map_err(|()| upload_gone(&self.shared))
     }
 
     /// Queues `data` into `room` (taken for exactly `data.len()` bytes) without waiting.
@@ -676,11 +661,7 @@ impl Upload {
         }
         queue_preamble(&self.preamble, self.tx());
         if self.tx().commit(room, data, WRITE_PIECE).is_err() {
-            return Err(if self.shared.cancel.is_cancelled() {
-                self.shared.end_error()
-            } else {
-                Error::WriteShutdown
-            });
+            return Err(upload_gone(&self.shared));
         }
         self.counters
             .up
@@ -692,6 +673,21 @@ impl Upload {
     /// this upload was abandoned part-way.
     pub fn fail(&self, e: Error) {
         self.shared.fail(e);
+    }
+}
+
+fn room_too_big(n: usize) -> Error {
+    Error::Other(format!(
+        "a room of {n} bytes is larger than the upload queue"
+    ))
+}
+
+/// The upload task is gone: the tunnel ended, or (a live tunnel) the server is done reading.
+fn upload_gone(shared: &Shared) -> Error {
+    if shared.cancel.is_cancelled() {
+        shared.end_error()
+    } else {
+        Error::WriteShutdown
     }
 }
 
