@@ -19,6 +19,16 @@ pub struct Guarded<S> {
     guard: FrameGuard,
 }
 
+impl<S> Guarded<S> {
+    /// A request stream (either side's bidirectional stream).
+    fn request(inner: S) -> Self {
+        Guarded {
+            inner,
+            guard: FrameGuard::request(),
+        }
+    }
+}
+
 impl<S: quic::RecvStream<Buf = Bytes>> quic::RecvStream for Guarded<S> {
     type Buf = Bytes;
 
@@ -133,10 +143,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
         let inner = ready!(self.0.poll_open_bidi(cx))?;
-        Poll::Ready(Ok(Guarded {
-            inner,
-            guard: FrameGuard::request(),
-        }))
+        Poll::Ready(Ok(Guarded::request(inner)))
     }
 
     fn poll_open_send(
@@ -180,10 +187,7 @@ where
         // HTTP/3 servers may not open bidirectional streams; h3 refuses them. Guarded all
         // the same, so nothing reaches h3 unchecked.
         let inner = ready!(self.0.poll_accept_bidi(cx))?;
-        Poll::Ready(Ok(Guarded {
-            inner,
-            guard: FrameGuard::request(),
-        }))
+        Poll::Ready(Ok(Guarded::request(inner)))
     }
 
     fn opener(&self) -> Self::OpenStreams {

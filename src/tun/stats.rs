@@ -74,7 +74,8 @@ impl Counters {
     }
 }
 
-/// A TUN's counters (JSON for the C ABI: these names, camelCase).
+/// A TUN's counters (`xh_tun_stats` copies them into `xh_tun_counters`; `xh tun` prints
+/// them as JSON with these names, camelCase).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunStats {
