@@ -93,7 +93,8 @@ fn status_hint(status: u16) -> &'static str {
         400 => {
             " (the server rejected the padding or a placement: check `xPaddingBytes`, the \
              xPadding obfuscation settings, session/seq placements and user headers against \
-             its xhttpSettings)"
+             its xhttpSettings; servers before v26.7 read `sessionPlacement`/`sessionKey`, \
+             not `sessionIDPlacement`/`sessionIDKey`)"
         }
         _ => "",
     }

@@ -113,3 +113,37 @@ fn download_settings_send_the_get_through_its_own_pool() {
         Err(xhttp_mobile::Error::Config { field, .. }) if field == "downloadSettings"
     ));
 }
+
+/// A CDN in front of the server may gzip the download, since the client asks for gzip
+/// (as Go's HTTP/3 client does on its own). Every mode's download must come out decoded,
+/// byte for byte, while staying a stream (each write is flushed as it comes).
+#[test]
+fn gzip_encoded_downloads_are_decoded_in_every_mode() {
+    for (mode, half_close) in [
+        ("packet-up", false),
+        ("stream-up", true),
+        ("stream-one", true),
+    ] {
+        let e = env(|o| o.gzip_download = true);
+        let c = e.client(json!({"path": "/xh", "mode": mode}));
+        let t = c.open(T).expect("open");
+        // An interactive exchange first: a compressing middlebox must not hold bytes back.
+        t.write(b"ping", T).expect("write");
+        let mut b = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            got += t
+                .read(&mut b[got..], T)
+                .expect("read the echo of a small write");
+        }
+        assert_eq!(&b, b"ping", "{mode}");
+        echo_roundtrip(&t, 2 * 1024 * 1024, half_close);
+        t.close();
+        let s = e.server.stats();
+        assert!(
+            s.bytes_gzip_sent > 0 && s.bytes_downloaded > 0,
+            "{mode}: the download was not gzip-encoded ({} gzip bytes)",
+            s.bytes_gzip_sent
+        );
+    }
+}

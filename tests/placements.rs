@@ -8,14 +8,19 @@ use xhttp_mobile::config::XhttpSettings;
 use xhttp_testserver::XrayProfile;
 
 /// Starts a server whose settings are the client's (as an Xray server and client sharing
-/// one `xhttpSettings`), then echoes `size` bytes through one tunnel; once with the path
-/// rule of the servers in the field (v26.3) and once with the newest (v26.7).
+/// one `xhttpSettings`), then echoes `size` bytes through one tunnel; once as the servers
+/// in the field (v26.3: their path rule and key names) and once as the newest (v26.7).
+/// The server's config carries both spellings of the session keys, as a config shared by
+/// both releases must.
 fn roundtrip_with(x: Value, size: usize) {
     let settings = XhttpSettings::from_json("xhttpSettings", &x).expect("settings");
     let half_close = settings.mode.resolve() != xhttp_mobile::config::Mode::PacketUp;
     for profile in [XrayProfile::V26_3, XrayProfile::V26_7] {
+        let server = profile
+            .settings(&both_spellings(&x))
+            .expect("server settings");
         let e = env(|o| {
-            o.settings = settings.clone();
+            o.settings = server;
             o.profile = profile;
         });
         let c = e.client(x.clone());
@@ -25,6 +30,60 @@ fn roundtrip_with(x: Value, size: usize) {
         echo_roundtrip(&t, size, half_close);
         t.close();
     }
+}
+
+/// `x` with the session keys under both names: `sessionPlacement`/`sessionKey` (v26.3 and
+/// before) and `sessionIDPlacement`/`sessionIDKey` (v26.7).
+fn both_spellings(x: &Value) -> Value {
+    let mut x = x.clone();
+    let o = x.as_object_mut().unwrap();
+    for (old, new) in [
+        ("sessionPlacement", "sessionIDPlacement"),
+        ("sessionKey", "sessionIDKey"),
+    ] {
+        if let Some(v) = o.get(new).cloned() {
+            o.insert(old.into(), v);
+        }
+    }
+    x
+}
+
+/// A config written with v26.7's key names only, on a v26.3 server: that server ignores
+/// `sessionIDPlacement` and looks for the session id in the path, where the client did not
+/// put it. The client must fail to connect with the server's status, not hang or pass.
+#[test]
+fn new_key_names_alone_fail_on_a_v26_3_server_with_its_status() {
+    let x = json!({"path": "/xh/", "mode": "packet-up",
+        "sessionIDPlacement": "header", "seqPlacement": "header"});
+    let server = XrayProfile::V26_3.settings(&x).expect("server settings");
+    assert_eq!(
+        server.session_placement,
+        xhttp_mobile::config::Placement::Path,
+        "a v26.3 server does not read sessionIDPlacement"
+    );
+    let e = env(|o| {
+        o.settings = server;
+        o.profile = XrayProfile::V26_3;
+    });
+    let c = e.client(x.clone());
+    let err = match c.open(T) {
+        Ok(t) => {
+            // packet-up may open before its first POST is answered: the failure then
+            // shows on the tunnel.
+            let _ = t.write(b"hello", T);
+            match t.read(&mut [0u8; 16], T) {
+                Ok(n) => panic!("read {n} bytes through a server that cannot see the session"),
+                Err(err) => err.to_string(),
+            }
+        }
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("40"),
+        "the error names the server's status: {err}"
+    );
+    // Written with both spellings, the same config works on the same release.
+    roundtrip_with(x, 10_000);
 }
 
 fn with(base: Value, extra: Value) -> Value {

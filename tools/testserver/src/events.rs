@@ -137,6 +137,9 @@ pub struct Stats {
     pub bytes_uploaded: u64,
     /// Download bytes written by the target (keep-alive padding not counted).
     pub bytes_downloaded: u64,
+    /// Bytes of gzip-encoded download bodies sent (`ServerOptions::gzip_download`): what
+    /// `bytes_downloaded` became on the wire; 0 when nothing was encoded.
+    pub bytes_gzip_sent: u64,
 }
 
 impl Stats {
@@ -178,6 +181,7 @@ pub(crate) struct Recorder {
     responses: Mutex<BTreeMap<u16, u64>>,
     bytes_uploaded: AtomicU64,
     bytes_downloaded: AtomicU64,
+    bytes_gzip_sent: AtomicU64,
 }
 
 impl Recorder {
@@ -248,6 +252,10 @@ impl Recorder {
         self.bytes_uploaded.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn gzip_sent(&self, n: usize) {
+        self.bytes_gzip_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn downloaded(&self, n: usize) {
         self.bytes_downloaded.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -265,6 +273,7 @@ impl Recorder {
             responses: lock(&self.responses).clone(),
             bytes_uploaded: self.bytes_uploaded.load(Ordering::Relaxed),
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
+            bytes_gzip_sent: self.bytes_gzip_sent.load(Ordering::Relaxed),
         }
     }
 }

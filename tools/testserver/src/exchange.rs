@@ -26,6 +26,8 @@ pub(crate) struct Exchange {
     /// CORS and response padding (§3 step 3); empty for 404s before that step.
     pub(crate) headers: HeaderMap,
     pub(crate) shape: RequestShape,
+    /// The request's `accept-encoding` names gzip (for `ServerOptions::gzip_download`).
+    pub(crate) accepts_gzip: bool,
 }
 
 impl Exchange {

@@ -50,8 +50,23 @@ pub(crate) async fn serve(
         kind: None,
         headers: HeaderMap::new(),
         shape,
+        accepts_gzip: accepts_gzip(req.headers()),
     };
     admit(ex, req).await
+}
+
+fn accepts_gzip(h: &HeaderMap) -> bool {
+    h.get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("gzip")
+        })
 }
 
 async fn admit(mut ex: Exchange, req: Request<()>) {

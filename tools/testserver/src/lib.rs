@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod download;
 mod events;
 mod exchange;
 mod handler;
@@ -91,6 +92,9 @@ pub struct ServerOptions {
     pub bind: SocketAddr,
     /// Which Xray server release's rules to follow where releases differ.
     pub profile: XrayProfile,
+    /// gzip-encode downloads (stream-down, stream-one) whose request accepts gzip, as a CDN
+    /// in front of the server may. Xray itself never does.
+    pub gzip_download: bool,
 }
 
 /// Where Xray server releases differ in what they accept (docs/interop.md), the release
@@ -107,6 +111,36 @@ pub enum XrayProfile {
     V26_7,
 }
 
+impl XrayProfile {
+    /// The `xhttpSettings` keys this release's server does not know. Xray ignores unknown
+    /// keys, so a config written for the other release silently falls back to defaults
+    /// there: v26.7.x renamed `sessionPlacement`/`sessionKey` to `sessionIDPlacement`/
+    /// `sessionIDKey` (and added the session-id table, which only clients use).
+    fn unknown_keys(self) -> &'static [&'static str] {
+        match self {
+            XrayProfile::V26_3 => &[
+                "sessionIDPlacement",
+                "sessionIDKey",
+                "sessionIDTable",
+                "sessionIDLength",
+            ],
+            XrayProfile::V26_7 => &["sessionPlacement", "sessionKey"],
+        }
+    }
+
+    /// Reads a server's `xhttpSettings` as this release does: the keys it does not know
+    /// are ignored, the rest parsed by the library's own (strict) parser.
+    pub fn settings(self, v: &serde_json::Value) -> xhttp_mobile::Result<XhttpSettings> {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            for k in self.unknown_keys() {
+                o.remove(*k);
+            }
+        }
+        XhttpSettings::from_json("xhttpSettings", &v)
+    }
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
@@ -117,6 +151,7 @@ impl Default for ServerOptions {
             max_streams: 100,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             profile: XrayProfile::default(),
+            gzip_download: false,
         }
     }
 }
@@ -130,6 +165,7 @@ pub(crate) struct Shared {
     pub(crate) target: Target,
     pub(crate) rec: Arc<Recorder>,
     pub(crate) sessions: Arc<Sessions>,
+    pub(crate) gzip_download: bool,
     fault: Mutex<Option<Fault>>,
     pub(crate) shutdown: Signal,
     ledger: held::Ledger,
@@ -178,6 +214,7 @@ impl TestServer {
             target: opts.target,
             rec,
             sessions,
+            gzip_download: opts.gzip_download,
             fault: Mutex::new(None),
             shutdown,
             ledger: held::Ledger::default(),

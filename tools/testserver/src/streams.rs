@@ -3,9 +3,9 @@
 //! future and dropped to cancel it (never stopped after a cancelled read).
 
 use super::Shared;
+use super::download::Download;
 use super::events::{Event, Outcome, RequestKind};
 use super::exchange::Exchange;
-use super::quic::ResponseSend;
 use super::quic::{self, Stop, StopWatch, read_outcome, write_outcome};
 use super::run_end::RunEnd;
 use super::session::{Attach, Session, StreamMsg, Upload, UploadError};
@@ -27,10 +27,13 @@ const STREAM_BUFFER: usize = 16;
 /// reset arriving together with the end of the download is recorded as such.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
-fn stream_down_headers(s: &XhttpSettings) -> Vec<(&'static str, &'static str)> {
+fn stream_down_headers(s: &XhttpSettings, gzip: bool) -> Vec<(&'static str, &'static str)> {
     let mut v = vec![("x-accel-buffering", "no"), ("cache-control", "no-store")];
     if !s.no_sse_header {
         v.push(("content-type", "text/event-stream"));
+    }
+    if gzip {
+        v.push(("content-encoding", "gzip"));
     }
     v
 }
@@ -127,7 +130,7 @@ async fn pump_body(
 /// `same_stream`: the upload is this request's own body (stream-one).
 async fn run_download(
     shared: &Shared,
-    send: &mut ResponseSend,
+    send: &mut Download,
     request_body: Option<RequestRecv>,
     stop: &mut StopWatch,
     mut upload: Upload,
@@ -209,14 +212,16 @@ pub(crate) async fn stream_down(mut ex: Exchange, session: Arc<Session>) {
     let Some(queue) = queue else {
         return ex.reply(500).await;
     };
+    let gzip = shared.gzip_download && ex.accepts_gzip;
     let outcome = match ex
-        .send_head(200, &stream_down_headers(&shared.settings))
+        .send_head(200, &stream_down_headers(&shared.settings, gzip))
         .await
     {
         Err(e) => write_outcome(&e),
         Ok(()) => {
             let mut stop = ex.stop;
-            let (mut send, recv) = ex.stream.split();
+            let (send, recv) = ex.stream.split();
+            let mut send = Download::new(send, gzip, shared.rec.clone());
             let id = Some(session.id.clone());
             run_download(
                 &shared,
@@ -241,8 +246,9 @@ pub(crate) async fn stream_down(mut ex: Exchange, session: Arc<Session>) {
 /// §3.1 without a session: request body up, response body down.
 pub(crate) async fn stream_one(mut ex: Exchange) {
     let shared = ex.shared.clone();
+    let gzip = shared.gzip_download && ex.accepts_gzip;
     if let Err(e) = ex
-        .send_head(200, &stream_down_headers(&shared.settings))
+        .send_head(200, &stream_down_headers(&shared.settings, gzip))
         .await
     {
         shared.rec.push(Event::DownloadEnded {
@@ -252,7 +258,8 @@ pub(crate) async fn stream_one(mut ex: Exchange) {
         return;
     }
     let mut stop = ex.stop;
-    let (mut send, recv) = ex.stream.split();
+    let (send, recv) = ex.stream.split();
+    let mut send = Download::new(send, gzip, shared.rec.clone());
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let pump = pump_body(&shared, recv, tx, RequestKind::StreamOne, None);
     let down = run_download(

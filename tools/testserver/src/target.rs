@@ -3,8 +3,9 @@
 //! relays to the destination its request header names (see `vless`).
 
 use super::Target;
+use super::download::Download;
 use super::events::{Event, Recorder};
-use super::quic::{ResponseSend, write_outcome};
+use super::quic::write_outcome;
 use super::run_end::RunEnd;
 use super::session::Upload;
 use sha2::{Digest, Sha256};
@@ -34,7 +35,7 @@ impl Runner {
     pub(crate) async fn run(
         &mut self,
         upload: &mut Upload,
-        out: &mut ResponseSend,
+        out: &mut Download,
         rec: &Recorder,
     ) -> RunEnd {
         let echo = match self.target {

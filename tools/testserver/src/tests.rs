@@ -505,3 +505,28 @@ async fn the_path_rule_follows_the_profile() {
         assert_eq!(resp.status(), 200, "{profile:?} /xh/");
     }
 }
+
+#[test]
+fn each_profile_reads_its_own_key_names() {
+    use xhttp_mobile::config::Placement;
+    let both = serde_json::json!({"sessionPlacement": "cookie", "sessionKey": "old",
+        "sessionIDPlacement": "header", "sessionIDKey": "New"});
+    let old = XrayProfile::V26_3.settings(&both).unwrap();
+    assert_eq!(
+        (old.session_placement, old.session_key.as_str()),
+        (Placement::Cookie, "old")
+    );
+    let new = XrayProfile::V26_7.settings(&both).unwrap();
+    assert_eq!(
+        (new.session_placement, new.session_key.as_str()),
+        (Placement::Header, "New")
+    );
+    // Bad values are still refused by name, whichever spelling the release reads.
+    let bad = serde_json::json!({"sessionPlacement": "body"});
+    let err = XrayProfile::V26_3.settings(&bad).unwrap_err().to_string();
+    assert!(err.contains("sessionPlacement"), "{err}");
+    assert!(
+        XrayProfile::V26_7.settings(&bad).is_ok(),
+        "v26.7 ignores the old name"
+    );
+}

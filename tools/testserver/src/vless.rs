@@ -6,8 +6,8 @@
 //! user ends the session without a byte, like Xray without fallbacks. Only loopback
 //! destinations are served, so a test server can never be used as an open proxy.
 
+use super::download::Download;
 use super::events::Recorder;
-use super::quic::ResponseSend;
 use super::quic::write_outcome;
 use super::run_end::RunEnd;
 use super::session::Upload;
@@ -23,7 +23,7 @@ const READ_BUF: usize = 64 * 1024;
 pub(crate) async fn run(
     id: &[u8; 16],
     upload: &mut Upload,
-    out: &mut ResponseSend,
+    out: &mut Download,
     rec: &Recorder,
 ) -> RunEnd {
     let mut buf = BytesMut::new();
@@ -61,7 +61,7 @@ pub(crate) async fn run(
 
 /// The response body, prefixed once with the response header.
 pub(crate) struct Downstream<'a> {
-    out: &'a mut ResponseSend,
+    out: &'a mut Download,
     rec: &'a Recorder,
     header_sent: bool,
 }
