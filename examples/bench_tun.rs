@@ -65,6 +65,15 @@ fn main() {
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
     let mode = args.get(2).cloned().unwrap_or_else(|| "stream-one".into());
     let flows: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    // Which paths to run, e.g. "14" (default all): for looking into one of them.
+    let only = args.get(4).cloned().unwrap_or_else(|| "1234".into());
+    // One XMUX setting for both clients. Their defaults differ (v26.3.27's is one tunnel per
+    // connection, ours is Xray's newer three connections), and three connections cannot carry
+    // 1,000 flows: a quic-go server allows 100 streams on each.
+    let xmux: serde_json::Value = serde_json::from_str(
+        &std::env::var("BENCH_XMUX").unwrap_or_else(|_| r#"{"maxConcurrency": "16-32"}"#.into()),
+    )
+    .expect("BENCH_XMUX: JSON");
     let bin = |var: &str| PathBuf::from(std::env::var(var).unwrap_or_else(|_| panic!("{var}")));
     let (xray_bin, xh, t2p) = (bin("XRAY_BIN"), bin("XH_BIN"), bin("TUN2PROXY_BIN"));
 
@@ -96,7 +105,7 @@ fn main() {
         "streamSettings": {"network": "xhttp", "security": "tls",
             "tlsSettings": {"serverName": "localhost", "alpn": ["h3"],
                 "pinnedPeerCertSha256": hex::encode(Sha256::digest(ck.cert.der()))},
-            "xhttpSettings": {"path": "/xh/", "mode": mode}}});
+            "xhttpSettings": {"path": "/xh/", "mode": mode, "xmux": xmux}}});
     let tools = Tools {
         xray: xray_bin,
         xh,
@@ -107,8 +116,8 @@ fn main() {
 
     let data = Arc::new(pattern(mib << 20));
     println!(
-        "# {mib} MiB each way, mode {mode}, {flows} idle flows; VLESS over XHTTP/H3 to Xray-core \
-         in network namespaces (origin on {origin_on}), MTU {MTU}"
+        "# {mib} MiB each way, mode {mode}, xmux {xmux}, {flows} idle flows; VLESS over \
+         XHTTP/H3 to Xray-core in network namespaces (origin on {origin_on}), MTU {MTU}"
     );
     println!(
         "{:34} {:>7} {:>9} {:>7} {:>9} {:>10} {:>12} {:>9}",
@@ -122,6 +131,10 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for (i, (name, build)) in builders.iter().enumerate() {
+        if !only.contains(&(i + 1).to_string()) {
+            rows.push(None);
+            continue;
+        }
         let setup = build(&tools, &format!("xhbench{}", i + 1));
         let row = measure(&setup, &data, flows);
         drop(setup);
@@ -135,13 +148,13 @@ fn main() {
             row.rss_flows as f64 / 1024.0,
             row.rss_flows.saturating_sub(row.rss_idle) as f64 / flows as f64,
         );
-        rows.push(row);
+        rows.push(Some(row));
     }
     for (base, label) in [(3, "tun2proxy + Xray client"), (2, "tun2proxy + xh socks")] {
-        let b = &rows[base];
+        let Some(b) = &rows[base] else { continue };
         println!("ratios against {label} (path {}):", base + 1);
         for (i, (name, _)) in builders.iter().enumerate().filter(|&(i, _)| i != base) {
-            let r = &rows[i];
+            let Some(r) = &rows[i] else { continue };
             println!(
                 "  {name:34} time {:.2}x  CPU/GiB {:.2}x  RSS+flows {:.2}x",
                 r.secs / b.secs,
@@ -249,9 +262,11 @@ fn open_flows(app: &App, n: usize) -> Vec<TcpStream> {
         for s in &mut batch {
             s.write_all(b"x").expect("idle flow: write");
         }
-        for s in &mut batch {
+        for (i, s) in batch.iter_mut().enumerate() {
             let mut b = [0u8; 1];
-            s.read_exact(&mut b).expect("idle flow: echo");
+            if let Err(e) = s.read_exact(&mut b) {
+                panic!("idle flow {}: no echo: {e}", held.len() + i + 1);
+            }
         }
         held.append(&mut batch);
     }
