@@ -290,7 +290,13 @@ struct Tools {
 
 impl Tools {
     fn xh_tun(&self, dev: &str) -> Setup {
-        // maxFlows above the idle flows (the default, 512, would evict); all else default.
+        // maxFlows above the idle flows (the default, 512, would evict); all else default
+        // unless BENCH_TUN_OPTIONS adds fields (e.g. {"tcpBuffer": 65536}).
+        let mut opts: serde_json::Value = serde_json::from_str(
+            &std::env::var("BENCH_TUN_OPTIONS").unwrap_or_else(|_| "{}".into()),
+        )
+        .expect("BENCH_TUN_OPTIONS: a JSON object");
+        opts["maxFlows"] = 4096.into();
         let mut child = spawn(
             Command::new(&self.xh)
                 .args([
@@ -302,7 +308,7 @@ impl Tools {
                     "--mtu",
                     &MTU.to_string(),
                     "--options",
-                    r#"{"maxFlows": 4096}"#,
+                    &opts.to_string(),
                 ])
                 .stdout(Stdio::piped()),
         );
