@@ -123,7 +123,7 @@ fn main() {
         "{:34} {:>7} {:>9} {:>7} {:>9} {:>10} {:>12} {:>9}",
         "path", "time s", "MB/s", "CPU s", "CPU s/GiB", "RSS MiB", "RSS+flows", "KiB/flow"
     );
-    let builders: [(&str, fn(&Tools, &str) -> Setup); 4] = [
+    let builders: [(&str, Builder); 4] = [
         ("1 xh tun", Tools::xh_tun),
         ("2 xh socks (no TUN)", Tools::xh_socks_direct),
         ("3 tun2proxy + xh socks", Tools::t2p_xh),
@@ -165,6 +165,9 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts a path's processes; given the TUN device name it may use.
+type Builder = fn(&Tools, &str) -> Setup;
 
 /// What one path measured.
 struct Row {
