@@ -2,7 +2,8 @@
 # The TUN benchmark (examples/bench_tun.rs): `xh tun` against `xh socks`, tun2proxy + `xh
 # socks` and tun2proxy + Xray-core's client, same server, same run, inside network
 # namespaces it creates. Needs root. Not part of CI.
-# Usage: bash scripts/bench-tun.sh [MiB=256] [mode=stream-one] [flows=1000]
+# Usage: bash scripts/bench-tun.sh [MiB=256] [mode=stream-one] [flows=1000] [paths=1234]
+# Env: BENCH_XMUX (both clients' xmux JSON), BENCH_TUN_OPTIONS (fields added to xh tun's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,5 +45,5 @@ export XH_BIN="$CARGO_TARGET_DIR/release/xh"
 "$TUN2PROXY_BIN" --version
 # The machine is shared: the load says how much the absolute numbers are to be trusted.
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
-"$CARGO_TARGET_DIR/release/examples/bench_tun" "${1:-256}" "${2:-stream-one}" "${3:-1000}"
+"$CARGO_TARGET_DIR/release/examples/bench_tun" "${1:-256}" "${2:-stream-one}" "${3:-1000}" "${4:-1234}"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
