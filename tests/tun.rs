@@ -210,6 +210,20 @@ impl Inner {
         got
     }
 
+    /// curl's exit code and stderr for `url` inside the inner namespace (body discarded).
+    fn curl_status(&self, url: &str) -> (Option<i32>, String) {
+        let pid = self.pid().to_string();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "--", "curl", "-sS", "--noproxy", "*"])
+            .args(["--max-time", "20", "-o", "/dev/null", url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     /// Runs `f` on a thread inside the inner namespace (threads it spawns are there too).
     fn thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/proc/{}/ns/net", self.pid());
@@ -521,28 +535,36 @@ fn run_scenario(client: &xhttp_mobile::Client) {
         "paused download differs"
     );
 
-    // A closed port: the flow ends promptly with nothing received.
+    // A closed port: the server reports the refused dial by ending the flow without a byte
+    // (Xray flushes its response header and closes); the app's connection is reset, never
+    // closed as if the origin had answered with nothing. The stack has completed the
+    // handshake by then, so the app sees a reset, not a refusal of its connect.
+    let refused0 = tun.stats().flows_open_failed;
     inner.thread(|| {
         let t0 = Instant::now();
-        match TcpStream::connect((ORIGIN, CLOSED_PORT)) {
-            Err(_) => {}
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let _ = s.write_all(b"hello?");
-                let mut b = [0u8; 16];
-                match s.read(&mut b) {
-                    Ok(0) => {}
-                    Ok(n) => panic!("{n} bytes from a closed port"),
-                    Err(e) => assert!(
-                        e.kind() != std::io::ErrorKind::WouldBlock
-                            && e.kind() != std::io::ErrorKind::TimedOut,
-                        "the flow to a closed port did not end: {e}"
-                    ),
-                }
-            }
+        let mut s = TcpStream::connect((ORIGIN, CLOSED_PORT)).expect("the stack accepts");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 16];
+        let end = s.write_all(b"hello?").and_then(|()| s.read(&mut b));
+        match end {
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "the flow to a closed port: {e}"
+            ),
+            Ok(0) => panic!("the flow to a closed port ended with a FIN, not a reset"),
+            Ok(n) => panic!("{n} bytes from a closed port"),
         }
         assert!(t0.elapsed() < Duration::from_secs(10));
     });
+    // curl: "Recv failure: Connection reset by peer" (exit 56), not an empty reply (52).
+    let (code, err) = inner.curl_status(&format!("http://{ORIGIN}:{CLOSED_PORT}/"));
+    assert_eq!(code, Some(56), "curl to a closed port: {err}");
+    assert_eq!(
+        tun.stats().flows_open_failed - refused0,
+        2,
+        "both refusals counted"
+    );
 
     let st = tun.stats();
     eprintln!("tun: stats after the checks: {st:?}");
@@ -553,7 +575,10 @@ fn run_scenario(client: &xhttp_mobile::Client) {
         "{st:?}"
     );
     assert_eq!(st.dropped.malformed, 0, "{st:?}");
-    assert!(st.flows_open_failed == 0, "{st:?}");
+    assert_eq!(
+        st.flows_open_failed, 2,
+        "only the closed port's flows: {st:?}"
+    );
 
     // Stop while flows run: five open echo flows (and the UDP session), then stop.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

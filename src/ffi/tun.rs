@@ -49,7 +49,8 @@ pub struct xh_tun_counters {
     pub packets_out: u64,
     /// Flows ended to make room under `maxFlows`.
     pub flows_evicted: u64,
-    /// TCP connections whose tunnel did not open (closed towards the app).
+    /// TCP connections whose tunnel did not open or whose destination refused them (reset
+    /// towards the app).
     pub flows_open_failed: u64,
     /// Packets dropped: not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
     pub dropped_malformed: u64,
