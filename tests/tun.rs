@@ -45,8 +45,7 @@ fn tun_in_namespaces_against_the_test_server() {
     if !in_outer_namespace("tun_in_namespaces_against_the_test_server") {
         return;
     }
-    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
-    let e = env(|o| o.target = Target::Vless { id });
+    let e = vless_env();
     let client = e.vless_client(serde_json::json!({"path": "/xh", "mode": "stream-one"}), ID);
     run_scenario(&client);
 }
@@ -643,7 +642,7 @@ fn run_scenario(client: &xhttp_mobile::Client) {
 fn packet_callback_through_the_c_abi() {
     use std::ffi::{CString, c_void};
     use std::sync::{Condvar, Mutex};
-    use xhttp_mobile::ffi::client::{xh_client, xh_client_close, xh_client_free, xh_client_new};
+    use xhttp_mobile::ffi::client::{xh_client_close, xh_client_free};
     use xhttp_mobile::ffi::result::xh_result;
     use xhttp_mobile::ffi::tun::*;
 
@@ -668,17 +667,8 @@ fn packet_callback_through_the_c_abi() {
         addr
     };
     let echo_addr = udp_echo("127.0.0.1:0");
-    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
-    let e = env(|o| o.target = Target::Vless { id });
-    let mut cfg = e.config_json(serde_json::json!({"path": "/xh", "mode": "stream-one"}));
-    cfg["vlessId"] = ID.into();
-    let cfg = CString::new(cfg.to_string()).unwrap();
-    let mut client: *mut xh_client = std::ptr::null_mut();
-    // SAFETY: valid C string and out pointer.
-    assert_eq!(
-        unsafe { xh_client_new(cfg.as_ptr(), &mut client) },
-        xh_result::Ok
-    );
+    let e = vless_env();
+    let client = c_client(&e);
 
     let inbox = Box::new(Inbox(Mutex::new(Vec::new()), Condvar::new()));
     let ctx = &*inbox as *const Inbox as *mut c_void;
@@ -889,9 +879,7 @@ fn a_blocking_packet_callback_sticks_nothing() {
     use std::ffi::{CString, c_void};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex};
-    use xhttp_mobile::ffi::client::{
-        xh_client, xh_client_connect_tcp, xh_client_free, xh_client_new,
-    };
+    use xhttp_mobile::ffi::client::{xh_client_connect_tcp, xh_client_free};
     use xhttp_mobile::ffi::result::xh_result;
     use xhttp_mobile::ffi::tun::*;
     use xhttp_mobile::ffi::tunnel::{xh_tunnel, xh_tunnel_free, xh_tunnel_read, xh_tunnel_write};
@@ -913,17 +901,8 @@ fn a_blocking_packet_callback_sticks_nothing() {
     }
     unsafe extern "C" fn ignore(_ctx: *mut c_void, _p: *const u8, _len: usize) {}
 
-    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
-    let e = env(|o| o.target = Target::Vless { id });
-    let mut cfg = e.config_json(serde_json::json!({"path": "/xh", "mode": "stream-one"}));
-    cfg["vlessId"] = ID.into();
-    let cfg = CString::new(cfg.to_string()).unwrap();
-    let mut client: *mut xh_client = std::ptr::null_mut();
-    // SAFETY: valid C string and out pointer.
-    assert_eq!(
-        unsafe { xh_client_new(cfg.as_ptr(), &mut client) },
-        xh_result::Ok
-    );
+    let e = vless_env();
+    let client = c_client(&e);
     let gate = Box::new(Gate {
         calls: AtomicUsize::new(0),
         released: Mutex::new(false),
@@ -1075,6 +1054,24 @@ fn a_blocking_packet_callback_sticks_nothing() {
     assert_eq!(xh_tun_free(tun), xh_result::Ok);
     assert_eq!(xh_client_free(client), xh_result::Ok);
     drop(gate);
+}
+
+/// A test server with a VLESS target for `ID`.
+fn vless_env() -> Env {
+    let id = xhttp_mobile::proxy::vless::user_id("id", ID).unwrap();
+    env(|o| o.target = Target::Vless { id })
+}
+
+/// A client of `e` (stream-one, VLESS) made through the C ABI.
+fn c_client(e: &Env) -> *mut xhttp_mobile::ffi::client::xh_client {
+    let mut cfg = e.config_json(serde_json::json!({"path": "/xh", "mode": "stream-one"}));
+    cfg["vlessId"] = ID.into();
+    let cfg = std::ffi::CString::new(cfg.to_string()).unwrap();
+    let mut client = std::ptr::null_mut();
+    // SAFETY: valid C string and out pointer.
+    let r = unsafe { xhttp_mobile::ffi::client::xh_client_new(cfg.as_ptr(), &mut client) };
+    assert_eq!(r, xhttp_mobile::ffi::result::xh_result::Ok);
+    client
 }
 
 /// An IPv4 or IPv6 TCP segment without payload or options (`flags` as in the header),

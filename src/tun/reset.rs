@@ -10,10 +10,10 @@
 //! expects, so it accepts the RST), to the stack with the last acknowledgement it sent; the
 //! table holds at most its cap of connections (the least recently seen gives way).
 
+use super::packet::ip_frame;
 use netstack_smoltcp::smoltcp::phy::ChecksumCapabilities;
 use netstack_smoltcp::smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -187,36 +187,9 @@ fn rst(src: SocketAddr, dst: SocketAddr, seq: TcpSeqNumber, ack: TcpSeqNumber) -
 /// `tcp` in an IP packet from `src` to `dst`, checksums filled in; `None` for mixed address
 /// families.
 fn emit(src: IpAddr, dst: IpAddr, tcp: &TcpRepr) -> Option<Vec<u8>> {
-    let caps = ChecksumCapabilities::default();
-    let tlen = tcp.buffer_len();
-    let (mut buf, hl) = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: tlen,
-                hop_limit: 64,
-            };
-            let mut buf = vec![0u8; 20 + tlen];
-            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
-            (buf, 20)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: tlen,
-                hop_limit: 64,
-            };
-            let mut buf = vec![0u8; 40 + tlen];
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
-            (buf, 40)
-        }
-        _ => return None,
-    };
+    let (mut buf, hl) = ip_frame(src, dst, IpProtocol::Tcp, tcp.buffer_len())?;
     let (s, d): (IpAddress, IpAddress) = (src.into(), dst.into());
+    let caps = ChecksumCapabilities::default();
     tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &s, &d, &caps);
     Some(buf)
 }
