@@ -293,7 +293,8 @@ typedef struct {
   uint64_t packets_out;
   // Flows ended to make room under `maxFlows`.
   uint64_t flows_evicted;
-  // TCP connections whose tunnel did not open (closed towards the app).
+  // TCP connections whose tunnel did not open or whose destination refused them (reset
+  // towards the app).
   uint64_t flows_open_failed;
   // Packets dropped: not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
   uint64_t dropped_malformed;

@@ -49,7 +49,8 @@ pub struct xh_tun_counters {
     pub packets_out: u64,
     /// Flows ended to make room under `maxFlows`.
     pub flows_evicted: u64,
-    /// TCP connections whose tunnel did not open (closed towards the app).
+    /// TCP connections whose tunnel did not open or whose destination refused them (reset
+    /// towards the app).
     pub flows_open_failed: u64,
     /// Packets dropped: not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
     pub dropped_malformed: u64,
@@ -105,7 +106,15 @@ pub(crate) struct TunEntry {
 impl TunEntry {
     /// Stops the TUN and lets go of it (and of the runtime); keeps its counters. Idempotent.
     fn stop(&self) {
-        let t = self.tun.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let t = {
+            let mut tun = self.tun.lock().unwrap_or_else(|p| p.into_inner());
+            // The counters stay readable while the stop runs (it may wait seconds for a
+            // blocked packet callback), not zero.
+            if let Some(t) = tun.as_ref() {
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = t.stats();
+            }
+            tun.take()
+        };
         if let Some(t) = t {
             t.stop();
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = t.stats();

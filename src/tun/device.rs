@@ -177,6 +177,7 @@ impl Reader {
     }
 }
 
+#[derive(Clone)]
 pub enum Writer {
     Fd(Arc<AsyncFd<OwnedFd>>),
     Callback(std_mpsc::SyncSender<Vec<u8>>),

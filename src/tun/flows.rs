@@ -102,6 +102,12 @@ impl FlowTable {
         }
     }
 
+    /// A newer flow holds `key` (the app reused the connection's addresses): what is known
+    /// under the key is that flow's now.
+    pub fn superseded(&self, key: &FlowKey, flow: &Flow) -> bool {
+        self.flows.get(key).is_some_and(|f| f.id != flow.id)
+    }
+
     /// Every flow, emptying the table (on stop).
     pub fn drain(&mut self) -> Vec<Arc<Flow>> {
         self.flows.drain().map(|(_, f)| f).collect()
@@ -156,10 +162,13 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(Arc::ptr_eq(&out[0], &old));
         // The old flow's task ends later: it must not remove the new one.
+        assert!(t.superseded(&tcp(1), &old) && !t.superseded(&tcp(1), &new));
         t.remove(&tcp(1), &old);
         assert!(Arc::ptr_eq(t.get(&tcp(1)).unwrap(), &new));
         t.remove(&tcp(1), &new);
         assert!(t.is_empty());
+        // An evicted flow (removed, not replaced) is not superseded.
+        assert!(!t.superseded(&tcp(1), &new));
         // Stop tokens are children of the TUN's.
         let (f, _) = t.insert(tcp(2), &root, 0);
         root.cancel();

@@ -18,11 +18,12 @@ mod flows;
 pub mod linux;
 mod options;
 mod packet;
+mod reset;
 mod stats;
 mod tcp;
 mod udp;
 
-pub use device::{PacketIo, PacketOut};
+pub use device::{PACKET_QUEUE, PacketIo, PacketOut};
 pub use dns::DnsRedirect;
 pub use options::TunOptions;
 pub use stats::{Dropped, TunStats};
@@ -34,7 +35,8 @@ use crate::tunnel::Dialer;
 use device::{Device, InputQueue, OutThread, Reader, Writer};
 use flows::{Flow, FlowKey, FlowTable};
 use futures_util::{SinkExt, StreamExt};
-use netstack_smoltcp::StackBuilder;
+use netstack_smoltcp::{StackBuilder, TcpStream};
+use reset::{Conn, SeqTable};
 use stats::{Counters, add};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +67,12 @@ struct Ctx {
     flows: Mutex<FlowTable>,
     stop: CancellationToken,
     started: Instant,
+    /// The stack's sequence numbers per TCP connection, for resets.
+    seqs: Mutex<SeqTable>,
+    /// Packets for the app, besides the stack's own (resets).
+    out: Writer,
+    /// Packets for the stack, as if from the app (resets).
+    to_stack: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl Ctx {
@@ -88,6 +96,28 @@ impl Ctx {
 
     fn table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn seqs(&self) -> std::sync::MutexGuard<'_, SeqTable> {
+        self.seqs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the app's connection `conn` with a reset: a RST into the stack (its socket
+    /// closes without a FIN), a RST to the app, then the stream is dropped. Without numbers
+    /// seen for it (or once the TUN is stopping) the stream is only dropped: a FIN.
+    async fn reset(&self, conn: Conn, stream: TcpStream) {
+        let resets = self.seqs().resets(&conn);
+        match resets {
+            Some(r) if !self.stop.is_cancelled() => {
+                // A full queue only loses the stack's early close: the app's TCP answers
+                // the stack's FIN with a RST of its own.
+                let _ = self.to_stack.try_send(r.to_stack);
+                add(&self.counters.packets_out, 1);
+                self.out.send(r.to_app, &self.counters).await;
+            }
+            _ => log::debug!("tun: no reset for {} -> {}", conn.app, conn.remote),
+        }
+        drop(stream);
     }
 }
 
@@ -136,21 +166,26 @@ impl Tun {
             Device::open(io, stop.clone())?
         };
         let counters = Arc::new(Counters::default());
+        let (reader, writer) = device.split();
+        // Resets only: a few at a time suffice (see `Ctx::reset` for a full queue).
+        let (to_stack, injected) = tokio::sync::mpsc::channel(64);
         let ctx = Arc::new(Ctx {
             dialer: dialer.clone(),
             counters: counters.clone(),
             flows: Mutex::new(FlowTable::new(opts.max_flows)),
             stop: stop.clone(),
             started: Instant::now(),
+            seqs: Mutex::new(SeqTable::new(opts.max_flows.saturating_mul(2))),
+            out: writer.clone(),
+            to_stack,
             opts,
         });
-        let (reader, writer) = device.split();
         let task = rt.handle().spawn(async move {
             let (to_stack, from_stack) = stack.split();
             tokio::select! {
                 _ = ctx.stop.cancelled() => {}
                 r = runner => log::warn!("tun: the stack ended: {r:?}"),
-                _ = packets_in(&ctx, reader, to_stack) => log::info!("tun: the device is gone"),
+                _ = packets_in(&ctx, reader, injected, to_stack) => log::info!("tun: the device is gone"),
                 _ = packets_out(&ctx, writer, from_stack) => log::info!("tun: the device is gone"),
                 _ = tcp::accept(ctx.clone(), tcp_listener) => {}
                 _ = udp::run(ctx.clone(), udp_socket) => {}
@@ -239,15 +274,33 @@ impl Drop for Tun {
 
 /// Device → stack: each packet classified, the bad ones counted and dropped. Waits while the
 /// stack is full (a TUN fd is then read more slowly: the kernel's queue absorbs or drops).
+/// Resets the TUN itself builds (`injected`) go in first, unclassified.
 async fn packets_in(
     ctx: &Ctx,
     mut reader: Reader,
+    mut injected: tokio::sync::mpsc::Receiver<Vec<u8>>,
     mut to_stack: impl futures_util::Sink<Vec<u8>, Error = std::io::Error> + Unpin,
 ) {
     let c = &ctx.counters;
     // Large enough for any packet, so an oversized one is seen whole and counted as such.
     let mut buf = vec![0u8; 65536];
-    while let Some(p) = reader.next(&mut buf).await {
+    loop {
+        let p = tokio::select! {
+            biased;
+            Some(rst) = injected.recv() => {
+                if let Err(e) = to_stack.send(rst).await {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return;
+                    }
+                }
+                continue;
+            }
+            // Cancel-safe: a packet is taken from the device only when returned.
+            p = reader.next(&mut buf) => match p {
+                Some(p) => p,
+                None => return,
+            },
+        };
         add(&c.packets_in, 1);
         if let Err(why) = packet::classify(&p, ctx.opts.mtu, ctx.opts.ipv6) {
             c.dropped(why);
@@ -272,6 +325,7 @@ async fn packets_out(
 ) {
     while let Some(Ok(p)) = from_stack.next().await {
         add(&ctx.counters.packets_out, 1);
+        ctx.seqs().observe(&p);
         if !writer.send(p, &ctx.counters).await {
             return;
         }

@@ -5,9 +5,11 @@
 //! ICMP is dropped (counted as `protocol`): echo requests are not answered locally, since a
 //! local answer would report a path as alive that the tunnel may not have.
 
+use netstack_smoltcp::smoltcp::phy::ChecksumCapabilities;
 use netstack_smoltcp::smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket,
 };
+use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Carried {
@@ -89,14 +91,51 @@ pub fn classify(p: &[u8], mtu: usize, ipv6: bool) -> Result<Carried, Drop> {
     }
 }
 
+/// An IP packet from `src` to `dst` for `len` bytes of `proto`: the header written (the
+/// IPv4 checksum too), the payload zeroed; with the payload's offset. `None` when the
+/// addresses are of different families.
+pub fn ip_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    len: usize,
+) -> Option<(Vec<u8>, usize)> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: len,
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; 20 + len];
+            let caps = ChecksumCapabilities::default();
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
+            Some((buf, 20))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: len,
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; 40 + len];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+            Some((buf, 40))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod build {
     //! Well-formed packets for tests, built field by field with checksums.
     use netstack_smoltcp::smoltcp::phy::ChecksumCapabilities;
-    use netstack_smoltcp::smoltcp::wire::{
-        IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
-    };
-    use std::net::{IpAddr, SocketAddr};
+    use netstack_smoltcp::smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
+    use std::net::SocketAddr;
 
     /// A UDP datagram from `src` to `dst` as an IP packet.
     pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
@@ -104,43 +143,16 @@ pub(crate) mod build {
             src_port: src.port(),
             dst_port: dst.port(),
         };
-        let ulen = 8 + payload.len();
-        let caps = ChecksumCapabilities::default();
+        let (mut buf, hl) = super::ip_frame(src.ip(), dst.ip(), IpProtocol::Udp, 8 + payload.len())
+            .expect("one family");
         let (s, d): (IpAddress, IpAddress) = (src.ip().into(), dst.ip().into());
-        let (mut buf, hl) = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s4), IpAddr::V4(d4)) => {
-                let ip = Ipv4Repr {
-                    src_addr: s4,
-                    dst_addr: d4,
-                    next_header: IpProtocol::Udp,
-                    payload_len: ulen,
-                    hop_limit: 64,
-                };
-                let mut buf = vec![0u8; 20 + ulen];
-                ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
-                (buf, 20)
-            }
-            (IpAddr::V6(s6), IpAddr::V6(d6)) => {
-                let ip = Ipv6Repr {
-                    src_addr: s6,
-                    dst_addr: d6,
-                    next_header: IpProtocol::Udp,
-                    payload_len: ulen,
-                    hop_limit: 64,
-                };
-                let mut buf = vec![0u8; 40 + ulen];
-                ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
-                (buf, 40)
-            }
-            _ => panic!("mixed families"),
-        };
         udp.emit(
             &mut UdpPacket::new_unchecked(&mut buf[hl..]),
             &s,
             &d,
             payload.len(),
             |b| b.copy_from_slice(payload),
-            &caps,
+            &ChecksumCapabilities::default(),
         );
         buf
     }

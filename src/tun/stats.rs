@@ -96,7 +96,8 @@ pub struct TunStats {
     pub dropped: Dropped,
     /// Flows ended to make room under `maxFlows`.
     pub flows_evicted: u64,
-    /// TCP flows whose tunnel did not open (the app's connection was closed).
+    /// TCP flows whose tunnel did not open, or whose destination refused them (the server
+    /// ended the flow without a byte); the app's connection was reset.
     pub flows_open_failed: u64,
 }
 

@@ -10,7 +10,10 @@
 #  4. the proxy surface (tests/c/proxy.c: VLESS TCP flows, UDP sessions, SOCKS5) against
 #     `xh serve --vless` and the real Xray (XRAY_BIN; scripts/test.sh sets it), plain, under
 #     AddressSanitizer and valgrind;
-#  5. the README's "Use from C" example, compiled and run against the same server.
+#  5. the TUN surface (tests/c/tun.c: xh_tun_* misuse, and packets in and out of the
+#     packet API through `xh serve --vless`), plain, under AddressSanitizer,
+#     ThreadSanitizer and valgrind;
+#  6. the README's "Use from C" example, compiled and run against the same server.
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds; default target/),
 # XH_VALGRIND_ITERS (iterations per thread of the misuse run under valgrind; default
@@ -74,6 +77,11 @@ PROXY_SRC=(tests/c/proxy.c tests/c/sha256.c)
 cc "${CFLAGS[@]}" "${PROXY_SRC[@]}" "${LINK[@]}" -o "$WORK/proxy"
 cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer "${PROXY_SRC[@]}" "${LINK[@]}" \
     -o "$WORK/proxy-asan"
+TUN_SRC=(tests/c/tun.c)
+cc "${CFLAGS[@]}" "${TUN_SRC[@]}" "${LINK[@]}" -o "$WORK/tun"
+cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer "${TUN_SRC[@]}" "${LINK[@]}" \
+    -o "$WORK/tun-asan"
+cc "${CFLAGS[@]}" -fsanitize=thread "${TUN_SRC[@]}" "${LINK[@]}" -o "$WORK/tun-tsan"
 # -rdynamic: the allocator wrappers in dlopen.c must be what the library and libc call.
 cc "${CFLAGS[@]}" -rdynamic tests/c/dlopen.c -ldl -lpthread -o "$WORK/dlopen"
 export LD_LIBRARY_PATH="$LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -121,6 +129,18 @@ LSAN_OPTIONS=suppressions=tests/c/lsan.supp:print_suppressions=1 \
     "$WORK/proxy-asan" "${PROXY_CONFIGS[@]}"
 step "proxy surface: valgrind"
 "${VALGRIND[@]}" "$WORK/proxy" "${PROXY_CONFIGS[@]}"
+
+step "TUN surface (xh_tun_*) against xh serve --vless"
+"$WORK/tun" "$XH_VLESS_CONFIG"
+step "TUN surface: AddressSanitizer"
+LSAN_OPTIONS=suppressions=tests/c/lsan.supp:print_suppressions=1 \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 "$WORK/tun-asan" "$XH_VLESS_CONFIG"
+step "TUN surface: ThreadSanitizer"
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1 \
+    "$WORK/tun-tsan" "$XH_VLESS_CONFIG"
+step "TUN surface: valgrind"
+# A few datagrams per thread: the paths are the same as in the runs above, ~50x slower.
+XH_TUN_ROUNDS=4 "${VALGRIND[@]}" "$WORK/tun" "$XH_VLESS_CONFIG"
 
 step "unloading: dlopen/use/dlclose cycles of the mobile build keep no fd or heap"
 "$WORK/dlopen" "$WORK/mobile/libxhttp_mobile.so" 40 worker

@@ -59,9 +59,9 @@ pub enum Target {
     Sink,
     /// A VLESS inbound for user `id` (protocol doc §8): relays to the destination named in
     /// the request header over TCP or UDP, the way Xray's VLESS inbound plus a freedom
-    /// outbound would. A wrong version, unknown user or unreachable destination ends the
-    /// session without a byte and records [`Event::TargetFailed`]. Meant for loopback
-    /// destinations in tests.
+    /// outbound would. A wrong version or unknown user ends the session without a byte; a
+    /// destination that refuses the connection, with the response header alone (as Xray);
+    /// both record [`Event::TargetFailed`]. Meant for loopback destinations in tests.
     Vless { id: [u8; 16] },
 }
 

@@ -2,8 +2,10 @@
 //! then relays to the destination it names — a TCP connection for command TCP, a connected
 //! UDP socket with length-prefixed datagrams for command UDP, XUDP sessions for command Mux
 //! (see `xudp`). The 2-byte response header
-//! goes out with the first downstream payload, as Xray sends it. A bad header or an unknown
-//! user ends the session without a byte, like Xray without fallbacks. Only loopback
+//! goes out with the first downstream payload, as Xray sends it, or alone when the
+//! destination closes without a byte or cannot be reached (Xray flushes it when the link
+//! closes). A bad header or an unknown user ends the session without a byte, like Xray
+//! without fallbacks. Only loopback
 //! destinations are served, so a test server can never be used as an open proxy.
 
 use super::download::Download;
@@ -126,7 +128,15 @@ async fn tcp(t: &Target, first: Bytes, upload: &mut Upload, down: &mut Downstrea
     };
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
-        Err(e) => return RunEnd::TargetFailed(format!("connect to {t}: {e}")),
+        Err(e) => {
+            // As Xray: a failed dial closes the inbound's writer, which flushes the response
+            // header, then the response ends. The client learns no more than that the flow
+            // ended without a byte.
+            if let Err(w) = down.send(&[]).await {
+                return w;
+            }
+            return RunEnd::TargetFailed(format!("connect to {t}: {e}"));
+        }
     };
     let (mut rd, mut wr) = stream.into_split();
     let up = async {
