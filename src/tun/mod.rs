@@ -22,7 +22,7 @@ mod stats;
 mod tcp;
 mod udp;
 
-pub use device::{PacketIo, PacketOut};
+pub use device::{BatchOut, OUT_BATCH, PacketIo, PacketOut};
 pub use dns::DnsRedirect;
 pub use options::TunOptions;
 pub use stats::{Dropped, TunStats};
