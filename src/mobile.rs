@@ -3,9 +3,9 @@
 //!
 //! Names: uniffi-generated Kotlin does not compile with a method named `close` or
 //! `destroy` (uniffi#2955; the generated class already has them for freeing the object),
-//! so ending a client, tunnel, UDP session or SOCKS server is `shutdown()`. Freeing is
-//! the binding's own `close()` / `destroy()` (Kotlin) or deinit (Swift); both are
-//! idempotent.
+//! so ending a client, tunnel, UDP session or SOCKS server is `shutdown()`, and ending a TUN
+//! is `stop()` (as `xh_tun_stop`). Freeing is the binding's own `close()` / `destroy()`
+//! (Kotlin) or deinit (Swift); both are idempotent.
 //!
 //! Timeouts are milliseconds as in the C ABI: `XH_TIMEOUT_INFINITE` (u32::MAX) waits
 //! without limit, 0 does not wait.
@@ -523,6 +523,195 @@ impl XhSocksServer {
     /// its port is free when this returns (it waits a few seconds at most). Idempotent;
     /// any thread.
     pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+}
+
+/// Implemented by the app: receives the IP packets for the app from an [`XhTun`] started by
+/// `XhTun.packets` (iOS: pass them to `packetFlow.writePackets`).
+///
+/// Called on a thread of the TUN's own, one call per burst: every packet queued by then, up
+/// to 64, in order. Batches because each call into the JVM through JNA costs far more than a
+/// packet's copy (the thread is attached to the JVM for each call). It should return
+/// quickly: while it blocks, packets for the app queue (1024), then are dropped (counted in
+/// `dropped.outputFull`); the runtime and every flow carry on. An exception it throws drops
+/// that batch (logged); the TUN carries on. Never called after `stop()` returned.
+#[uniffi::export(with_foreign)]
+pub trait XhPacketSink: Send + Sync {
+    fn packets(&self, packets: Vec<Vec<u8>>) -> Result<(), XhException>;
+}
+
+/// An exception thrown by the app's [`XhPacketSink`] that is not an [`XhException`]: uniffi
+/// hands it over as this error instead of a panic.
+impl From<uniffi::UnexpectedUniFFICallbackError> for XhException {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        XhException::Other { detail: e.reason }
+    }
+}
+
+/// What a TUN has carried and dropped ([`XhTun::stats`]); the names and meanings of
+/// docs/tun.md, "Stats". `*Flows` are open now; the rest count since start.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct XhTunStats {
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+    pub tcp_flows_total: u64,
+    pub udp_flows_total: u64,
+    /// UDP datagrams and TCP connections to the virtual DNS address, redirected.
+    pub dns_queries: u64,
+    /// Payload bytes from the app / to the app.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// IP packets from / to the app.
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Flows ended to make room under `maxFlows`.
+    pub flows_evicted: u64,
+    /// TCP flows whose tunnel did not open (closed towards the app).
+    pub flows_open_failed: u64,
+    pub dropped: XhTunDropped,
+}
+
+/// Packets and datagrams a TUN dropped, by reason (docs/tun.md, "Stats").
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct XhTunDropped {
+    /// Not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
+    pub malformed: u64,
+    /// Larger than the MTU.
+    pub oversized: u64,
+    /// IP fragments.
+    pub fragment: u64,
+    /// ICMP and protocols other than TCP and UDP.
+    pub protocol: u64,
+    /// IPv6 with `"ipv6": false`.
+    pub ipv6_off: u64,
+    /// Given to `input` while the input queue was full.
+    pub input_full: u64,
+    /// For the app while the sink had not taken the previous ones.
+    pub output_full: u64,
+    /// UDP datagrams not carried (a flow's queue full, refused, or no packet can carry it).
+    pub udp: u64,
+}
+
+impl From<crate::tun::TunStats> for XhTunStats {
+    fn from(s: crate::tun::TunStats) -> Self {
+        let d = s.dropped;
+        XhTunStats {
+            tcp_flows: s.tcp_flows,
+            udp_flows: s.udp_flows,
+            tcp_flows_total: s.tcp_flows_total,
+            udp_flows_total: s.udp_flows_total,
+            dns_queries: s.dns_queries,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            packets_in: s.packets_in,
+            packets_out: s.packets_out,
+            flows_evicted: s.flows_evicted,
+            flows_open_failed: s.flows_open_failed,
+            dropped: XhTunDropped {
+                malformed: d.malformed,
+                oversized: d.oversized,
+                fragment: d.fragment,
+                protocol: d.protocol,
+                ipv6_off: d.ipv6_off,
+                input_full: d.input_full,
+                output_full: d.output_full,
+                udp: d.udp,
+            },
+        }
+    }
+}
+
+/// A TUN data plane (docs/tun.md): the device's IP packets in, every TCP connection and UDP
+/// socket carried through its client as VLESS flows and full-cone XUDP sessions, the
+/// replies out as IP packets. The client must carry VLESS; its `shutdown()` stops the TUN.
+/// Any thread.
+///
+/// `mtu` is the device's (1280-65535); `optionsJson` (`null` or empty: every default) is
+/// docs/tun.md's object: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`,
+/// `ipv6`. A bad one is a `Config` error naming `mtu` or the field.
+#[derive(uniffi::Object)]
+pub struct XhTun {
+    inner: crate::tun::Tun,
+}
+
+impl XhTun {
+    fn start(client: &XhClient, io: crate::tun::PacketIo, mtu: u32, options: &str) -> R<Arc<Self>> {
+        let opts = crate::tun::TunOptions::from_json(mtu as usize, options)?;
+        Ok(Arc::new(XhTun {
+            inner: client.inner.start_tun(io, opts)?,
+        }))
+    }
+}
+
+#[uniffi::export]
+impl XhTun {
+    /// Starts on the TUN device `fd` (Android: `ParcelFileDescriptor.getFd()` of
+    /// `VpnService.Builder.establish()`). The library reads and writes a duplicate of `fd`
+    /// and never closes the caller's: keep the `ParcelFileDescriptor` open until `stop()`,
+    /// then close it. A bad `fd` is a `Config` error naming `fd`; one that cannot be
+    /// duplicated or polled is `Other`.
+    #[uniffi::constructor(default(options_json = None))]
+    pub fn start_fd(
+        client: Arc<XhClient>,
+        fd: i32,
+        mtu: u32,
+        options_json: Option<String>,
+    ) -> R<Arc<Self>> {
+        let io = crate::tun::PacketIo::Fd(fd);
+        Self::start(&client, io, mtu, options_json.as_deref().unwrap_or(""))
+    }
+
+    /// Starts a TUN fed by the app (iOS: `NEPacketTunnelProvider.packetFlow`): packets from
+    /// the app go in through `input`/`inputBatch`, packets for the app come out through
+    /// `sink` (see [`XhPacketSink`]).
+    #[uniffi::constructor]
+    pub fn packets(
+        client: Arc<XhClient>,
+        mtu: u32,
+        options_json: Option<String>,
+        sink: Arc<dyn XhPacketSink>,
+    ) -> R<Arc<Self>> {
+        let out = move |batch: Vec<Vec<u8>>| {
+            if let Err(e) = sink.packets(batch) {
+                log::warn!("tun: the packet sink threw; its packets are dropped: {e}");
+            }
+        };
+        let io = crate::tun::PacketIo::Batches(Box::new(out));
+        Self::start(&client, io, mtu, options_json.as_deref().unwrap_or(""))
+    }
+
+    /// Hands the TUN one IP packet from the app (copied). Never blocks: while the input
+    /// queue is full the packet is dropped and counted (`dropped.inputFull`), as a link
+    /// would lose it; a malformed one is counted and dropped later. `Closed` once stopped;
+    /// `Other` on a TUN started on an fd.
+    pub fn input(&self, packet: Vec<u8>) -> R<()> {
+        Ok(self.inner.input(&packet)?)
+    }
+
+    /// `input` for several packets in one call (one JNA call instead of one per packet).
+    /// Stops at the first error, having handed over the packets before it.
+    pub fn input_batch(&self, packets: Vec<Vec<u8>>) -> R<()> {
+        for p in &packets {
+            self.inner.input(p)?;
+        }
+        Ok(())
+    }
+
+    /// The counters; also after `stop()` (the counters at the stop).
+    pub fn stats(&self) -> XhTunStats {
+        self.inner.stats().into()
+    }
+
+    /// Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+    /// sink is not called again once this returns (it waits a few seconds at most for a
+    /// sink call still running; called from inside the sink it does not wait for itself).
+    /// Idempotent; any thread.
+    pub fn stop(&self) {
         self.inner.stop();
     }
 

@@ -1230,6 +1230,227 @@ public func FfiConverterTypeXhClient_lower(_ value: XhClient) -> UInt64 {
 
 
 /**
+ * Implemented by the app: receives the IP packets for the app from an [`XhTun`] started by
+ * `XhTun.packets` (iOS: pass them to `packetFlow.writePackets`).
+ *
+ * Called on a thread of the TUN's own, one call per burst: every packet queued by then, up
+ * to 64, in order. Batches because each call into the JVM through JNA costs far more than a
+ * packet's copy (the thread is attached to the JVM for each call). It should return
+ * quickly: while it blocks, packets for the app queue (1024), then are dropped (counted in
+ * `dropped.outputFull`); the runtime and every flow carry on. An exception it throws drops
+ * that batch (logged); the TUN carries on. Never called after `stop()` returned.
+ */
+public protocol XhPacketSink: AnyObject, Sendable {
+    
+    func packets(packets: [Data]) throws 
+    
+}
+/**
+ * Implemented by the app: receives the IP packets for the app from an [`XhTun`] started by
+ * `XhTun.packets` (iOS: pass them to `packetFlow.writePackets`).
+ *
+ * Called on a thread of the TUN's own, one call per burst: every packet queued by then, up
+ * to 64, in order. Batches because each call into the JVM through JNA costs far more than a
+ * packet's copy (the thread is attached to the JVM for each call). It should return
+ * quickly: while it blocks, packets for the app queue (1024), then are dropped (counted in
+ * `dropped.outputFull`); the runtime and every flow carry on. An exception it throws drops
+ * that batch (logged); the TUN carries on. Never called after `stop()` returned.
+ */
+open class XhPacketSinkImpl: XhPacketSink, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_xhttp_mobile_fn_clone_xhpacketsink(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_xhttp_mobile_fn_free_xhpacketsink(handle, $0) }
+    }
+
+    
+
+    
+open func packets(packets: [Data])throws   {try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhpacketsink_packets(
+            self.uniffiCloneHandle(),
+        FfiConverterSequenceData.lower(packets),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceXhPacketSink {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceXhPacketSink = UniffiVTableCallbackInterfaceXhPacketSink(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeXhPacketSink.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface XhPacketSink: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeXhPacketSink.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface XhPacketSink: handle missing in uniffiClone")
+            }
+        },
+        packets: { (
+            uniffiHandle: UInt64,
+            packets: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeXhPacketSink.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return try uniffiObj.packets(
+                     packets: try FfiConverterSequenceData.lift(packets)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCallWithError(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeXhException_lower
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceXhPacketSink> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceXhPacketSink>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitXhPacketSink() {
+    uniffi_xhttp_mobile_fn_init_callback_vtable_xhpacketsink(UniffiCallbackInterfaceXhPacketSink.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhPacketSink: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<XhPacketSink>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = XhPacketSink
+
+    public static func lift(_ handle: UInt64) throws -> XhPacketSink {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return XhPacketSinkImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: XhPacketSink) -> UInt64 {
+         if let rustImpl = value as? XhPacketSinkImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhPacketSink {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: XhPacketSink, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhPacketSink_lift(_ handle: UInt64) throws -> XhPacketSink {
+    return try FfiConverterTypeXhPacketSink.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhPacketSink_lower(_ value: XhPacketSink) -> UInt64 {
+    return FfiConverterTypeXhPacketSink.lower(value)
+}
+
+
+
+
+
+
+/**
  * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
  * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
  * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
@@ -1388,6 +1609,260 @@ public func FfiConverterTypeXhSocksServer_lift(_ handle: UInt64) throws -> XhSoc
 #endif
 public func FfiConverterTypeXhSocksServer_lower(_ value: XhSocksServer) -> UInt64 {
     return FfiConverterTypeXhSocksServer.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A TUN data plane (docs/tun.md): the device's IP packets in, every TCP connection and UDP
+ * socket carried through its client as VLESS flows and full-cone XUDP sessions, the
+ * replies out as IP packets. The client must carry VLESS; its `shutdown()` stops the TUN.
+ * Any thread.
+ *
+ * `mtu` is the device's (1280-65535); `optionsJson` (`null` or empty: every default) is
+ * docs/tun.md's object: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`,
+ * `ipv6`. A bad one is a `Config` error naming `mtu` or the field.
+ */
+public protocol XhTunProtocol: AnyObject, Sendable {
+    
+    /**
+     * Hands the TUN one IP packet from the app (copied). Never blocks: while the input
+     * queue is full the packet is dropped and counted (`dropped.inputFull`), as a link
+     * would lose it; a malformed one is counted and dropped later. `Closed` once stopped;
+     * `Other` on a TUN started on an fd.
+     */
+    func input(packet: Data) throws 
+    
+    /**
+     * `input` for several packets in one call (one JNA call instead of one per packet).
+     * Stops at the first error, having handed over the packets before it.
+     */
+    func inputBatch(packets: [Data]) throws 
+    
+    func isStopped()  -> Bool
+    
+    /**
+     * The counters; also after `stop()` (the counters at the stop).
+     */
+    func stats()  -> XhTunStats
+    
+    /**
+     * Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+     * sink is not called again once this returns (it waits a few seconds at most for a
+     * sink call still running; called from inside the sink it does not wait for itself).
+     * Idempotent; any thread.
+     */
+    func stop() 
+    
+}
+/**
+ * A TUN data plane (docs/tun.md): the device's IP packets in, every TCP connection and UDP
+ * socket carried through its client as VLESS flows and full-cone XUDP sessions, the
+ * replies out as IP packets. The client must carry VLESS; its `shutdown()` stops the TUN.
+ * Any thread.
+ *
+ * `mtu` is the device's (1280-65535); `optionsJson` (`null` or empty: every default) is
+ * docs/tun.md's object: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`,
+ * `ipv6`. A bad one is a `Config` error naming `mtu` or the field.
+ */
+open class XhTun: XhTunProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_xhttp_mobile_fn_clone_xhtun(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_xhttp_mobile_fn_free_xhtun(handle, $0) }
+    }
+
+    
+    /**
+     * Starts a TUN fed by the app (iOS: `NEPacketTunnelProvider.packetFlow`): packets from
+     * the app go in through `input`/`inputBatch`, packets for the app come out through
+     * `sink` (see [`XhPacketSink`]).
+     */
+public static func packets(client: XhClient, mtu: UInt32, optionsJson: String?, sink: XhPacketSink)throws  -> XhTun  {
+    return try  FfiConverterTypeXhTun_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_constructor_xhtun_packets(
+        FfiConverterTypeXhClient_lower(client),
+        FfiConverterUInt32.lower(mtu),
+        FfiConverterOptionString.lower(optionsJson),
+        FfiConverterTypeXhPacketSink_lower(sink),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Starts on the TUN device `fd` (Android: `ParcelFileDescriptor.getFd()` of
+     * `VpnService.Builder.establish()`). The library reads and writes a duplicate of `fd`
+     * and never closes the caller's: keep the `ParcelFileDescriptor` open until `stop()`,
+     * then close it. A bad `fd` is a `Config` error naming `fd`; one that cannot be
+     * duplicated or polled is `Other`.
+     */
+public static func startFd(client: XhClient, fd: Int32, mtu: UInt32, optionsJson: String? = nil)throws  -> XhTun  {
+    return try  FfiConverterTypeXhTun_lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_constructor_xhtun_start_fd(
+        FfiConverterTypeXhClient_lower(client),
+        FfiConverterInt32.lower(fd),
+        FfiConverterUInt32.lower(mtu),
+        FfiConverterOptionString.lower(optionsJson),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * Hands the TUN one IP packet from the app (copied). Never blocks: while the input
+     * queue is full the packet is dropped and counted (`dropped.inputFull`), as a link
+     * would lose it; a malformed one is counted and dropped later. `Closed` once stopped;
+     * `Other` on a TUN started on an fd.
+     */
+open func input(packet: Data)throws   {try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtun_input(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(packet),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * `input` for several packets in one call (one JNA call instead of one per packet).
+     * Stops at the first error, having handed over the packets before it.
+     */
+open func inputBatch(packets: [Data])throws   {try rustCallWithError(FfiConverterTypeXhException_lift) {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtun_input_batch(
+            self.uniffiCloneHandle(),
+        FfiConverterSequenceData.lower(packets),uniffiCallStatus
+    )
+}
+}
+    
+open func isStopped() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtun_is_stopped(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The counters; also after `stop()` (the counters at the stop).
+     */
+open func stats() -> XhTunStats  {
+    return try!  FfiConverterTypeXhTunStats_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtun_stats(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+     * sink is not called again once this returns (it waits a few seconds at most for a
+     * sink call still running; called from inside the sink it does not wait for itself).
+     * Idempotent; any thread.
+     */
+open func stop()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_xhttp_mobile_fn_method_xhtun_stop(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhTun: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = XhTun
+
+    public static func lift(_ handle: UInt64) throws -> XhTun {
+        return XhTun(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: XhTun) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhTun {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: XhTun, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTun_lift(_ handle: UInt64) throws -> XhTun {
+    return try FfiConverterTypeXhTun.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTun_lower(_ value: XhTun) -> UInt64 {
+    return FfiConverterTypeXhTun.lower(value)
 }
 
 
@@ -2283,6 +2758,263 @@ public func FfiConverterTypeXhStats_lower(_ value: XhStats) -> RustBuffer {
 
 
 /**
+ * Packets and datagrams a TUN dropped, by reason (docs/tun.md, "Stats").
+ */
+public struct XhTunDropped: Equatable, Hashable {
+    /**
+     * Not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
+     */
+    public var malformed: UInt64
+    /**
+     * Larger than the MTU.
+     */
+    public var oversized: UInt64
+    /**
+     * IP fragments.
+     */
+    public var fragment: UInt64
+    /**
+     * ICMP and protocols other than TCP and UDP.
+     */
+    public var `protocol`: UInt64
+    /**
+     * IPv6 with `"ipv6": false`.
+     */
+    public var ipv6Off: UInt64
+    /**
+     * Given to `input` while the input queue was full.
+     */
+    public var inputFull: UInt64
+    /**
+     * For the app while the sink had not taken the previous ones.
+     */
+    public var outputFull: UInt64
+    /**
+     * UDP datagrams not carried (a flow's queue full, refused, or no packet can carry it).
+     */
+    public var udp: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
+         */malformed: UInt64, 
+        /**
+         * Larger than the MTU.
+         */oversized: UInt64, 
+        /**
+         * IP fragments.
+         */fragment: UInt64, 
+        /**
+         * ICMP and protocols other than TCP and UDP.
+         */`protocol`: UInt64, 
+        /**
+         * IPv6 with `"ipv6": false`.
+         */ipv6Off: UInt64, 
+        /**
+         * Given to `input` while the input queue was full.
+         */inputFull: UInt64, 
+        /**
+         * For the app while the sink had not taken the previous ones.
+         */outputFull: UInt64, 
+        /**
+         * UDP datagrams not carried (a flow's queue full, refused, or no packet can carry it).
+         */udp: UInt64) {
+        self.malformed = malformed
+        self.oversized = oversized
+        self.fragment = fragment
+        self.`protocol` = `protocol`
+        self.ipv6Off = ipv6Off
+        self.inputFull = inputFull
+        self.outputFull = outputFull
+        self.udp = udp
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension XhTunDropped: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhTunDropped: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhTunDropped {
+        return
+            try XhTunDropped(
+                malformed: FfiConverterUInt64.read(from: &buf), 
+                oversized: FfiConverterUInt64.read(from: &buf), 
+                fragment: FfiConverterUInt64.read(from: &buf), 
+                protocol: FfiConverterUInt64.read(from: &buf), 
+                ipv6Off: FfiConverterUInt64.read(from: &buf), 
+                inputFull: FfiConverterUInt64.read(from: &buf), 
+                outputFull: FfiConverterUInt64.read(from: &buf), 
+                udp: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: XhTunDropped, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.malformed, into: &buf)
+        FfiConverterUInt64.write(value.oversized, into: &buf)
+        FfiConverterUInt64.write(value.fragment, into: &buf)
+        FfiConverterUInt64.write(value.`protocol`, into: &buf)
+        FfiConverterUInt64.write(value.ipv6Off, into: &buf)
+        FfiConverterUInt64.write(value.inputFull, into: &buf)
+        FfiConverterUInt64.write(value.outputFull, into: &buf)
+        FfiConverterUInt64.write(value.udp, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTunDropped_lift(_ buf: RustBuffer) throws -> XhTunDropped {
+    return try FfiConverterTypeXhTunDropped.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTunDropped_lower(_ value: XhTunDropped) -> RustBuffer {
+    return FfiConverterTypeXhTunDropped.lower(value)
+}
+
+
+/**
+ * What a TUN has carried and dropped ([`XhTun::stats`]); the names and meanings of
+ * docs/tun.md, "Stats". `*Flows` are open now; the rest count since start.
+ */
+public struct XhTunStats: Equatable, Hashable {
+    public var tcpFlows: UInt64
+    public var udpFlows: UInt64
+    public var tcpFlowsTotal: UInt64
+    public var udpFlowsTotal: UInt64
+    /**
+     * UDP datagrams and TCP connections to the virtual DNS address, redirected.
+     */
+    public var dnsQueries: UInt64
+    /**
+     * Payload bytes from the app / to the app.
+     */
+    public var bytesUp: UInt64
+    public var bytesDown: UInt64
+    /**
+     * IP packets from / to the app.
+     */
+    public var packetsIn: UInt64
+    public var packetsOut: UInt64
+    /**
+     * Flows ended to make room under `maxFlows`.
+     */
+    public var flowsEvicted: UInt64
+    /**
+     * TCP flows whose tunnel did not open (closed towards the app).
+     */
+    public var flowsOpenFailed: UInt64
+    public var dropped: XhTunDropped
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(tcpFlows: UInt64, udpFlows: UInt64, tcpFlowsTotal: UInt64, udpFlowsTotal: UInt64, 
+        /**
+         * UDP datagrams and TCP connections to the virtual DNS address, redirected.
+         */dnsQueries: UInt64, 
+        /**
+         * Payload bytes from the app / to the app.
+         */bytesUp: UInt64, bytesDown: UInt64, 
+        /**
+         * IP packets from / to the app.
+         */packetsIn: UInt64, packetsOut: UInt64, 
+        /**
+         * Flows ended to make room under `maxFlows`.
+         */flowsEvicted: UInt64, 
+        /**
+         * TCP flows whose tunnel did not open (closed towards the app).
+         */flowsOpenFailed: UInt64, dropped: XhTunDropped) {
+        self.tcpFlows = tcpFlows
+        self.udpFlows = udpFlows
+        self.tcpFlowsTotal = tcpFlowsTotal
+        self.udpFlowsTotal = udpFlowsTotal
+        self.dnsQueries = dnsQueries
+        self.bytesUp = bytesUp
+        self.bytesDown = bytesDown
+        self.packetsIn = packetsIn
+        self.packetsOut = packetsOut
+        self.flowsEvicted = flowsEvicted
+        self.flowsOpenFailed = flowsOpenFailed
+        self.dropped = dropped
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension XhTunStats: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeXhTunStats: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> XhTunStats {
+        return
+            try XhTunStats(
+                tcpFlows: FfiConverterUInt64.read(from: &buf), 
+                udpFlows: FfiConverterUInt64.read(from: &buf), 
+                tcpFlowsTotal: FfiConverterUInt64.read(from: &buf), 
+                udpFlowsTotal: FfiConverterUInt64.read(from: &buf), 
+                dnsQueries: FfiConverterUInt64.read(from: &buf), 
+                bytesUp: FfiConverterUInt64.read(from: &buf), 
+                bytesDown: FfiConverterUInt64.read(from: &buf), 
+                packetsIn: FfiConverterUInt64.read(from: &buf), 
+                packetsOut: FfiConverterUInt64.read(from: &buf), 
+                flowsEvicted: FfiConverterUInt64.read(from: &buf), 
+                flowsOpenFailed: FfiConverterUInt64.read(from: &buf), 
+                dropped: FfiConverterTypeXhTunDropped.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: XhTunStats, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.tcpFlows, into: &buf)
+        FfiConverterUInt64.write(value.udpFlows, into: &buf)
+        FfiConverterUInt64.write(value.tcpFlowsTotal, into: &buf)
+        FfiConverterUInt64.write(value.udpFlowsTotal, into: &buf)
+        FfiConverterUInt64.write(value.dnsQueries, into: &buf)
+        FfiConverterUInt64.write(value.bytesUp, into: &buf)
+        FfiConverterUInt64.write(value.bytesDown, into: &buf)
+        FfiConverterUInt64.write(value.packetsIn, into: &buf)
+        FfiConverterUInt64.write(value.packetsOut, into: &buf)
+        FfiConverterUInt64.write(value.flowsEvicted, into: &buf)
+        FfiConverterUInt64.write(value.flowsOpenFailed, into: &buf)
+        FfiConverterTypeXhTunDropped.write(value.dropped, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTunStats_lift(_ buf: RustBuffer) throws -> XhTunStats {
+    return try FfiConverterTypeXhTunStats.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeXhTunStats_lower(_ value: XhTunStats) -> RustBuffer {
+    return FfiConverterTypeXhTunStats.lower(value)
+}
+
+
+/**
  * Every failure, as one exception type with a kind and the library's text in `detail`
  * (which names the field, the status or the request). Not `message`: Kotlin exceptions
  * already have one, and a field of that name does not compile.
@@ -2611,6 +3343,31 @@ fileprivate struct FfiConverterOptionTypeSocketProtector: FfiConverterRustBuffer
         }
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceData: FfiConverterRustBuffer {
+    typealias SwiftType = [Data]
+
+    public static func write(_ value: [Data], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterData.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Data] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Data]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterData.read(from: &buf))
+        }
+        return seq
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -2731,6 +3488,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_method_xhclient_stats() != 31726) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_method_xhpacketsink_packets() != 56164) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped() != 22103) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2738,6 +3498,21 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() != 12102) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtun_input() != 16111) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtun_input_batch() != 57555) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtun_is_stopped() != 64732) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtun_stats() != 10996) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_method_xhtun_stop() != 58613) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write() != 49866) {
@@ -2809,8 +3584,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits() != 64123) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_xhttp_mobile_checksum_constructor_xhtun_packets() != 18315) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_xhttp_mobile_checksum_constructor_xhtun_start_fd() != 45930) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
     uniffiCallbackInitSocketProtector()
+    uniffiCallbackInitXhPacketSink()
     return InitializationResult.ok
 }()
 

@@ -250,6 +250,13 @@ typedef void (*UniffiCallbackInterfaceSocketProtectorMethod0)(uint64_t, int32_t,
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_XH_PACKET_SINK_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_XH_PACKET_SINK_METHOD0
+typedef void (*UniffiCallbackInterfaceXhPacketSinkMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SOCKET_PROTECTOR
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SOCKET_PROTECTOR
 typedef struct UniffiVTableCallbackInterfaceSocketProtector {
@@ -257,6 +264,15 @@ typedef struct UniffiVTableCallbackInterfaceSocketProtector {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceSocketProtectorMethod0 _Nonnull protect;
 } UniffiVTableCallbackInterfaceSocketProtector;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_XH_PACKET_SINK
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_XH_PACKET_SINK
+typedef struct UniffiVTableCallbackInterfaceXhPacketSink {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceXhPacketSinkMethod0 _Nonnull packets;
+} UniffiVTableCallbackInterfaceXhPacketSink;
 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_SOCKETPROTECTOR
@@ -359,6 +375,26 @@ uint64_t uniffi_xhttp_mobile_fn_method_xhclient_start_socks(uint64_t ptr, RustBu
 RustBuffer uniffi_xhttp_mobile_fn_method_xhclient_stats(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHPACKETSINK
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHPACKETSINK
+uint64_t uniffi_xhttp_mobile_fn_clone_xhpacketsink(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHPACKETSINK
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHPACKETSINK
+void uniffi_xhttp_mobile_fn_free_xhpacketsink(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_INIT_CALLBACK_VTABLE_XHPACKETSINK
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_INIT_CALLBACK_VTABLE_XHPACKETSINK
+void uniffi_xhttp_mobile_fn_init_callback_vtable_xhpacketsink(const UniffiVTableCallbackInterfaceXhPacketSink* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHPACKETSINK_PACKETS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHPACKETSINK_PACKETS
+void uniffi_xhttp_mobile_fn_method_xhpacketsink_packets(uint64_t ptr, RustBuffer packets, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHSOCKSSERVER
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHSOCKSSERVER
 uint64_t uniffi_xhttp_mobile_fn_clone_xhsocksserver(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -382,6 +418,51 @@ RustBuffer uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(uint64_t ptr, 
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHSOCKSSERVER_SHUTDOWN
 void uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHTUN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHTUN
+uint64_t uniffi_xhttp_mobile_fn_clone_xhtun(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHTUN
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_FREE_XHTUN
+void uniffi_xhttp_mobile_fn_free_xhtun(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHTUN_PACKETS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHTUN_PACKETS
+uint64_t uniffi_xhttp_mobile_fn_constructor_xhtun_packets(uint64_t client, uint32_t mtu, RustBuffer options_json, uint64_t sink, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHTUN_START_FD
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CONSTRUCTOR_XHTUN_START_FD
+uint64_t uniffi_xhttp_mobile_fn_constructor_xhtun_start_fd(uint64_t client, int32_t fd, uint32_t mtu, RustBuffer options_json, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_INPUT
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_INPUT
+void uniffi_xhttp_mobile_fn_method_xhtun_input(uint64_t ptr, RustBuffer packet, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_INPUT_BATCH
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_INPUT_BATCH
+void uniffi_xhttp_mobile_fn_method_xhtun_input_batch(uint64_t ptr, RustBuffer packets, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_IS_STOPPED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_IS_STOPPED
+int8_t uniffi_xhttp_mobile_fn_method_xhtun_is_stopped(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_STATS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_STATS
+RustBuffer uniffi_xhttp_mobile_fn_method_xhtun_stats(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_STOP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_METHOD_XHTUN_STOP
+void uniffi_xhttp_mobile_fn_method_xhtun_stop(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_FN_CLONE_XHTUNNEL
@@ -858,6 +939,12 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhclient_stats(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHPACKETSINK_PACKETS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHPACKETSINK_PACKETS
+uint16_t uniffi_xhttp_mobile_checksum_method_xhpacketsink_packets(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_IS_STOPPED
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_IS_STOPPED
 uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped(void
@@ -873,6 +960,36 @@ uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHSOCKSSERVER_SHUTDOWN
 uint16_t uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_INPUT
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_INPUT
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtun_input(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_INPUT_BATCH
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_INPUT_BATCH
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtun_input_batch(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_IS_STOPPED
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_IS_STOPPED
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtun_is_stopped(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_STATS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_STATS
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtun_stats(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_STOP
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_METHOD_XHTUN_STOP
+uint16_t uniffi_xhttp_mobile_checksum_method_xhtun_stop(void
     
 );
 #endif
@@ -1011,6 +1128,18 @@ uint16_t uniffi_xhttp_mobile_checksum_constructor_xhclient_new(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
 #define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHCLIENT_WITH_MEMORY_LIMITS
 uint16_t uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHTUN_PACKETS
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHTUN_PACKETS
+uint16_t uniffi_xhttp_mobile_checksum_constructor_xhtun_packets(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHTUN_START_FD
+#define UNIFFI_FFIDEF_UNIFFI_XHTTP_MOBILE_CHECKSUM_CONSTRUCTOR_XHTUN_START_FD
+uint16_t uniffi_xhttp_mobile_checksum_constructor_xhtun_start_fd(void
     
 );
 #endif

@@ -22,6 +22,14 @@ pub const PACKET_QUEUE: usize = 1024;
 /// The packet callback: one IP packet per call, valid only during the call.
 pub type PacketOut = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// The batch callback: the packets queued for the app when it is called (at most
+/// [`OUT_BATCH`]), in order. For callers whose every call costs (a JVM callback through JNA
+/// attaches the thread each time): one call per burst instead of one per packet.
+pub type BatchOut = Box<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
+
+/// The most packets handed to a [`BatchOut`] at once (about 96 KB at 1500 bytes).
+pub const OUT_BATCH: usize = 64;
+
 /// How the app hands the TUN its packets.
 pub enum PacketIo {
     /// A TUN device's fd, opened by the caller, who keeps it: the TUN duplicates it and
@@ -31,6 +39,9 @@ pub enum PacketIo {
     /// Packets given to [`super::Tun::input`]; packets for the app are passed to the
     /// callback, on a thread of the TUN's own.
     Callback(PacketOut),
+    /// As `Callback`, with the packets for the app passed in batches: whatever is queued when
+    /// the thread takes the next one, never waiting to fill a batch.
+    Batches(BatchOut),
 }
 
 /// The reading and writing ends the TUN's tasks use.
@@ -48,7 +59,8 @@ pub type InputQueue = mpsc::Sender<Vec<u8>>;
 /// The thread that calls the packet callback.
 pub struct OutThread {
     id: std::thread::ThreadId,
-    done: std_mpsc::Receiver<()>,
+    // In a mutex so that a `Tun` may be shared between threads (the receiver is not `Sync`).
+    done: std::sync::Mutex<std_mpsc::Receiver<()>>,
 }
 
 impl OutThread {
@@ -57,7 +69,8 @@ impl OutThread {
     /// callback stopping its own TUN): that would wait for itself.
     pub fn wait(&self, limit: std::time::Duration) {
         if std::thread::current().id() != self.id {
-            let _ = self.done.recv_timeout(limit);
+            let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = done.recv_timeout(limit);
         }
     }
 }
@@ -95,41 +108,63 @@ impl Device {
                 Ok((Device::Fd(Arc::new(afd)), None, None))
             }
             PacketIo::Callback(out) => {
-                let (in_tx, in_rx) = mpsc::channel(PACKET_QUEUE);
-                let (out_tx, out_rx) = std_mpsc::sync_channel::<Vec<u8>>(PACKET_QUEUE);
-                let (done_tx, done_rx) = std_mpsc::channel::<()>();
-                let thread = std::thread::Builder::new()
-                    .name("xh-tun-out".into())
-                    .spawn(move || {
-                        // Dropped when the thread ends: what `OutThread::wait` waits for.
-                        let _done = done_tx;
-                        // Ends when the TUN drops its sender; packets still queued then are
-                        // not handed out once the TUN is stopped.
-                        while let Ok(p) = out_rx.recv() {
-                            if stop.is_cancelled() {
-                                break;
+                let stopped = stop.clone();
+                Self::callback(
+                    Box::new(move |batch| {
+                        for p in batch {
+                            if stopped.is_cancelled() {
+                                return;
                             }
-                            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out(&p)))
-                                .is_err()
-                            {
-                                log::error!("tun: the packet callback panicked; packet dropped");
-                            }
+                            out(&p);
                         }
-                    })
-                    .map_err(|e| Error::Other(format!("TUN output thread: {e}")))?;
-                Ok((
-                    Device::Callback {
-                        input: in_rx,
-                        output: out_tx,
-                    },
-                    Some(in_tx),
-                    Some(OutThread {
-                        id: thread.thread().id(),
-                        done: done_rx,
                     }),
-                ))
+                    stop,
+                )
             }
+            PacketIo::Batches(out) => Self::callback(out, stop),
         }
+    }
+
+    /// The queues and the thread of a packet callback.
+    fn callback(
+        out: BatchOut,
+        stop: CancellationToken,
+    ) -> Result<(Device, Option<InputQueue>, Option<OutThread>)> {
+        let (in_tx, in_rx) = mpsc::channel(PACKET_QUEUE);
+        let (out_tx, out_rx) = std_mpsc::sync_channel::<Vec<u8>>(PACKET_QUEUE);
+        let (done_tx, done_rx) = std_mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("xh-tun-out".into())
+            .spawn(move || {
+                // Dropped when the thread ends: what `OutThread::wait` waits for.
+                let _done = done_tx;
+                // Ends when the TUN drops its sender; packets still queued then are not
+                // handed out once the TUN is stopped.
+                while let Ok(first) = out_rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(out_rx.try_iter().take(OUT_BATCH - 1));
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out(batch)))
+                        .is_err()
+                    {
+                        log::error!("tun: the packet callback panicked; packets dropped");
+                    }
+                }
+            })
+            .map_err(|e| Error::Other(format!("TUN output thread: {e}")))?;
+        Ok((
+            Device::Callback {
+                input: in_rx,
+                output: out_tx,
+            },
+            Some(in_tx),
+            Some(OutThread {
+                id: thread.thread().id(),
+                done: std::sync::Mutex::new(done_rx),
+            }),
+        ))
     }
 
     /// The two ends, for the input and output tasks.
@@ -251,5 +286,75 @@ fn write(fd: RawFd, p: &[u8]) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Packets queued while the batch callback is busy come out together, in order, at most
+    /// OUT_BATCH at a time; none after the stop.
+    #[tokio::test]
+    async fn batches_in_order_and_bounded() {
+        let got = Arc::new(Mutex::new(Vec::<Vec<Vec<u8>>>::new()));
+        let (busy_tx, busy_rx) = std_mpsc::channel::<()>();
+        let busy_rx = Mutex::new(busy_rx);
+        let seen = got.clone();
+        let out: BatchOut = Box::new(move |b| {
+            seen.lock().unwrap().push(b);
+            // The first call holds the thread until the test has queued everything.
+            let _ = busy_rx.lock().unwrap().recv();
+        });
+        let stop = CancellationToken::new();
+        let (device, _input, thread) = Device::open(PacketIo::Batches(out), stop.clone()).unwrap();
+        let (_reader, writer) = device.split();
+        let counters = Counters::default();
+        let n = 2 * OUT_BATCH + 5;
+        for i in 0..n {
+            assert!(writer.send(vec![(i % 256) as u8; 1 + i], &counters).await);
+        }
+        for _ in 0..n {
+            let _ = busy_tx.send(());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.lock().unwrap().iter().map(Vec::len).sum::<usize>() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every packet came out"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let batches = got.lock().unwrap().clone();
+        let flat: Vec<Vec<u8>> = batches.iter().flatten().cloned().collect();
+        let want: Vec<Vec<u8>> = (0..n).map(|i| vec![(i % 256) as u8; 1 + i]).collect();
+        assert_eq!(flat, want, "in order, none lost or repeated");
+        assert!(
+            batches
+                .iter()
+                .all(|b| !b.is_empty() && b.len() <= OUT_BATCH)
+        );
+        assert_eq!(
+            batches[1].len(),
+            OUT_BATCH,
+            "queued packets come out together"
+        );
+        assert_eq!(
+            counters
+                .drop_output_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+
+        stop.cancel();
+        assert!(writer.send(vec![1], &counters).await);
+        drop(writer);
+        thread.unwrap().wait(std::time::Duration::from_secs(5));
+        assert_eq!(
+            got.lock().unwrap().len(),
+            batches.len(),
+            "nothing after the stop"
+        );
     }
 }

@@ -23,7 +23,7 @@ mod stats;
 mod tcp;
 mod udp;
 
-pub use device::{PACKET_QUEUE, PacketIo, PacketOut};
+pub use device::{BatchOut, OUT_BATCH, PACKET_QUEUE, PacketIo, PacketOut};
 pub use dns::DnsRedirect;
 pub use options::TunOptions;
 pub use stats::{Dropped, TunStats};

@@ -6,7 +6,10 @@
 #  2. the generated Kotlin compiled with tests/kotlin/src by Maven (Kotlin compiler and JNA
 #     from Maven Central) and run on the JVM against the built library and `xh serve`;
 #  3. the VLESS surface (connectTcp, XhUdp, XhSocksServer) against `xh serve --vless` and
-#     the real Xray-core.
+#     the real Xray-core;
+#  4. the TUN data plane (XhTun) driven by the test's own TCP/IP stack, against the same two
+#     servers; a panic message anywhere in its output fails the step (a sink that throws
+#     must not panic the library).
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds; default target/); XRAY_BIN (Xray-core
 # for step 3; without it the Xray cases are skipped, loudly).
@@ -54,3 +57,12 @@ step "Kotlin: VLESS flows, UDP sessions and SOCKS servers (xh serve --vless, Xra
 java -Djna.library.path="$LIB_DIR" \
     -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
     ProxyTestKt
+
+step "Kotlin: the TUN data plane, packets from a test stack (xh serve --vless, Xray)"
+java -Djna.library.path="$LIB_DIR" \
+    -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
+    TunTest 2>&1 | tee "$WORK/tun-test.log"
+if grep -q "panicked" "$WORK/tun-test.log"; then
+    echo "the library panicked during the TUN test (see above)"
+    exit 1
+fi

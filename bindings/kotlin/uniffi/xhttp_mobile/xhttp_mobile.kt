@@ -660,6 +660,9 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceSocketProtectorMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`fd`: Int,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceXhPacketSinkMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`packets`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "protect")
 internal open class UniffiVTableCallbackInterfaceSocketProtector(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -676,6 +679,25 @@ internal open class UniffiVTableCallbackInterfaceSocketProtector(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `protect` = other.`protect`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "packets")
+internal open class UniffiVTableCallbackInterfaceXhPacketSink(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `packets`: UniffiCallbackInterfaceXhPacketSinkMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `packets`: UniffiCallbackInterfaceXhPacketSinkMethod0? = null,
+    ): UniffiVTableCallbackInterfaceXhPacketSink(`uniffiFree`,`uniffiClone`,`packets`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceXhPacketSink) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `packets` = other.`packets`
     }
 
 }
@@ -732,11 +754,23 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhclient_stats(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhpacketsink_packets(
+    ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_local_addr(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtun_input(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtun_input_batch(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtun_is_stopped(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtun_stats(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_method_xhtun_stop(
     ): Int
     external fun uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write(
     ): Int
@@ -780,6 +814,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits(
     ): Int
+    external fun uniffi_xhttp_mobile_checksum_constructor_xhtun_packets(
+    ): Int
+    external fun uniffi_xhttp_mobile_checksum_constructor_xhtun_start_fd(
+    ): Int
     external fun ffi_xhttp_mobile_uniffi_contract_version(
     ): Int
 
@@ -797,6 +835,7 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "xhttp_mobile"))
         uniffiCallbackInterfaceSocketProtector.register(this)
+        uniffiCallbackInterfaceXhPacketSink.register(this)
         
     }
 
@@ -841,6 +880,14 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_xhttp_mobile_fn_method_xhclient_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_clone_xhpacketsink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_free_xhpacketsink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_init_callback_vtable_xhpacketsink(`vtable`: UniffiVTableCallbackInterfaceXhPacketSink,
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhpacketsink_packets(`ptr`: Long,`packets`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_xhttp_mobile_fn_clone_xhsocksserver(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_xhttp_mobile_fn_free_xhsocksserver(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -850,6 +897,24 @@ internal object UniffiLib {
     external fun uniffi_xhttp_mobile_fn_method_xhsocksserver_local_addr(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_xhttp_mobile_fn_method_xhsocksserver_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_clone_xhtun(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_free_xhtun(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_constructor_xhtun_packets(`client`: Long,`mtu`: Int,`optionsJson`: RustBuffer.ByValue,`sink`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_constructor_xhtun_start_fd(`client`: Long,`fd`: Int,`mtu`: Int,`optionsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_xhttp_mobile_fn_method_xhtun_input(`ptr`: Long,`packet`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhtun_input_batch(`ptr`: Long,`packets`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_xhttp_mobile_fn_method_xhtun_is_stopped(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_xhttp_mobile_fn_method_xhtun_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_xhttp_mobile_fn_method_xhtun_stop(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_xhttp_mobile_fn_clone_xhtunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1060,6 +1125,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_stats() and 0xFFFF) != 31726) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhpacketsink_packets() and 0xFFFF) != 56164) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_is_stopped() and 0xFFFF) != 22103) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1067,6 +1135,21 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhsocksserver_shutdown() and 0xFFFF) != 12102) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtun_input() and 0xFFFF) != 16111) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtun_input_batch() and 0xFFFF) != 57555) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtun_is_stopped() and 0xFFFF) != 64732) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtun_stats() and 0xFFFF) != 10996) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_method_xhtun_stop() and 0xFFFF) != 58613) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhtunnel_abort_write() and 0xFFFF) != 49866) {
@@ -1130,6 +1213,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhclient_with_memory_limits() and 0xFFFF) != 64123) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhtun_packets() and 0xFFFF) != 18315) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_xhttp_mobile_checksum_constructor_xhtun_start_fd() and 0xFFFF) != 45930) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -2568,6 +2657,345 @@ public object FfiConverterTypeXhClient: FfiConverter<XhClient, Long> {
 
 
 /**
+ * Implemented by the app: receives the IP packets for the app from an [`XhTun`] started by
+ * `XhTun.packets` (iOS: pass them to `packetFlow.writePackets`).
+ *
+ * Called on a thread of the TUN's own, one call per burst: every packet queued by then, up
+ * to 64, in order. Batches because each call into the JVM through JNA costs far more than a
+ * packet's copy (the thread is attached to the JVM for each call). It should return
+ * quickly: while it blocks, packets for the app queue (1024), then are dropped (counted in
+ * `dropped.outputFull`); the runtime and every flow carry on. An exception it throws drops
+ * that batch (logged); the TUN carries on. Never called after `stop()` returned.
+ */
+public interface XhPacketSink {
+    
+    fun `packets`(`packets`: List<kotlin.ByteArray>)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app: receives the IP packets for the app from an [`XhTun`] started by
+ * `XhTun.packets` (iOS: pass them to `packetFlow.writePackets`).
+ *
+ * Called on a thread of the TUN's own, one call per burst: every packet queued by then, up
+ * to 64, in order. Batches because each call into the JVM through JNA costs far more than a
+ * packet's copy (the thread is attached to the JVM for each call). It should return
+ * quickly: while it blocks, packets for the app queue (1024), then are dropped (counted in
+ * `dropped.outputFull`); the runtime and every flow carry on. An exception it throws drops
+ * that batch (logged); the TUN carries on. Never called after `stop()` returned.
+ */
+open class XhPacketSinkImpl: Disposable, AutoCloseable, XhPacketSink
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_xhttp_mobile_fn_free_xhpacketsink(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_xhttp_mobile_fn_clone_xhpacketsink(handle, status)
+        }
+    }
+
+    
+    @Throws(XhException::class)override fun `packets`(`packets`: List<kotlin.ByteArray>)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhpacketsink_packets(
+        it,
+        
+        FfiConverterSequenceByteArray.lower(`packets`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceXhPacketSink {
+    internal object `packets`: UniffiCallbackInterfaceXhPacketSinkMethod0 {
+        override fun callback(`uniffiHandle`: Long,`packets`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeXhPacketSink.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`packets`(
+                    FfiConverterSequenceByteArray.lift(`packets`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: XhException -> FfiConverterTypeXhException.lower(e) }
+            )
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeXhPacketSink.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeXhPacketSink.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceXhPacketSink.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `packets`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_xhttp_mobile_fn_init_callback_vtable_xhpacketsink(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhPacketSink: FfiConverter<XhPacketSink, Long> {
+    internal val handleMap = UniffiHandleMap<XhPacketSink>()
+
+    override fun lower(value: XhPacketSink): Long {
+        if (value is XhPacketSinkImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): XhPacketSink {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return XhPacketSinkImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): XhPacketSink {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: XhPacketSink) = 8UL
+
+    override fun write(value: XhPacketSink, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A local SOCKS5 server started by [`XhClient::start_socks`]: with VLESS configured, each
  * CONNECT is a VLESS TCP flow and each UDP ASSOCIATE a full-cone UDP session; without it,
  * each CONNECT is a raw tunnel and UDP ASSOCIATE is refused.
@@ -2779,6 +3207,422 @@ public object FfiConverterTypeXhSocksServer: FfiConverter<XhSocksServer, Long> {
     override fun allocationSize(value: XhSocksServer) = 8UL
 
     override fun write(value: XhSocksServer, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A TUN data plane (docs/tun.md): the device's IP packets in, every TCP connection and UDP
+ * socket carried through its client as VLESS flows and full-cone XUDP sessions, the
+ * replies out as IP packets. The client must carry VLESS; its `shutdown()` stops the TUN.
+ * Any thread.
+ *
+ * `mtu` is the device's (1280-65535); `optionsJson` (`null` or empty: every default) is
+ * docs/tun.md's object: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`,
+ * `ipv6`. A bad one is a `Config` error naming `mtu` or the field.
+ */
+public interface XhTunInterface {
+    
+    /**
+     * Hands the TUN one IP packet from the app (copied). Never blocks: while the input
+     * queue is full the packet is dropped and counted (`dropped.inputFull`), as a link
+     * would lose it; a malformed one is counted and dropped later. `Closed` once stopped;
+     * `Other` on a TUN started on an fd.
+     */
+    fun `input`(`packet`: kotlin.ByteArray)
+    
+    /**
+     * `input` for several packets in one call (one JNA call instead of one per packet).
+     * Stops at the first error, having handed over the packets before it.
+     */
+    fun `inputBatch`(`packets`: List<kotlin.ByteArray>)
+    
+    fun `isStopped`(): kotlin.Boolean
+    
+    /**
+     * The counters; also after `stop()` (the counters at the stop).
+     */
+    fun `stats`(): XhTunStats
+    
+    /**
+     * Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+     * sink is not called again once this returns (it waits a few seconds at most for a
+     * sink call still running; called from inside the sink it does not wait for itself).
+     * Idempotent; any thread.
+     */
+    fun `stop`()
+    
+    companion object
+}
+
+/**
+ * A TUN data plane (docs/tun.md): the device's IP packets in, every TCP connection and UDP
+ * socket carried through its client as VLESS flows and full-cone XUDP sessions, the
+ * replies out as IP packets. The client must carry VLESS; its `shutdown()` stops the TUN.
+ * Any thread.
+ *
+ * `mtu` is the device's (1280-65535); `optionsJson` (`null` or empty: every default) is
+ * docs/tun.md's object: `dnsAddress`, `dnsServer`, `maxFlows`, `udpIdle`, `tcpBuffer`,
+ * `ipv6`. A bad one is a `Config` error naming `mtu` or the field.
+ */
+open class XhTun: Disposable, AutoCloseable, XhTunInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_xhttp_mobile_fn_free_xhtun(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_xhttp_mobile_fn_clone_xhtun(handle, status)
+        }
+    }
+
+    
+    /**
+     * Hands the TUN one IP packet from the app (copied). Never blocks: while the input
+     * queue is full the packet is dropped and counted (`dropped.inputFull`), as a link
+     * would lose it; a malformed one is counted and dropped later. `Closed` once stopped;
+     * `Other` on a TUN started on an fd.
+     */
+    @Throws(XhException::class)override fun `input`(`packet`: kotlin.ByteArray)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtun_input(
+        it,
+        
+        FfiConverterByteArray.lower(`packet`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * `input` for several packets in one call (one JNA call instead of one per packet).
+     * Stops at the first error, having handed over the packets before it.
+     */
+    @Throws(XhException::class)override fun `inputBatch`(`packets`: List<kotlin.ByteArray>)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtun_input_batch(
+        it,
+        
+        FfiConverterSequenceByteArray.lower(`packets`),_status)
+}
+    }
+    
+    
+
+    override fun `isStopped`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtun_is_stopped(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The counters; also after `stop()` (the counters at the stop).
+     */override fun `stats`(): XhTunStats {
+            return FfiConverterTypeXhTunStats.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtun_stats(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Stops the TUN: every flow ends (tunnels closed), the fd's duplicate is closed, and the
+     * sink is not called again once this returns (it waits a few seconds at most for a
+     * sink call still running; called from inside the sink it does not wait for itself).
+     * Idempotent; any thread.
+     */override fun `stop`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_method_xhtun_stop(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * Starts a TUN fed by the app (iOS: `NEPacketTunnelProvider.packetFlow`): packets from
+     * the app go in through `input`/`inputBatch`, packets for the app come out through
+     * `sink` (see [`XhPacketSink`]).
+     */
+    @Throws(XhException::class) fun `packets`(`client`: XhClient, `mtu`: kotlin.UInt, `optionsJson`: kotlin.String?, `sink`: XhPacketSink): XhTun {
+            return FfiConverterTypeXhTun.lift(
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_constructor_xhtun_packets(
+    
+        
+        FfiConverterTypeXhClient.lower(`client`),
+        FfiConverterUInt.lower(`mtu`),
+        FfiConverterOptionalString.lower(`optionsJson`),
+        FfiConverterTypeXhPacketSink.lower(`sink`),_status)
+}
+    )
+    }
+    
+
+        
+    /**
+     * Starts on the TUN device `fd` (Android: `ParcelFileDescriptor.getFd()` of
+     * `VpnService.Builder.establish()`). The library reads and writes a duplicate of `fd`
+     * and never closes the caller's: keep the `ParcelFileDescriptor` open until `stop()`,
+     * then close it. A bad `fd` is a `Config` error naming `fd`; one that cannot be
+     * duplicated or polled is `Other`.
+     */
+    @Throws(XhException::class) fun `startFd`(`client`: XhClient, `fd`: kotlin.Int, `mtu`: kotlin.UInt, `optionsJson`: kotlin.String? = null): XhTun {
+            return FfiConverterTypeXhTun.lift(
+    uniffiRustCallWithError(XhException) { _status ->
+    UniffiLib.uniffi_xhttp_mobile_fn_constructor_xhtun_start_fd(
+    
+        
+        FfiConverterTypeXhClient.lower(`client`),
+        FfiConverterInt.lower(`fd`),
+        FfiConverterUInt.lower(`mtu`),
+        FfiConverterOptionalString.lower(`optionsJson`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhTun: FfiConverter<XhTun, Long> {
+    override fun lower(value: XhTun): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): XhTun {
+        return XhTun(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): XhTun {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: XhTun) = 8UL
+
+    override fun write(value: XhTun, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -3923,6 +4767,208 @@ public object FfiConverterTypeXhStats: FfiConverterRustBuffer<XhStats> {
 
 
 
+/**
+ * Packets and datagrams a TUN dropped, by reason (docs/tun.md, "Stats").
+ */
+data class XhTunDropped (
+    /**
+     * Not well-formed IPv4/IPv6 + TCP/UDP, or a bad checksum.
+     */
+    var `malformed`: kotlin.ULong
+    , 
+    /**
+     * Larger than the MTU.
+     */
+    var `oversized`: kotlin.ULong
+    , 
+    /**
+     * IP fragments.
+     */
+    var `fragment`: kotlin.ULong
+    , 
+    /**
+     * ICMP and protocols other than TCP and UDP.
+     */
+    var `protocol`: kotlin.ULong
+    , 
+    /**
+     * IPv6 with `"ipv6": false`.
+     */
+    var `ipv6Off`: kotlin.ULong
+    , 
+    /**
+     * Given to `input` while the input queue was full.
+     */
+    var `inputFull`: kotlin.ULong
+    , 
+    /**
+     * For the app while the sink had not taken the previous ones.
+     */
+    var `outputFull`: kotlin.ULong
+    , 
+    /**
+     * UDP datagrams not carried (a flow's queue full, refused, or no packet can carry it).
+     */
+    var `udp`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhTunDropped: FfiConverterRustBuffer<XhTunDropped> {
+    override fun read(buf: ByteBuffer): XhTunDropped {
+        return XhTunDropped(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: XhTunDropped) = (
+            FfiConverterULong.allocationSize(value.`malformed`) +
+            FfiConverterULong.allocationSize(value.`oversized`) +
+            FfiConverterULong.allocationSize(value.`fragment`) +
+            FfiConverterULong.allocationSize(value.`protocol`) +
+            FfiConverterULong.allocationSize(value.`ipv6Off`) +
+            FfiConverterULong.allocationSize(value.`inputFull`) +
+            FfiConverterULong.allocationSize(value.`outputFull`) +
+            FfiConverterULong.allocationSize(value.`udp`)
+    )
+
+    override fun write(value: XhTunDropped, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`malformed`, buf)
+            FfiConverterULong.write(value.`oversized`, buf)
+            FfiConverterULong.write(value.`fragment`, buf)
+            FfiConverterULong.write(value.`protocol`, buf)
+            FfiConverterULong.write(value.`ipv6Off`, buf)
+            FfiConverterULong.write(value.`inputFull`, buf)
+            FfiConverterULong.write(value.`outputFull`, buf)
+            FfiConverterULong.write(value.`udp`, buf)
+    }
+}
+
+
+
+/**
+ * What a TUN has carried and dropped ([`XhTun::stats`]); the names and meanings of
+ * docs/tun.md, "Stats". `*Flows` are open now; the rest count since start.
+ */
+data class XhTunStats (
+    var `tcpFlows`: kotlin.ULong
+    , 
+    var `udpFlows`: kotlin.ULong
+    , 
+    var `tcpFlowsTotal`: kotlin.ULong
+    , 
+    var `udpFlowsTotal`: kotlin.ULong
+    , 
+    /**
+     * UDP datagrams and TCP connections to the virtual DNS address, redirected.
+     */
+    var `dnsQueries`: kotlin.ULong
+    , 
+    /**
+     * Payload bytes from the app / to the app.
+     */
+    var `bytesUp`: kotlin.ULong
+    , 
+    var `bytesDown`: kotlin.ULong
+    , 
+    /**
+     * IP packets from / to the app.
+     */
+    var `packetsIn`: kotlin.ULong
+    , 
+    var `packetsOut`: kotlin.ULong
+    , 
+    /**
+     * Flows ended to make room under `maxFlows`.
+     */
+    var `flowsEvicted`: kotlin.ULong
+    , 
+    /**
+     * TCP flows whose tunnel did not open (closed towards the app).
+     */
+    var `flowsOpenFailed`: kotlin.ULong
+    , 
+    var `dropped`: XhTunDropped
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeXhTunStats: FfiConverterRustBuffer<XhTunStats> {
+    override fun read(buf: ByteBuffer): XhTunStats {
+        return XhTunStats(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterTypeXhTunDropped.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: XhTunStats) = (
+            FfiConverterULong.allocationSize(value.`tcpFlows`) +
+            FfiConverterULong.allocationSize(value.`udpFlows`) +
+            FfiConverterULong.allocationSize(value.`tcpFlowsTotal`) +
+            FfiConverterULong.allocationSize(value.`udpFlowsTotal`) +
+            FfiConverterULong.allocationSize(value.`dnsQueries`) +
+            FfiConverterULong.allocationSize(value.`bytesUp`) +
+            FfiConverterULong.allocationSize(value.`bytesDown`) +
+            FfiConverterULong.allocationSize(value.`packetsIn`) +
+            FfiConverterULong.allocationSize(value.`packetsOut`) +
+            FfiConverterULong.allocationSize(value.`flowsEvicted`) +
+            FfiConverterULong.allocationSize(value.`flowsOpenFailed`) +
+            FfiConverterTypeXhTunDropped.allocationSize(value.`dropped`)
+    )
+
+    override fun write(value: XhTunStats, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`tcpFlows`, buf)
+            FfiConverterULong.write(value.`udpFlows`, buf)
+            FfiConverterULong.write(value.`tcpFlowsTotal`, buf)
+            FfiConverterULong.write(value.`udpFlowsTotal`, buf)
+            FfiConverterULong.write(value.`dnsQueries`, buf)
+            FfiConverterULong.write(value.`bytesUp`, buf)
+            FfiConverterULong.write(value.`bytesDown`, buf)
+            FfiConverterULong.write(value.`packetsIn`, buf)
+            FfiConverterULong.write(value.`packetsOut`, buf)
+            FfiConverterULong.write(value.`flowsEvicted`, buf)
+            FfiConverterULong.write(value.`flowsOpenFailed`, buf)
+            FfiConverterTypeXhTunDropped.write(value.`dropped`, buf)
+    }
+}
+
+
+
 
 
 /**
@@ -4294,6 +5340,34 @@ public object FfiConverterOptionalTypeSocketProtector: FfiConverterRustBuffer<So
         } else {
             buf.put(1)
             FfiConverterTypeSocketProtector.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceByteArray: FfiConverterRustBuffer<List<kotlin.ByteArray>> {
+    override fun read(buf: ByteBuffer): List<kotlin.ByteArray> {
+        val len = buf.getInt()
+        return List<kotlin.ByteArray>(len) {
+            FfiConverterByteArray.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.ByteArray>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterByteArray.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.ByteArray>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterByteArray.write(it, buf)
         }
     }
 }
