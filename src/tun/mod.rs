@@ -34,7 +34,7 @@ use crate::runtime::Runtime;
 use crate::tunnel::Dialer;
 use device::{Device, InputQueue, OutThread, Reader, Writer};
 use flows::{Flow, FlowKey, FlowTable};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use netstack_smoltcp::{StackBuilder, TcpStream};
 use reset::{Conn, SeqTable};
 use stats::{Counters, add};
@@ -182,13 +182,20 @@ impl Tun {
         });
         let task = rt.handle().spawn(async move {
             let (to_stack, from_stack) = stack.split();
-            tokio::select! {
-                _ = ctx.stop.cancelled() => {}
-                r = runner => log::warn!("tun: the stack ended: {r:?}"),
-                _ = packets_in(&ctx, reader, injected, to_stack) => log::info!("tun: the device is gone"),
-                _ = packets_out(&ctx, writer, from_stack) => log::info!("tun: the device is gone"),
-                _ = tcp::accept(ctx.clone(), tcp_listener) => {}
-                _ = udp::run(ctx.clone(), udp_socket) => {}
+            let run = async {
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => {}
+                    r = runner => log::warn!("tun: the stack ended: {r:?}"),
+                    _ = packets_in(&ctx, reader, injected, to_stack) => log::info!("tun: the device is gone"),
+                    _ = packets_out(&ctx, writer, from_stack) => log::info!("tun: the device is gone"),
+                    _ = tcp::accept(ctx.clone(), tcp_listener) => {}
+                    _ = udp::run(ctx.clone(), udp_socket) => {}
+                }
+            };
+            // A panic in the stack's code (smoltcp 0.12 has known ones) must end this TUN
+            // like any other failure, its flows ended and released, never leave them hanging.
+            if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
+                log::error!("tun: the TCP/IP stack panicked; the TUN stopped");
             }
             // Ends every flow, whatever ended the TUN.
             ctx.stop.cancel();
@@ -302,9 +309,21 @@ async fn packets_in(
             },
         };
         add(&c.packets_in, 1);
-        if let Err(why) = packet::classify(&p, ctx.opts.mtu, ctx.opts.ipv6) {
-            c.dropped(why);
-            continue;
+        match packet::classify(&p, ctx.opts.mtu, ctx.opts.ipv6) {
+            Err(why) => {
+                c.dropped(why);
+                continue;
+            }
+            Ok(packet::Carried::Tcp) if ctx.seqs().is_repeated_syn(&p) => {
+                log::debug!("tun: a repeated SYN for a connection the stack has; not passed on");
+                continue;
+            }
+            Ok(packet::Carried::Tcp) if ctx.seqs().beyond_window(&p) => {
+                // Not counted: a zero-window probe is ordinary TCP, not a bad packet.
+                log::debug!("tun: a segment past the announced window; dropped");
+                continue;
+            }
+            Ok(_) => {}
         }
         if let Err(e) = to_stack.send(p).await {
             // The stack refuses what it cannot parse (already filtered) or has ended.

@@ -42,6 +42,12 @@ struct Seen {
     snd_nxt: TcpSeqNumber,
     /// The last acknowledgement it sent: the app's bytes it has taken.
     rcv_nxt: TcpSeqNumber,
+    /// What its SYN-ACK acknowledged: the app's initial sequence number plus one.
+    syn_acked: TcpSeqNumber,
+    /// The right edge of the receive window it announced (furthest seen), and the window
+    /// scale it announced in its SYN-ACK.
+    win_end: TcpSeqNumber,
+    win_shift: u8,
     /// When it was last updated (a counter), for giving way when full.
     at: u64,
 }
@@ -99,9 +105,15 @@ impl SeqTable {
             if !self.conns.contains_key(&conn) && self.conns.len() >= self.cap {
                 self.evict_oldest();
             }
+            // The stack announces a scale only when the app's SYN offered one (RFC 7323):
+            // then it applies to every later window. The SYN-ACK's own is never scaled.
+            let shift = window_scale(&t).unwrap_or(0);
             let seen = Seen {
                 snd_nxt: end,
                 rcv_nxt: ack,
+                syn_acked: ack,
+                win_end: ack + usize::from(t.window_len()),
+                win_shift: shift,
                 at,
             };
             self.conns.insert(conn, seen);
@@ -109,8 +121,62 @@ impl SeqTable {
             // Retransmissions carry older numbers: keep the furthest (in sequence space).
             s.snd_nxt = s.snd_nxt.max(end);
             s.rcv_nxt = s.rcv_nxt.max(ack);
+            let win = usize::from(t.window_len()) << s.win_shift;
+            s.win_end = s.win_end.max(ack + win);
             s.at = at;
         }
+    }
+
+    /// Whether `p`, from the app, is a SYN the stack has already answered on its connection:
+    /// the app sending it again because the SYN-ACK was lost or late (a full output queue,
+    /// a slow packet sink). netstack-smoltcp 0.2.4 opens a new socket for every SYN, and the
+    /// new flow would replace the live one and stall the connection; so such a SYN is not
+    /// handed to the stack, whose own SYN-ACK retransmission completes the handshake. A SYN
+    /// with another initial sequence number is a new connection and goes through.
+    pub fn is_repeated_syn(&self, p: &[u8]) -> bool {
+        let Some((src, dst, tcp)) = tcp_of(p) else {
+            return false;
+        };
+        let Ok(t) = TcpPacket::new_checked(tcp) else {
+            return false;
+        };
+        if !t.syn() || t.ack() || t.rst() {
+            return false;
+        }
+        let conn = Conn {
+            app: SocketAddr::new(src, t.src_port()),
+            remote: SocketAddr::new(dst, t.dst_port()),
+        };
+        self.conns
+            .get(&conn)
+            .is_some_and(|s| s.syn_acked == t.seq_number() + 1)
+    }
+
+    /// Whether `p`, from the app, carries bytes past the right edge of the receive window the
+    /// stack announced on its connection. smoltcp 0.12 stores such bytes when its buffer has
+    /// room and then panics computing its next window ("attempt to subtract sequence numbers
+    /// with underflow"; fixed upstream in smoltcp 0.13.1, which netstack-smoltcp 0.2.4 does
+    /// not take). A TCP that keeps to the window never sends them, except as a one-byte
+    /// zero-window probe (BSD stacks do, Apple's among them); dropping such a segment is what
+    /// RFC 9293 asks of a receiver anyway, and the app sends it again once the window opens.
+    pub fn beyond_window(&self, p: &[u8]) -> bool {
+        let Some((src, dst, tcp)) = tcp_of(p) else {
+            return false;
+        };
+        let Ok(t) = TcpPacket::new_checked(tcp) else {
+            return false;
+        };
+        let n = t.payload().len();
+        if n == 0 || t.syn() || t.rst() {
+            return false;
+        }
+        let conn = Conn {
+            app: SocketAddr::new(src, t.src_port()),
+            remote: SocketAddr::new(dst, t.dst_port()),
+        };
+        self.conns
+            .get(&conn)
+            .is_some_and(|s| t.seq_number() + n > s.win_end)
     }
 
     /// The connection ended without needing a reset.
@@ -138,6 +204,22 @@ impl SeqTable {
             self.conns.remove(&c);
         }
     }
+}
+
+/// The window scale option of a SYN segment, if it has one.
+fn window_scale(t: &TcpPacket<&[u8]>) -> Option<u8> {
+    use netstack_smoltcp::smoltcp::wire::TcpOption;
+    let mut opts = t.options();
+    while !opts.is_empty() {
+        let (rest, opt) = TcpOption::parse(opts).ok()?;
+        match opt {
+            TcpOption::EndOfList => return None,
+            TcpOption::WindowScale(s) => return Some(s.min(14)),
+            _ => {}
+        }
+        opts = rest;
+    }
+    None
 }
 
 /// Source, destination and TCP segment of an IP packet carrying TCP (unfragmented, no IPv6
@@ -292,6 +374,122 @@ mod tests {
             // The connection left the table.
             assert!(t.resets(&conn).is_none());
         }
+    }
+
+    #[test]
+    fn a_syn_the_stack_already_answered_is_recognised() {
+        for (app, remote) in [
+            (a("10.0.0.2:40000"), a("10.77.0.1:9")),
+            (a("[fd00::2]:40000"), a("[fd77::1]:9")),
+        ] {
+            let mut t = SeqTable::new(8);
+            let syn = |isn| segment(app, remote, TcpControl::Syn, isn, None, b"");
+            // Before the stack answered: a SYN is a SYN.
+            assert!(!t.is_repeated_syn(&syn(5000)));
+            t.observe(&segment(
+                remote,
+                app,
+                TcpControl::Syn,
+                1000,
+                Some(5001),
+                b"",
+            ));
+            assert!(
+                t.is_repeated_syn(&syn(5000)),
+                "{app}: the app sent it again"
+            );
+            // Another initial sequence number: a new connection on the same addresses.
+            assert!(!t.is_repeated_syn(&syn(9000)));
+            // Not a bare SYN: never held back.
+            let ack = segment(app, remote, TcpControl::None, 5001, Some(1001), b"");
+            assert!(!t.is_repeated_syn(&ack));
+            // Another connection.
+            let other_app = SocketAddr::new(app.ip(), app.port() + 1);
+            let other = segment(other_app, remote, TcpControl::Syn, 5000, None, b"");
+            assert!(!t.is_repeated_syn(&other));
+            // Once the connection is gone, the same SYN opens a new one.
+            t.forget(&Conn { app, remote });
+            assert!(!t.is_repeated_syn(&syn(5000)));
+        }
+    }
+
+    #[test]
+    fn bytes_past_the_announced_window_are_recognised() {
+        let (app, remote) = (a("10.0.0.2:40000"), a("10.77.0.1:9"));
+        let data = |seq, n: usize| {
+            segment(
+                app,
+                remote,
+                TcpControl::None,
+                seq,
+                Some(1001),
+                &vec![7u8; n],
+            )
+        };
+        // Unscaled: the SYN-ACK announces 1000 bytes from 5001.
+        let mut t = SeqTable::new(8);
+        assert!(
+            !t.beyond_window(&data(5001, 2000)),
+            "no connection known: not judged"
+        );
+        t.observe(&segment(
+            remote,
+            app,
+            TcpControl::Syn,
+            1000,
+            Some(5001),
+            b"",
+        ));
+        assert!(!t.beyond_window(&data(5001, 1000)));
+        assert!(t.beyond_window(&data(5001, 1001)));
+        // The stack took 1000 bytes and announces 1000 more.
+        t.observe(&segment(
+            remote,
+            app,
+            TcpControl::None,
+            1001,
+            Some(6001),
+            b"",
+        ));
+        assert!(!t.beyond_window(&data(6001, 1)));
+        // The edge never moves back (a later, smaller window from an older ACK).
+        t.observe(&segment(
+            remote,
+            app,
+            TcpControl::None,
+            1001,
+            Some(5500),
+            b"",
+        ));
+        assert!(!t.beyond_window(&data(6001, 1000)));
+        assert!(t.beyond_window(&data(6001, 1001)));
+        // Scaled: the SYN-ACK announces shift 4, later windows count 16-byte units.
+        let mut t = SeqTable::new(8);
+        let syn_ack = TcpRepr {
+            src_port: remote.port(),
+            dst_port: app.port(),
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: Some(TcpSeqNumber(5001)),
+            window_len: 1000,
+            window_scale: Some(4),
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        t.observe(&emit(remote.ip(), app.ip(), &syn_ack).unwrap());
+        t.observe(&segment(
+            remote,
+            app,
+            TcpControl::None,
+            1001,
+            Some(5001),
+            b"",
+        ));
+        assert!(!t.beyond_window(&data(5001, 16_000)));
+        assert!(t.beyond_window(&data(5001, 16_001)));
     }
 
     #[test]
