@@ -314,14 +314,12 @@ async fn packets_in(
                 c.dropped(why);
                 continue;
             }
-            Ok(packet::Carried::Tcp) if ctx.seqs().is_repeated_syn(&p) => {
-                log::debug!("tun: a repeated SYN for a connection the stack has; not passed on");
-                continue;
-            }
-            Ok(packet::Carried::Tcp) if ctx.seqs().beyond_window(&p) => {
-                // Not counted: a zero-window probe is ordinary TCP, not a bad packet.
-                log::debug!("tun: a segment past the announced window; dropped");
-                continue;
+            Ok(packet::Carried::Tcp) => {
+                // Not counted as drops: both are ordinary TCP the stack layer mishandles.
+                if let Some(why) = ctx.seqs().hold_back(&p) {
+                    log::debug!("tun: {why:?} segment kept from the stack");
+                    continue;
+                }
             }
             Ok(_) => {}
         }

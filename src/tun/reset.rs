@@ -61,6 +61,23 @@ pub struct Resets {
     pub to_stack: Vec<u8>,
 }
 
+/// Why a segment from the app is kept from the stack (netstack-smoltcp 0.2.4 on smoltcp 0.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldBack {
+    /// A SYN the stack already answered: the app sending it again because the SYN-ACK was
+    /// lost or late (a full output queue, a slow packet sink). The layer opens a new socket
+    /// for every SYN, and the new flow would replace the live one and stall the connection;
+    /// the stack's own SYN-ACK retransmission completes the handshake instead.
+    RepeatedSyn,
+    /// Bytes past the right edge of the receive window the stack announced. smoltcp 0.12
+    /// stores them when its buffer has room, then panics computing its next window
+    /// ("attempt to subtract sequence numbers with underflow", smoltcp#1048; fixed in 0.13.1,
+    /// which the layer does not take). A TCP that keeps to the window sends them only as a
+    /// one-byte zero-window probe (BSD stacks, Apple's among them); RFC 9293 has a receiver
+    /// drop them anyway, and the app sends them again once the window opens.
+    PastWindow,
+}
+
 /// The stack's sequence numbers per connection, from the packets it sends to the app.
 pub struct SeqTable {
     cap: usize,
@@ -127,56 +144,26 @@ impl SeqTable {
         }
     }
 
-    /// Whether `p`, from the app, is a SYN the stack has already answered on its connection:
-    /// the app sending it again because the SYN-ACK was lost or late (a full output queue,
-    /// a slow packet sink). netstack-smoltcp 0.2.4 opens a new socket for every SYN, and the
-    /// new flow would replace the live one and stall the connection; so such a SYN is not
-    /// handed to the stack, whose own SYN-ACK retransmission completes the handshake. A SYN
-    /// with another initial sequence number is a new connection and goes through.
-    pub fn is_repeated_syn(&self, p: &[u8]) -> bool {
-        let Some((src, dst, tcp)) = tcp_of(p) else {
-            return false;
-        };
-        let Ok(t) = TcpPacket::new_checked(tcp) else {
-            return false;
-        };
-        if !t.syn() || t.ack() || t.rst() {
-            return false;
+    /// Whether a TCP segment from the app must be kept from the stack, and why (`None`: hand
+    /// it on). Both reasons work around the stack layer; see [`HoldBack`].
+    pub fn hold_back(&self, p: &[u8]) -> Option<HoldBack> {
+        let (src, dst, tcp) = tcp_of(p)?;
+        let t = TcpPacket::new_checked(tcp).ok()?;
+        if t.rst() {
+            return None;
         }
         let conn = Conn {
             app: SocketAddr::new(src, t.src_port()),
             remote: SocketAddr::new(dst, t.dst_port()),
         };
-        self.conns
-            .get(&conn)
-            .is_some_and(|s| s.syn_acked == t.seq_number() + 1)
-    }
-
-    /// Whether `p`, from the app, carries bytes past the right edge of the receive window the
-    /// stack announced on its connection. smoltcp 0.12 stores such bytes when its buffer has
-    /// room and then panics computing its next window ("attempt to subtract sequence numbers
-    /// with underflow"; fixed upstream in smoltcp 0.13.1, which netstack-smoltcp 0.2.4 does
-    /// not take). A TCP that keeps to the window never sends them, except as a one-byte
-    /// zero-window probe (BSD stacks do, Apple's among them); dropping such a segment is what
-    /// RFC 9293 asks of a receiver anyway, and the app sends it again once the window opens.
-    pub fn beyond_window(&self, p: &[u8]) -> bool {
-        let Some((src, dst, tcp)) = tcp_of(p) else {
-            return false;
-        };
-        let Ok(t) = TcpPacket::new_checked(tcp) else {
-            return false;
-        };
+        let s = self.conns.get(&conn)?;
         let n = t.payload().len();
-        if n == 0 || t.syn() || t.rst() {
-            return false;
+        if t.syn() {
+            // A SYN with another initial sequence number is a new connection: it goes on.
+            (!t.ack() && s.syn_acked == t.seq_number() + 1).then_some(HoldBack::RepeatedSyn)
+        } else {
+            (n > 0 && t.seq_number() + n > s.win_end).then_some(HoldBack::PastWindow)
         }
-        let conn = Conn {
-            app: SocketAddr::new(src, t.src_port()),
-            remote: SocketAddr::new(dst, t.dst_port()),
-        };
-        self.conns
-            .get(&conn)
-            .is_some_and(|s| t.seq_number() + n > s.win_end)
     }
 
     /// The connection ended without needing a reset.
@@ -385,7 +372,7 @@ mod tests {
             let mut t = SeqTable::new(8);
             let syn = |isn| segment(app, remote, TcpControl::Syn, isn, None, b"");
             // Before the stack answered: a SYN is a SYN.
-            assert!(!t.is_repeated_syn(&syn(5000)));
+            assert_eq!(t.hold_back(&syn(5000)), None);
             t.observe(&segment(
                 remote,
                 app,
@@ -394,22 +381,23 @@ mod tests {
                 Some(5001),
                 b"",
             ));
-            assert!(
-                t.is_repeated_syn(&syn(5000)),
+            assert_eq!(
+                t.hold_back(&syn(5000)),
+                Some(HoldBack::RepeatedSyn),
                 "{app}: the app sent it again"
             );
             // Another initial sequence number: a new connection on the same addresses.
-            assert!(!t.is_repeated_syn(&syn(9000)));
+            assert_eq!(t.hold_back(&syn(9000)), None);
             // Not a bare SYN: never held back.
             let ack = segment(app, remote, TcpControl::None, 5001, Some(1001), b"");
-            assert!(!t.is_repeated_syn(&ack));
+            assert_eq!(t.hold_back(&ack), None);
             // Another connection.
             let other_app = SocketAddr::new(app.ip(), app.port() + 1);
             let other = segment(other_app, remote, TcpControl::Syn, 5000, None, b"");
-            assert!(!t.is_repeated_syn(&other));
+            assert_eq!(t.hold_back(&other), None);
             // Once the connection is gone, the same SYN opens a new one.
             t.forget(&Conn { app, remote });
-            assert!(!t.is_repeated_syn(&syn(5000)));
+            assert_eq!(t.hold_back(&syn(5000)), None);
         }
     }
 
@@ -428,8 +416,9 @@ mod tests {
         };
         // Unscaled: the SYN-ACK announces 1000 bytes from 5001.
         let mut t = SeqTable::new(8);
-        assert!(
-            !t.beyond_window(&data(5001, 2000)),
+        assert_eq!(
+            t.hold_back(&data(5001, 2000)),
+            None,
             "no connection known: not judged"
         );
         t.observe(&segment(
@@ -440,8 +429,8 @@ mod tests {
             Some(5001),
             b"",
         ));
-        assert!(!t.beyond_window(&data(5001, 1000)));
-        assert!(t.beyond_window(&data(5001, 1001)));
+        assert_eq!(t.hold_back(&data(5001, 1000)), None);
+        assert_eq!(t.hold_back(&data(5001, 1001)), Some(HoldBack::PastWindow));
         // The stack took 1000 bytes and announces 1000 more.
         t.observe(&segment(
             remote,
@@ -451,7 +440,7 @@ mod tests {
             Some(6001),
             b"",
         ));
-        assert!(!t.beyond_window(&data(6001, 1)));
+        assert_eq!(t.hold_back(&data(6001, 1)), None);
         // The edge never moves back (a later, smaller window from an older ACK).
         t.observe(&segment(
             remote,
@@ -461,8 +450,8 @@ mod tests {
             Some(5500),
             b"",
         ));
-        assert!(!t.beyond_window(&data(6001, 1000)));
-        assert!(t.beyond_window(&data(6001, 1001)));
+        assert_eq!(t.hold_back(&data(6001, 1000)), None);
+        assert_eq!(t.hold_back(&data(6001, 1001)), Some(HoldBack::PastWindow));
         // Scaled: the SYN-ACK announces shift 4, later windows count 16-byte units.
         let mut t = SeqTable::new(8);
         let syn_ack = TcpRepr {
@@ -488,8 +477,8 @@ mod tests {
             Some(5001),
             b"",
         ));
-        assert!(!t.beyond_window(&data(5001, 16_000)));
-        assert!(t.beyond_window(&data(5001, 16_001)));
+        assert_eq!(t.hold_back(&data(5001, 16_000)), None);
+        assert_eq!(t.hold_back(&data(5001, 16_001)), Some(HoldBack::PastWindow));
     }
 
     #[test]
