@@ -571,7 +571,8 @@ pub struct XhTunStats {
     pub packets_out: u64,
     /// Flows ended to make room under `maxFlows`.
     pub flows_evicted: u64,
-    /// TCP flows whose tunnel did not open (closed towards the app).
+    /// TCP flows whose tunnel did not open or whose destination refused them (reset
+    /// towards the app).
     pub flows_open_failed: u64,
     pub dropped: XhTunDropped,
 }

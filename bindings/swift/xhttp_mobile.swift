@@ -2914,7 +2914,8 @@ public struct XhTunStats: Equatable, Hashable {
      */
     public var flowsEvicted: UInt64
     /**
-     * TCP flows whose tunnel did not open (closed towards the app).
+     * TCP flows whose tunnel did not open or whose destination refused them (reset
+     * towards the app).
      */
     public var flowsOpenFailed: UInt64
     public var dropped: XhTunDropped
@@ -2935,7 +2936,8 @@ public struct XhTunStats: Equatable, Hashable {
          * Flows ended to make room under `maxFlows`.
          */flowsEvicted: UInt64, 
         /**
-         * TCP flows whose tunnel did not open (closed towards the app).
+         * TCP flows whose tunnel did not open or whose destination refused them (reset
+         * towards the app).
          */flowsOpenFailed: UInt64, dropped: XhTunDropped) {
         self.tcpFlows = tcpFlows
         self.udpFlows = udpFlows

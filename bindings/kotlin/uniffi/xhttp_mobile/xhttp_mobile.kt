@@ -4900,7 +4900,8 @@ data class XhTunStats (
     var `flowsEvicted`: kotlin.ULong
     , 
     /**
-     * TCP flows whose tunnel did not open (closed towards the app).
+     * TCP flows whose tunnel did not open or whose destination refused them (reset
+     * towards the app).
      */
     var `flowsOpenFailed`: kotlin.ULong
     , 
