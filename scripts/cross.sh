@@ -50,7 +50,7 @@ declare -A PACKAGE=(
 )
 read -r -a TARGETS <<<"${XH_CROSS_TARGETS:-aarch64-linux-android armv7-linux-androideabi x86_64-linux-android}"
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)"; }
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi

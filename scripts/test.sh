@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XH_CACHE:-$HOME/.cache/xhttp-mobile}/target}"
 export CARGO_TERM_COLOR=never
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)"; }
 
 step "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -16,7 +16,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)"; }
 
 start_xh_serve() {
     step "start xh serve"
