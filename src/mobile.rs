@@ -677,9 +677,18 @@ impl XhTun {
         options_json: Option<String>,
         sink: Arc<dyn XhPacketSink>,
     ) -> R<Arc<Self>> {
+        // A sink that throws on every batch must not flood the app's log from the data path:
+        // the first failure is a warning, the rest debug.
+        let warned = std::sync::atomic::AtomicBool::new(false);
         let out = move |batch: Vec<Vec<u8>>| {
             if let Err(e) = sink.packets(batch) {
-                log::warn!("tun: the packet sink threw; its packets are dropped: {e}");
+                if warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::debug!("tun: the packet sink threw; its packets are dropped: {e}");
+                } else {
+                    log::warn!(
+                        "tun: the packet sink threw; its packets are dropped (further failures are logged at debug): {e}"
+                    );
+                }
             }
         };
         let io = crate::tun::PacketIo::Batches(Box::new(out));
