@@ -394,47 +394,83 @@ fn connections_out_of_streams_get_siblings_when_xmux_allows() {
     }
 }
 
-/// With the default XMUX (3 connections) and 4 streams each, what does not fit waits
-/// within its deadline and fails with a timeout, never hangs; once tunnels end, opens
-/// succeed again.
+/// With the default XMUX (3 connections) and 4 streams each, tunnels that do not fit get
+/// overflow connections (unlike Xray's client, which would wait): all 8 stream-up tunnels
+/// open, and once they end the pool is back to its 3 connections.
 #[test]
-fn opens_past_the_stream_limit_wait_within_their_deadline() {
+fn a_capped_pool_out_of_streams_opens_overflow_connections_then_shrinks_back() {
     let e = env(|o| {
         o.max_streams = 4;
         o.session_timeout = Duration::from_secs(1);
     });
     let c = e.client(json!({"path": "/xh", "mode": "stream-up"}));
-    // 3 connections × 4 streams = 6 stream-up tunnels.
+    // 3 connections × 4 streams hold 6 stream-up tunnels; 2 more need a fourth connection.
+    let tunnels: Vec<Tunnel> = open_many(&c, 8, Duration::from_secs(10))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|err| panic!("open: {err} {:#?}", c.pool_stats())))
+        .collect();
+    for (i, t) in tunnels.iter().enumerate() {
+        echo_bursts(t, 1, 200, i as u64);
+    }
+    let s = c.pool_stats();
+    let overflow = s.connections.iter().filter(|c| c.stats.overflow).count();
+    assert!(
+        overflow >= 1 && s.live_connections >= 4,
+        "8 stream-up tunnels at 4 streams per connection: {s:#?}"
+    );
+    drop(tunnels);
+    eventually("the overflow connections closed once idle", || {
+        let s = c.pool_stats();
+        s.running == 0 && s.connections.iter().all(|c| !c.stats.overflow)
+    });
+    assert!(
+        c.pool_stats().live_connections <= 3,
+        "{:#?}",
+        c.pool_stats()
+    );
+    let t = c.open(T).expect("an open after tunnels ended");
+    echo_bursts(&t, 1, 100, 2);
+}
+
+/// Overflow connections are bounded: with one stream per connection and `maxConnections` 1,
+/// 1 + MAX_OVERFLOW stream-one tunnels open; the next ones wait within their deadline and
+/// fail with a timeout, never hang; once a tunnel ends, an open succeeds again.
+#[test]
+fn overflow_connections_are_bounded_and_opens_past_them_wait_within_their_deadline() {
+    let e = env(|o| {
+        o.max_streams = 1;
+        o.session_timeout = Duration::from_secs(1);
+    });
+    let c = e.client(x("stream-one", json!({"maxConnections": 1})));
+    let fit = 1 + xhttp_mobile::xmux::MAX_OVERFLOW;
+    let mut ok: Vec<Tunnel> = open_many(&c, fit, Duration::from_secs(10))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|err| panic!("open: {err} {:#?}", c.pool_stats())))
+        .collect();
+    assert_eq!(
+        c.pool_stats().live_connections,
+        fit,
+        "{:#?}",
+        c.pool_stats()
+    );
     let started = Instant::now();
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
-    for r in open_many(&c, 8, Duration::from_secs(3)) {
+    for r in open_many(&c, 2, Duration::from_secs(2)) {
         match r {
-            Ok(t) => ok.push(t),
-            Err(e) => failed.push(e),
+            Err(xhttp_mobile::Error::Timeout(_)) => {}
+            Err(e) => panic!("an open past the bound ends with its deadline: {e}"),
+            Ok(_) => panic!("an open past the bound succeeded: {:#?}", c.pool_stats()),
         }
     }
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(6),
         "opens were bounded"
     );
-    assert_eq!(
-        ok.len(),
-        6,
-        "tunnels that fit; failures: {failed:?} {:#?} {:#?}",
-        c.pool_stats(),
-        e.server.held()
-    );
-    for f in &failed {
-        assert!(
-            matches!(f, xhttp_mobile::Error::Timeout(_)),
-            "a stalled open ends with its deadline: {f:?}"
-        );
+    for (i, t) in ok.iter().enumerate() {
+        echo_bursts(t, 1, 100, i as u64);
     }
-    for t in &ok {
-        echo_bursts(t, 1, 100, 1);
-    }
-    drop(ok);
-    let t = c.open(T).expect("an open after tunnels ended");
-    echo_bursts(&t, 1, 100, 2);
+    ok.pop();
+    let t = c
+        .open(Some(Duration::from_secs(10)))
+        .expect("an open after a tunnel ended");
+    echo_bursts(&t, 1, 100, 99);
 }

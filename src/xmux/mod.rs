@@ -6,4 +6,4 @@ pub mod state;
 
 pub use pool::{ConnInfo, Pool, PoolStats, Slot};
 pub use settings::XmuxSettings;
-pub use state::{Choice, ConnId, ConnStats, XmuxState};
+pub use state::{Choice, ConnId, ConnStats, MAX_OVERFLOW, XmuxState};

@@ -5,12 +5,24 @@
 //! connection, and released through [`XmuxState::release`] only (the async layer's slot
 //! guard calls it exactly once). A connection that must not be picked again is *retired*;
 //! a retired connection is handed back for closing the moment nothing runs on it.
+//!
+//! One deliberate difference from Xray: when `maxConnections` caps the pool and every
+//! connection is out of request streams (the server's MAX_STREAMS, 100 on quic-go), Xray's
+//! client waits for a stream, so a VPN stalls past about 300 flows. Here the pool dials an
+//! *overflow* connection instead (at most [`MAX_OVERFLOW`] of them), picked only while the
+//! capped ones are full and closed as soon as nothing runs on it, so at rest the pool holds
+//! `maxConnections` again.
 
 use super::settings::XmuxSettings;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
 pub type ConnId = u64;
+
+/// Overflow connections a capped pool may hold beyond `maxConnections`: with quic-go's 100
+/// streams each, room for about 1,900 streams at the default cap of 3, and a bound on what a
+/// server with a tiny stream limit can make the client dial.
+pub const MAX_OVERFLOW: usize = 16;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -28,6 +40,9 @@ struct Entry {
     /// reached. Cleared when a request gets a stream at once or a tunnel that had its
     /// streams ends (not when an open that found none gives up: that frees nothing).
     saturated: bool,
+    /// Dialled past `maxConnections` because every capped connection was out of streams:
+    /// picked only while those are, closed once nothing runs on it.
+    overflow: bool,
 }
 
 impl Entry {
@@ -63,6 +78,8 @@ pub struct ConnStats {
     pub running: u32,
     pub requests: u64,
     pub retired: bool,
+    /// Dialled past `maxConnections` (see the module doc).
+    pub overflow: bool,
 }
 
 #[derive(Debug)]
@@ -96,33 +113,45 @@ impl XmuxState {
         let active: Vec<usize> = (0..self.entries.len())
             .filter(|&i| !self.entries[i].retired)
             .collect();
-        let create = active.is_empty()
-            || (self.max_connections > 0 && (active.len() as i64) < self.max_connections);
+        let capped = self.max_connections > 0;
+        let base = active
+            .iter()
+            .filter(|&&i| !self.entries[i].overflow)
+            .count();
+        let create = active.is_empty() || (capped && (base as i64) < self.max_connections);
         let candidates: Vec<usize> = if self.max_concurrency > 0 {
             active
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|&i| (self.entries[i].running as i64) < self.max_concurrency)
                 .collect()
         } else {
-            active
+            active.clone()
         };
-        // Connections out of streams are skipped; if all are, a new one is dialled unless
-        // `maxConnections` caps the count, and then the tunnel waits on one of them.
+        // Connections out of streams are skipped. The capped ones come first; overflow ones
+        // only take what those cannot, so they drain and close.
         let fresh: Vec<usize> = candidates
             .iter()
             .copied()
             .filter(|&i| !self.entries[i].saturated)
             .collect();
-        let may_add = self.max_connections <= 0;
+        let fresh_base: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|&i| !self.entries[i].overflow)
+            .collect();
+        let overflow_room = active.len() - base < MAX_OVERFLOW;
         self.picked_saturated = false;
-        let choice = if create || candidates.is_empty() || (fresh.is_empty() && may_add) {
-            Choice::Create(self.create(now, rng))
+        let choice = if create || candidates.is_empty() || (fresh.is_empty() && !capped) {
+            Choice::Create(self.create(now, rng, false))
+        } else if fresh.is_empty() && overflow_room {
+            Choice::Create(self.create(now, rng, true))
         } else {
-            let pool = if fresh.is_empty() {
-                &candidates
-            } else {
-                &fresh
-            };
+            // With every allowed connection out of streams, the tunnel waits on one of them.
+            let pool = [&fresh_base, &fresh, &candidates]
+                .into_iter()
+                .find(|p| !p.is_empty())
+                .expect("candidates is not empty");
             let i = pool[rng.random_range(0..pool.len())];
             self.picked_saturated = fresh.is_empty();
             let e = &mut self.entries[i];
@@ -135,7 +164,7 @@ impl XmuxState {
         (choice, to_close)
     }
 
-    fn create<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> ConnId {
+    fn create<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R, overflow: bool) -> ConnId {
         let s = &self.settings;
         let reuse = s.c_max_reuse_times.draw(rng);
         let requests = s.h_max_request_times.draw(rng);
@@ -155,6 +184,7 @@ impl XmuxState {
             broken: false,
             retired: false,
             saturated: false,
+            overflow,
         });
         id
     }
@@ -178,7 +208,7 @@ impl XmuxState {
     pub fn release(&mut self, id: ConnId, now: Instant) -> Option<ConnId> {
         let e = self.entries.iter_mut().find(|e| e.id == id)?;
         e.running = e.running.saturating_sub(1);
-        if e.running == 0 && (e.retired || e.spent(now)) {
+        if e.running == 0 && (e.retired || e.overflow || e.spent(now)) {
             self.entries.retain(|e| e.id != id);
             return Some(id);
         }
@@ -236,6 +266,7 @@ impl XmuxState {
                 running: e.running,
                 requests: e.charged,
                 retired: e.retired,
+                overflow: e.overflow,
             })
             .collect()
     }
@@ -439,7 +470,15 @@ mod tests {
         let picks: Vec<ConnId> = (0..40).map(|_| pick(&mut st, now).id()).collect();
         assert!(picks.contains(&a) && picks.contains(&b.id()));
 
-        // maxConnections caps the count: with all saturated, tunnels wait on them.
+        assert!(
+            st.stats().iter().all(|c| !c.overflow),
+            "no cap, no overflow"
+        );
+    }
+
+    #[test]
+    fn a_capped_pool_out_of_streams_dials_overflow_connections_that_close_when_idle() {
+        let now = Instant::now();
         let mut st = state(XmuxSettings {
             max_connections: Range::fixed(2),
             ..Default::default()
@@ -450,12 +489,59 @@ mod tests {
             assert_eq!(pick(&mut st, now), Choice::Reuse(ids[1]));
         }
         assert!(!st.picked_saturated());
+        // Both capped connections out of streams: one overflow connection, not a wait.
         st.set_saturated(ids[1], true);
+        let o = pick(&mut st, now);
+        assert!(
+            matches!(o, Choice::Create(id) if !ids.contains(&id)),
+            "{o:?}"
+        );
+        assert!(!st.picked_saturated());
+        let overflow = |st: &XmuxState| -> Vec<ConnId> {
+            st.stats()
+                .iter()
+                .filter(|c| c.overflow)
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(overflow(&st), vec![o.id()]);
+        // It takes what the capped ones cannot...
+        for _ in 0..5 {
+            assert_eq!(pick(&mut st, now), Choice::Reuse(o.id()));
+        }
+        // ...and once one of them has streams again, it gets the new tunnels.
+        st.set_saturated(ids[0], false);
         for _ in 0..10 {
-            assert!(matches!(pick(&mut st, now), Choice::Reuse(id) if ids.contains(&id)));
+            assert_eq!(pick(&mut st, now), Choice::Reuse(ids[0]));
+        }
+        // The overflow connection closes when its last tunnel ends (6 ran on it).
+        for _ in 0..5 {
+            assert_eq!(st.release(o.id(), now), None);
+        }
+        assert_eq!(st.release(o.id(), now), Some(o.id()));
+        assert!(overflow(&st).is_empty());
+        assert_eq!(st.stats().len(), 2);
+
+        // Every connection out of streams: overflow connections up to the bound, then the
+        // tunnel waits on one of them.
+        st.set_saturated(ids[0], true);
+        for n in 1..=MAX_OVERFLOW {
+            let c = pick(&mut st, now);
+            assert!(matches!(c, Choice::Create(_)), "overflow {n}: {c:?}");
+            st.set_saturated(c.id(), true);
+        }
+        assert_eq!(overflow(&st).len(), MAX_OVERFLOW);
+        for _ in 0..10 {
+            assert!(matches!(pick(&mut st, now), Choice::Reuse(_)));
             assert!(st.picked_saturated());
         }
-        assert_eq!(st.stats().len(), 2);
+        assert_eq!(st.stats().len(), 2 + MAX_OVERFLOW);
+        // A retired capped connection is replaced by a capped one, not counted against
+        // the overflow ones.
+        assert_eq!(st.mark_broken(ids[0]), None);
+        let c = pick(&mut st, now);
+        assert!(matches!(c, Choice::Create(_)));
+        assert!(!overflow(&st).contains(&c.id()));
     }
 
     #[test]
