@@ -117,19 +117,28 @@ impl From<crate::tunnel::Probe> for XhProbe {
 
 /// Implemented by the app: called with each UDP socket the client creates, before use
 /// (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+/// An exception it throws refuses the socket, like `false`.
 #[uniffi::export(with_foreign)]
 pub trait SocketProtector: Send + Sync {
-    fn protect(&self, fd: i32) -> bool;
+    fn protect(&self, fd: i32) -> Result<bool, XhException>;
 }
 
-/// Calls the app's protector. uniffi turns an exception thrown by a foreign callback that
-/// returns no `Result` into a panic here; it must not unwind into the dial (or through
-/// the runtime), so it becomes a refusal.
+/// Calls the app's protector; an exception (any kind: uniffi hands one that is not an
+/// `XhException` over as `Other`) refuses the socket. A panic cannot come through a
+/// `Result`-returning callback, but one must never unwind into the dial, so it is contained
+/// all the same.
 fn protect_contained(p: &dyn SocketProtector, fd: i32) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.protect(fd))).unwrap_or_else(|_| {
-        log::warn!("the socket protector threw; socket refused");
-        false
-    })
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.protect(fd))) {
+        Ok(Ok(protected)) => protected,
+        Ok(Err(e)) => {
+            log::warn!("the socket protector threw ({e}); socket refused");
+            false
+        }
+        Err(_) => {
+            log::warn!("the socket protector panicked; socket refused");
+            false
+        }
+    }
 }
 
 /// A client for one server config: the library JSON, an Xray outbound, a whole Xray

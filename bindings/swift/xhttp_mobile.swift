@@ -626,15 +626,17 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 /**
  * Implemented by the app: called with each UDP socket the client creates, before use
  * (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+ * An exception it throws refuses the socket, like `false`.
  */
 public protocol SocketProtector: AnyObject, Sendable {
     
-    func protect(fd: Int32)  -> Bool
+    func protect(fd: Int32) throws  -> Bool
     
 }
 /**
  * Implemented by the app: called with each UDP socket the client creates, before use
  * (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+ * An exception it throws refuses the socket, like `false`.
  */
 open class SocketProtectorImpl: SocketProtector, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -689,8 +691,8 @@ open class SocketProtectorImpl: SocketProtector, @unchecked Sendable {
     
 
     
-open func protect(fd: Int32) -> Bool  {
-    return try!  FfiConverterBool.lift(try! rustCall() {
+open func protect(fd: Int32)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeXhException_lift) {
         uniffiCallStatus in
     uniffi_xhttp_mobile_fn_method_socketprotector_protect(
             self.uniffiCloneHandle(),
@@ -738,17 +740,18 @@ fileprivate struct UniffiCallbackInterfaceSocketProtector {
                 guard let uniffiObj = try? FfiConverterTypeSocketProtector.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.protect(
+                return try uniffiObj.protect(
                      fd: try FfiConverterInt32.lift(fd)
                 )
             }
 
             
             let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeXhException_lower
             )
         }
     )
@@ -3451,7 +3454,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_xhttp_mobile_checksum_func_enable_platform_log() != 48009) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_xhttp_mobile_checksum_method_socketprotector_protect() != 27688) {
+    if (uniffi_xhttp_mobile_checksum_method_socketprotector_protect() != 19476) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp() != 10673) {

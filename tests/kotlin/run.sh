@@ -48,7 +48,12 @@ start_xh_serve
 step "Kotlin: the bindings against the library on the JVM"
 java -Djna.library.path="$LIB_DIR" \
     -cp "tests/kotlin/target/classes:$(cat tests/kotlin/target/cp.txt)" \
-    BindingsTestKt "$XH_SERVER_CONFIG"
+    BindingsTestKt "$XH_SERVER_CONFIG" 2>&1 | tee "$WORK/bindings-test.log"
+# A throwing protector or sink must be an error, not a panic caught at the boundary.
+if grep -q "panicked" "$WORK/bindings-test.log"; then
+    echo "the library panicked during the bindings test (see above)"
+    exit 1
+fi
 
 start_xh_serve_vless
 start_xray_vless

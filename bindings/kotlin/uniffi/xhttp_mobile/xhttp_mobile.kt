@@ -1086,7 +1086,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_xhttp_mobile_checksum_func_enable_platform_log() and 0xFFFF) != 48009) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_xhttp_mobile_checksum_method_socketprotector_protect() and 0xFFFF) != 27688) {
+    if ((lib.uniffi_xhttp_mobile_checksum_method_socketprotector_protect() and 0xFFFF) != 19476) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_xhttp_mobile_checksum_method_xhclient_connect_tcp() and 0xFFFF) != 10673) {
@@ -1743,6 +1743,7 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 /**
  * Implemented by the app: called with each UDP socket the client creates, before use
  * (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+ * An exception it throws refuses the socket, like `false`.
  */
 public interface SocketProtector {
     
@@ -1754,6 +1755,7 @@ public interface SocketProtector {
 /**
  * Implemented by the app: called with each UDP socket the client creates, before use
  * (Android: return `VpnService.protect(fd)`). Runs on a library thread; must be quick.
+ * An exception it throws refuses the socket, like `false`.
  */
 open class SocketProtectorImpl: Disposable, AutoCloseable, SocketProtector
 {
@@ -1856,10 +1858,11 @@ open class SocketProtectorImpl: Disposable, AutoCloseable, SocketProtector
         }
     }
 
-    override fun `protect`(`fd`: kotlin.Int): kotlin.Boolean {
+    
+    @Throws(XhException::class)override fun `protect`(`fd`: kotlin.Int): kotlin.Boolean {
             return FfiConverterBoolean.lift(
     callWithHandle {
-    uniffiRustCall() { _status ->
+    uniffiRustCallWithError(XhException) { _status ->
     UniffiLib.uniffi_xhttp_mobile_fn_method_socketprotector_protect(
         it,
         
@@ -1897,7 +1900,12 @@ internal object uniffiCallbackInterfaceSocketProtector {
                 )
             }
             val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
-            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: XhException -> FfiConverterTypeXhException.lower(e) }
+            )
         }
     }
 
