@@ -22,8 +22,8 @@ source tests/support/xray.sh
 step "build the library, xh and uniffi-bindgen"
 cargo build --release --lib
 cargo build --release -p xh
-cargo build -p uniffi-bindgen
-BINDGEN="$TARGET/debug/uniffi-bindgen"
+cargo build -p uniffi-bindgen --profile bindgen  # Cargo.toml says why a profile of its own
+BINDGEN="$TARGET/bindgen/uniffi-bindgen"
 
 step "bindings/ is fresh (Kotlin and Swift)"
 for lang in kotlin swift; do
