@@ -19,6 +19,24 @@ step "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 
+# Xray-core for the interop tests and the C and Kotlin runs against a real VLESS server:
+# from the Go module proxy, pinned, cached outside the repo.
+# The proxy serves Xray's Go-compatible tags (v1.YYMMDD.N); v1.260327.0 is release v26.3.27,
+# the newest it serves (the v26.7.28 commit pseudo-version is refused).
+# When missing it builds in the background while cargo compiles (about 2 minutes cold, much
+# of it downloads), in a process group of its own so that a failed run stops it too.
+XRAY_VERSION=v1.260327.0
+XRAY_DIR="${XH_CACHE:-$HOME/.cache/xhttp-mobile}/xray/$XRAY_VERSION"
+export XRAY_BIN="$XRAY_DIR/main"
+xray_pid=""
+if [ ! -x "$XRAY_BIN" ]; then
+  mkdir -p "$XRAY_DIR"
+  GOBIN="$XRAY_DIR" GOFLAGS=-mod=mod setsid go install "github.com/xtls/xray-core/main@$XRAY_VERSION" \
+    >"$XRAY_DIR/build.log" 2>&1 &
+  xray_pid=$!
+  trap 'kill -- -"$xray_pid" 2>/dev/null || true' EXIT
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -34,22 +52,18 @@ cargo tree -p xhttp-mobile -e normal,build -f '{p} {f}' > "$CARGO_TARGET_DIR/lib
 if grep -E '^(.* )?(xhttp-testserver|rcgen) |^.*tokio v[^ ]+ .*signal' "$CARGO_TARGET_DIR/lib-tree.txt"; then
   echo "the library's dependency tree reaches server or CLI code (above)"; exit 1
 fi
-cargo build --lib
+# It builds alone: checked below for the Android targets, and built (release, as apps link
+# it) by tests/c/run.sh before anything else is.
 
 # Android targets, -D warnings (installs rustup targets, clang, glibc headers when missing).
 bash scripts/cross.sh
 
-# Xray-core for the interop tests and the C and Kotlin runs against a real VLESS server:
-# from the Go module proxy, pinned, cached outside the repo.
-# The proxy serves Xray's Go-compatible tags (v1.YYMMDD.N); v1.260327.0 is release v26.3.27,
-# the newest it serves (the v26.7.28 commit pseudo-version is refused).
-XRAY_VERSION=v1.260327.0
-XRAY_DIR="${XH_CACHE:-$HOME/.cache/xhttp-mobile}/xray/$XRAY_VERSION"
-export XRAY_BIN="$XRAY_DIR/main"
 step "Xray-core $XRAY_VERSION"
-if [ ! -x "$XRAY_BIN" ]; then
-  mkdir -p "$XRAY_DIR"
-  GOBIN="$XRAY_DIR" GOFLAGS=-mod=mod go install "github.com/xtls/xray-core/main@$XRAY_VERSION"
+if [ -n "$xray_pid" ]; then
+  if ! wait "$xray_pid"; then
+    cat "$XRAY_DIR/build.log"; echo "building Xray-core failed (above)"; exit 1
+  fi
+  trap - EXIT
 fi
 # Not `| head -1`: with pipefail, head closing the pipe early kills the producer (SIGPIPE, exit 141).
 "$XRAY_BIN" version | sed -n 1p
@@ -67,16 +81,13 @@ if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v
 fi
 ip -V
 
-step "cargo test (workspace)"
+step "cargo test (workspace), with the interop tests against Xray-core"
 # tests/hostile.rs builds its Go server (tools/hostile, quic-go from the Go module proxy)
 # with `go build`, cached in $XH_CACHE/hostile/<hash of its sources>/.
-cargo test --workspace --exclude uniffi-bindgen -- --test-threads=2
-
-step "interop tests against Xray-core"
-cargo build -p xh  # the interop tests run the CLI too
-cargo test --features interop --test interop -- --test-threads=1
-# The TUN end to end against Xray (the test-server run is in the workspace tests above).
-cargo test --features interop --test tun -- --exact tun_in_namespaces_against_xray
+# The `interop` feature adds tests/interop.rs (one test at a time; it also runs the xh this
+# build puts beside the tests) and the TUN test against Xray to the same build, with the
+# features clippy checked, so nothing is compiled twice.
+cargo test --workspace --exclude uniffi-bindgen --features xhttp-mobile/interop -- --test-threads=2
 
 step "fuzz: a short run of every target (cargo-fuzz, nightly, AddressSanitizer)"
 # Installs the nightly toolchain and cargo-fuzz when missing; long runs: FUZZ_SECONDS=600.

@@ -16,6 +16,14 @@ use xhttp_mobile::{Client, Tunnel};
 const UUID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const MODES: [&str; 3] = ["packet-up", "stream-up", "stream-one"];
 
+/// One test at a time: each starts Xray processes and measures against them, and the test
+/// command runs this file inside the workspace run (two test threads). A failed test must
+/// not block the rest, hence the poison is ignored.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn xray_bin() -> PathBuf {
     let p = std::env::var_os("XRAY_BIN")
         .map(PathBuf::from)
@@ -357,6 +365,7 @@ fn xray_version() {
 
 #[test]
 fn matrix_modes_inbounds_and_settings() {
+    let _serial = serial();
     xray_version();
     // One Xray process with an inbound per (variant, raw|vless); each case is one tunnel
     // per mode moving data both ways.
@@ -417,6 +426,7 @@ fn matrix_modes_inbounds_and_settings() {
 
 #[test]
 fn vless_udp_datagrams() {
+    let _serial = serial();
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("udp", port, true, json!({"path": "/xh/"}))],
@@ -467,6 +477,7 @@ fn udp_relay(to: u16) -> u16 {
 
 #[test]
 fn download_settings_through_a_second_route() {
+    let _serial = serial();
     // Xray keeps sessions per listener, so both routes must end at the same inbound: the
     // GET goes through a relay on another port (like another CDN/IP), uploads go direct.
     let up = free_udp_port();
@@ -525,6 +536,7 @@ fn http_file_server(body: std::sync::Arc<Vec<u8>>) -> u16 {
 
 #[test]
 fn curl_through_xh_socks_downloads_64_mib_intact() {
+    let _serial = serial();
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
@@ -575,6 +587,7 @@ fn curl_through_xh_socks_downloads_64_mib_intact() {
 
 #[test]
 fn socks_udp_associate_dns_style_exchange_through_xray() {
+    let _serial = serial();
     use std::io::Write;
     let port = free_udp_port();
     let _x = start_xray(
@@ -656,6 +669,7 @@ fn free_tcp_port() -> u16 {
 
 #[test]
 fn xray_client_through_our_test_server() {
+    let _serial = serial();
     // The reverse check: Xray-core's own XHTTP/H3 client against the in-repo server, so the
     // server stays faithful. Xray: dokodemo-door (TCP) → VLESS over XHTTP/H3 → our server
     // (VLESS target) → TCP echo.
@@ -724,6 +738,7 @@ fn socks_short_flow(socks: std::net::SocketAddr, dest: u16, i: usize) -> Result<
 /// client holds no tunnel and no slot.
 #[test]
 fn short_flow_churn_through_socks_in_every_mode() {
+    let _serial = serial();
     let port = free_udp_port();
     let _x = start_xray(
         vec![inbound("vless", port, true, json!({"path": "/xh/"}))],
@@ -825,6 +840,7 @@ fn udp_client(port: u16, mode: &str) -> Client {
 
 #[test]
 fn xudp_one_session_many_destinations_full_cone() {
+    let _serial = serial();
     let (_x, port) = xudp_xray();
     for mode in MODES {
         let c = udp_client(port, mode);
@@ -868,6 +884,7 @@ fn xudp_one_session_many_destinations_full_cone() {
 
 #[test]
 fn xudp_bulk_sha256_both_ways() {
+    let _serial = serial();
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "stream-up");
     let echo = RecordingEcho::start("127.0.0.1:0");
@@ -908,6 +925,7 @@ fn sha2_new() -> sha2::Sha256 {
 
 #[test]
 fn dns_style_exchange_goes_plain_beside_xudp() {
+    let _serial = serial();
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "packet-up");
     // A "DNS server" on port 53 of its own loopback address (we run as root in CI; any
@@ -956,6 +974,7 @@ fn dns_style_exchange_goes_plain_beside_xudp() {
 
 #[test]
 fn xudp_reconnect_keeps_the_mapping_by_global_id() {
+    let _serial = serial();
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "stream-one");
     let echo = RecordingEcho::start("127.0.0.1:0");
@@ -986,6 +1005,7 @@ fn xudp_reconnect_keeps_the_mapping_by_global_id() {
 
 #[test]
 fn udp_close_while_flows_run_wakes_everything() {
+    let _serial = serial();
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "stream-up");
     let echo = RecordingEcho::start("127.0.0.1:0");
@@ -1046,6 +1066,7 @@ fn udp_close_while_flows_run_wakes_everything() {
 
 #[test]
 fn socks_udp_associate_several_destinations_through_xray() {
+    let _serial = serial();
     use common::socks::{parse_udp_reply, udp_associate, udp_datagram};
     let (_x, port) = xudp_xray();
     let c = udp_client(port, "stream-up");
@@ -1088,6 +1109,7 @@ fn socks_udp_associate_several_destinations_through_xray() {
 
 #[test]
 fn xray_xudp_client_through_our_test_server() {
+    let _serial = serial();
     // The reverse check for XUDP: Xray-core's own client (SOCKS inbound with UDP → VLESS
     // over XHTTP/H3, which carries UDP as XUDP) against the in-repo server's Mux.Cool side.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -1200,6 +1222,7 @@ fn echo_through(mut s: std::net::TcpStream, data: &[u8]) -> std::io::Result<Vec<
 
 #[test]
 fn parity_of_request_shapes_with_xrays_own_client() {
+    let _serial = serial();
     // Xray's own client and ours, with the same outbound settings, against our test server
     // (which records what every request head is made of): for each mode and settings
     // variant of the matrix, the names in the requests of each kind (methods, headers,
