@@ -83,19 +83,21 @@ clang --version | sed -n 1p
 WRAPPERS="$CARGO_TARGET_DIR/cross-cc"
 mkdir -p "$WRAPPERS"
 
+# One cargo for every target: the three graphs share the host's build scripts and keep
+# both cores busy where one graph alone would wait on a single crate.
+ENV=()
+TARGET_ARGS=()
 for t in "${TARGETS[@]}"; do
-    step "cargo check --lib --target $t (-D warnings)"
     var="${t//-/_}"
     upper="${var^^}"
     cc="$WRAPPERS/${CLANG_TRIPLE[$t]}$ANDROID_API-clang"
     printf '#!/bin/sh\nexec clang --target=%s "$@"\n' "${CLANG_TRIPLE[$t]}$ANDROID_API" >"$cc.tmp"
     chmod +x "$cc.tmp"
     mv "$cc.tmp" "$cc"
-    # cc-rs reads CC_<triple> / CFLAGS_<triple>; cargo reads CARGO_TARGET_<TRIPLE>_RUSTFLAGS
-    # for the target only (build scripts and proc-macros keep the host's flags and cache).
-    env "CC_$var=$cc" \
-        "AR_$var=$LLVM_AR" \
-        "CFLAGS_$var=-nostdlibinc -isystem $CLANG_INCLUDE -isystem ${HEADERS[$t]}" \
-        "CARGO_TARGET_${upper}_RUSTFLAGS=-D warnings" \
-        cargo check -p xhttp-mobile --lib --target "$t"
+    ENV+=("CC_$var=$cc" "AR_$var=$LLVM_AR"
+        "CFLAGS_$var=-nostdlibinc -isystem $CLANG_INCLUDE -isystem ${HEADERS[$t]}"
+        "CARGO_TARGET_${upper}_RUSTFLAGS=-D warnings")
+    TARGET_ARGS+=(--target "$t")
 done
+step "cargo check --lib ${TARGET_ARGS[*]} (-D warnings)"
+env "${ENV[@]}" cargo check -p xhttp-mobile --lib "${TARGET_ARGS[@]}"
