@@ -24,7 +24,8 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 rustup run nightly rustc --version
 if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
+    # --debug: it builds in half the time; it only drives cargo and libFuzzer.
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force --debug
 fi
 
 cd fuzz
@@ -32,8 +33,13 @@ TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
     mapfile -t TARGETS < <(cargo +nightly fuzz list)
 fi
+# A short run is a check that every target builds and holds for a while, and optimizing
+# the build takes longer (about 5 minutes cold on 2 cores) than the short runs themselves:
+# it builds without optimizations (overflow checks and ASan stay on). A long run optimizes.
+BUILD=(--dev)
+if [ "$SECONDS_PER_TARGET" -ge 120 ]; then BUILD=(); fi
 # One build for every target: they share the library and its dependencies.
-cargo +nightly fuzz build --target-dir "$TARGET_DIR"
+cargo +nightly fuzz build "${BUILD[@]}" --target-dir "$TARGET_DIR"
 # libFuzzer runs every input of its corpus before it fuzzes, and -max_total_time does not
 # cover that: abi_sequence's corpus (about 500 inputs at 10 per second, each starting and
 # stopping the library's runtime) made a "15 s" run take 84 s. A short run (under 2 minutes a target) therefore starts
@@ -53,7 +59,7 @@ for t in "${TARGETS[@]}"; do
     # -timeout: one input taking this long is a finding (a hang); -rss_limit_mb: so is
     # memory that grows without bound. The seeds are read, new inputs go to the cache.
     rc=0
-    cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$t" "$run_corpus" "seeds/$t" -- \
+    cargo +nightly fuzz run "${BUILD[@]}" --target-dir "$TARGET_DIR" "$t" "$run_corpus" "seeds/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=60 -rss_limit_mb=4096 \
         -print_final_stats=1 > "$CACHE/fuzz-$t.log" 2>&1 || rc=$?
     grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)' \
