@@ -240,6 +240,9 @@ async fn replies(
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, from) = tokio::select! {
+            // Stop first: a session whose GlobalID was taken over shares this socket with
+            // the new one, and a reply read here after the takeover would be lost.
+            biased;
             _ = stop.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
                 Ok(r) => r,
