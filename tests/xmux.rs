@@ -419,6 +419,11 @@ fn a_capped_pool_out_of_streams_opens_overflow_connections_then_shrinks_back() {
         "8 stream-up tunnels at 4 streams per connection: {s:#?}"
     );
     drop(tunnels);
+    if let Err(h) =
+        e.rt.block_on(e.server.wait_released(Duration::from_secs(10)))
+    {
+        panic!("server still holds {h:#?}");
+    }
     eventually("the overflow connections closed once idle", || {
         let s = c.pool_stats();
         s.running == 0 && s.connections.iter().all(|c| !c.stats.overflow)
