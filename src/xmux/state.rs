@@ -114,19 +114,16 @@ impl XmuxState {
             .filter(|&i| !self.entries[i].retired)
             .collect();
         let capped = self.max_connections > 0;
-        let base = active
-            .iter()
-            .filter(|&&i| !self.entries[i].overflow)
-            .count();
+        let overflows = active.iter().filter(|&&i| self.entries[i].overflow).count();
+        let base = active.len() - overflows;
         let create = active.is_empty() || (capped && (base as i64) < self.max_connections);
         let candidates: Vec<usize> = if self.max_concurrency > 0 {
             active
-                .iter()
-                .copied()
+                .into_iter()
                 .filter(|&i| (self.entries[i].running as i64) < self.max_concurrency)
                 .collect()
         } else {
-            active.clone()
+            active
         };
         // Connections out of streams are skipped. The capped ones come first; overflow ones
         // only take what those cannot, so they drain and close.
@@ -140,7 +137,7 @@ impl XmuxState {
             .copied()
             .filter(|&i| !self.entries[i].overflow)
             .collect();
-        let overflow_room = active.len() - base < MAX_OVERFLOW;
+        let overflow_room = overflows < MAX_OVERFLOW;
         self.picked_saturated = false;
         let choice = if create || candidates.is_empty() || (fresh.is_empty() && !capped) {
             Choice::Create(self.create(now, rng, false))
@@ -148,10 +145,10 @@ impl XmuxState {
             Choice::Create(self.create(now, rng, true))
         } else {
             // With every allowed connection out of streams, the tunnel waits on one of them.
-            let pool = [&fresh_base, &fresh, &candidates]
+            let pool = [&fresh_base, &fresh]
                 .into_iter()
                 .find(|p| !p.is_empty())
-                .expect("candidates is not empty");
+                .unwrap_or(&candidates);
             let i = pool[rng.random_range(0..pool.len())];
             self.picked_saturated = fresh.is_empty();
             let e = &mut self.entries[i];
